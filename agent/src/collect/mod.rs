@@ -1,0 +1,315 @@
+//! Collectors and the scheduler that runs them.
+//!
+//! A [`Collector`] reads one source (the host, Docker, PostgreSQL, ...) and
+//! pushes samples into a [`Batch`]. The [`Scheduler`] runs every collector
+//! each interval, in parallel, each under its own timeout, adds
+//! `herd_collector_success` and `herd_collector_duration_seconds`, marks
+//! series that disappeared as stale, and hands one [`SampleBatch`] per cycle
+//! to the uplink. Collectors are built from config values and own no global
+//! state, so a new configuration can replace them while the agent runs.
+
+pub mod host;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use herd_common::metric::{SeriesId, SeriesTable, stale_nan};
+use herd_common::protocol::SampleBatch;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: unexpected format: {detail}")]
+    Parse { path: String, detail: String },
+    #[error("timed out after {timeout_ms} ms")]
+    Timeout { timeout_ms: u128 },
+}
+
+#[async_trait]
+pub trait Collector: Send + Sync {
+    /// Name in `herd_collector_success{collector=...}` and logs.
+    fn name(&self) -> &str;
+    /// The `job` label on this collector's series ("node", "postgres", ...).
+    fn job(&self) -> &str;
+    /// Push what you could read; return the error for the rest.
+    async fn collect(&self, out: &mut Batch) -> Result<(), CollectError>;
+}
+
+/// The agent's series table, shared by collectors and the uplink.
+pub type SharedSeriesTable = Arc<Mutex<SeriesTable>>;
+
+/// Where a collector puts its samples during one cycle. Adds the `job`,
+/// `instance` and agent labels to every series.
+pub struct Batch {
+    table: SharedSeriesTable,
+    job: String,
+    common_labels: Arc<Vec<(String, String)>>,
+    key_scratch: String,
+    samples: Vec<(SeriesId, f64)>,
+}
+
+/// Most labels a single series may carry, common ones included.
+const MAX_LABELS: usize = 32;
+
+impl Batch {
+    fn new(table: SharedSeriesTable, job: String, common_labels: Arc<Vec<(String, String)>>) -> Self {
+        Self { table, job, common_labels, key_scratch: String::new(), samples: Vec::new() }
+    }
+
+    /// Adds one sample of `name{labels}`.
+    pub fn push(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let Batch { table, job, common_labels, key_scratch, samples } = self;
+        let mut all: [(&str, &str); MAX_LABELS] = [("", ""); MAX_LABELS];
+        let mut n = 0;
+        let common = common_labels.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        for pair in common.chain(std::iter::once(("job", job.as_str()))).chain(labels.iter().copied()).take(MAX_LABELS)
+        {
+            all[n] = pair;
+            n += 1;
+        }
+        let id = table.lock().expect("series table lock is never poisoned: no panics while held").intern(
+            name,
+            &all[..n],
+            key_scratch,
+        );
+        samples.push((id, value));
+    }
+
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+}
+
+/// Runs the collectors every interval and sends one batch per cycle.
+pub struct Scheduler {
+    collectors: Vec<Arc<dyn Collector>>,
+    interval: Duration,
+    timeout: Duration,
+    table: SharedSeriesTable,
+    /// `instance` and the agent's own labels.
+    common_labels: Arc<Vec<(String, String)>>,
+    next_seq: u64,
+    out: mpsc::Sender<SampleBatch>,
+    /// Per collector, the series it reported last cycle (sorted).
+    previous: Vec<Vec<SeriesId>>,
+    failing: Vec<bool>,
+}
+
+impl Scheduler {
+    pub fn new(
+        collectors: Vec<Arc<dyn Collector>>,
+        interval: Duration,
+        timeout: Duration,
+        table: SharedSeriesTable,
+        common_labels: Vec<(String, String)>,
+        first_seq: u64,
+        out: mpsc::Sender<SampleBatch>,
+    ) -> Self {
+        let n = collectors.len();
+        Self {
+            collectors,
+            interval,
+            timeout,
+            table,
+            common_labels: Arc::new(common_labels),
+            next_seq: first_seq,
+            out,
+            previous: vec![Vec::new(); n],
+            failing: vec![false; n],
+        }
+    }
+
+    /// Collects until `shutdown` is cancelled.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let batch = self.cycle().await;
+            if self.out.send(batch).await.is_err() {
+                return; // The uplink is gone: the agent is shutting down.
+            }
+        }
+    }
+
+    /// Runs every collector once and returns the cycle's batch.
+    pub async fn cycle(&mut self) -> SampleBatch {
+        let timestamp_ms = unix_millis(SystemTime::now());
+        let mut tasks = JoinSet::new();
+        for (index, collector) in self.collectors.iter().enumerate() {
+            let collector = Arc::clone(collector);
+            let mut batch =
+                Batch::new(Arc::clone(&self.table), collector.job().to_owned(), Arc::clone(&self.common_labels));
+            let timeout = self.timeout;
+            tasks.spawn(async move {
+                let started = Instant::now();
+                let result = match tokio::time::timeout(timeout, collector.collect(&mut batch)).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        // A cycle that did not finish reports nothing, like a failed scrape.
+                        batch.samples.clear();
+                        Err(CollectError::Timeout { timeout_ms: timeout.as_millis() })
+                    }
+                };
+                (index, batch, result, started.elapsed())
+            });
+        }
+        let mut samples = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((index, mut batch, result, elapsed)) = joined else {
+                continue; // A collector panicked; its series go stale below.
+            };
+            let collector = &self.collectors[index];
+            let success = result.is_ok();
+            match (&result, self.failing[index]) {
+                (Err(err), false) => warn!(collector = collector.name(), error = %err, "collector failing"),
+                (Ok(()), true) => info!(collector = collector.name(), "collector recovered"),
+                _ => {}
+            }
+            self.failing[index] = !success;
+            let name = collector.name().to_owned();
+            batch.push("herd_collector_success", &[("collector", &name)], if success { 1.0 } else { 0.0 });
+            batch.push("herd_collector_duration_seconds", &[("collector", &name)], elapsed.as_secs_f64());
+            let mut current: Vec<SeriesId> = batch.samples.iter().map(|&(id, _)| id).collect();
+            current.sort_unstable();
+            current.dedup();
+            for gone in sorted_difference(&self.previous[index], &current) {
+                batch.samples.push((gone, stale_nan()));
+            }
+            self.previous[index] = current;
+            samples.append(&mut batch.samples);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        SampleBatch { seq, timestamp_ms, samples }
+    }
+}
+
+/// Elements of sorted `a` that are not in sorted `b`.
+fn sorted_difference(a: &[SeriesId], b: &[SeriesId]) -> Vec<SeriesId> {
+    let mut out = Vec::new();
+    let mut j = 0;
+    for &x in a {
+        while j < b.len() && b[j] < x {
+            j += 1;
+        }
+        if b.get(j) != Some(&x) {
+            out.push(x);
+        }
+    }
+    out
+}
+
+pub fn unix_millis(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herd_common::metric::is_stale;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// Reports `count` series, one fewer each cycle.
+    struct Shrinking(AtomicU32);
+
+    #[async_trait]
+    impl Collector for Shrinking {
+        fn name(&self) -> &str {
+            "shrinking"
+        }
+        fn job(&self) -> &str {
+            "test"
+        }
+        async fn collect(&self, out: &mut Batch) -> Result<(), CollectError> {
+            let count = self.0.fetch_sub(1, Ordering::SeqCst);
+            for i in 0..count {
+                out.push("thing", &[("i", &i.to_string())], f64::from(i));
+            }
+            Ok(())
+        }
+    }
+
+    struct Hanging;
+
+    #[async_trait]
+    impl Collector for Hanging {
+        fn name(&self) -> &str {
+            "hanging"
+        }
+        fn job(&self) -> &str {
+            "test"
+        }
+        async fn collect(&self, out: &mut Batch) -> Result<(), CollectError> {
+            out.push("before_hang", &[], 1.0);
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+    }
+
+    fn labels_of(table: &SharedSeriesTable, id: SeriesId) -> String {
+        table.lock().unwrap().labels(id).unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn vanished_series_are_marked_stale_and_timeouts_reported() {
+        let table: SharedSeriesTable = Arc::default();
+        let (tx, _rx) = mpsc::channel(4);
+        let mut scheduler = Scheduler::new(
+            vec![Arc::new(Shrinking(AtomicU32::new(3))), Arc::new(Hanging)],
+            Duration::from_secs(1),
+            Duration::from_millis(50),
+            Arc::clone(&table),
+            vec![("instance".into(), "web-1".into())],
+            10,
+            tx,
+        );
+        let first = scheduler.cycle().await;
+        assert_eq!(first.seq, 10);
+        let second = scheduler.cycle().await;
+        assert_eq!(second.seq, 11);
+        let stale: Vec<String> =
+            second.samples.iter().filter(|s| is_stale(s.1)).map(|s| labels_of(&table, s.0)).collect();
+        assert_eq!(stale, vec![r#"thing{i="2", instance="web-1", job="test"}"#.to_string()]);
+        let success: Vec<(String, f64)> = second
+            .samples
+            .iter()
+            .map(|s| (labels_of(&table, s.0), s.1))
+            .filter(|(l, _)| l.starts_with("herd_collector_success"))
+            .collect();
+        assert!(
+            success.contains(&(
+                r#"herd_collector_success{collector="hanging", instance="web-1", job="test"}"#.into(),
+                0.0
+            ))
+        );
+        assert!(
+            success.contains(&(
+                r#"herd_collector_success{collector="shrinking", instance="web-1", job="test"}"#.into(),
+                1.0
+            ))
+        );
+        // What the hanging collector pushed before its timeout is dropped with it.
+        assert!(!second.samples.iter().any(|s| labels_of(&table, s.0).starts_with("before_hang")));
+    }
+
+    #[test]
+    fn difference_of_sorted_lists() {
+        assert_eq!(sorted_difference(&[1, 2, 3, 5], &[2, 5, 7]), vec![1, 3]);
+        assert_eq!(sorted_difference(&[], &[1]), Vec::<SeriesId>::new());
+    }
+}

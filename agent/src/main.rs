@@ -1,0 +1,71 @@
+//! `herd-agent`: collects this host's metrics and streams them to the aggregator.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use herd_common::config::agent::{AgentConfig, DEFAULT_PATH};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// Herd agent: collects host and service metrics, buffers them, and streams
+/// them over QUIC with mutual TLS to a Herd aggregator.
+#[derive(Debug, Parser)]
+#[command(name = "herd-agent", version, about, long_about = None)]
+struct Cli {
+    /// Configuration file.
+    #[arg(short, long, env = "HERD_AGENT_CONFIG", default_value = DEFAULT_PATH, global = true)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent (the default).
+    Run,
+    /// Validate the configuration file and print every problem found.
+    CheckConfig,
+}
+
+fn hostname() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = AgentConfig::load(&cli.config, &hostname()).map_err(|err| anyhow::anyhow!("{err}"))?;
+    if matches!(cli.command, Some(Command::CheckConfig)) {
+        println!("{}: ok", cli.config.display());
+        return Ok(());
+    }
+    // RUST_LOG wins over the file, so an operator can turn up logging without editing it.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        // The agent shares every host it runs on: two workers are plenty.
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown requested");
+            signals.cancel();
+        });
+        herd_agent::run(config, shutdown).await.context("agent failed to start")
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,157 @@
+//! `herd-aggregator demo`: an aggregator and a local agent on loopback, with
+//! a throw-away CA and state directory, and a live line of what arrives.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herd_common::config::Endpoint;
+use herd_common::config::agent::{AgentConfig, CollectConfig, HostConfig, UplinkConfig};
+use herd_common::config::aggregator::AggregatorConfig;
+use herd_common::metric::METRIC_NAME;
+use herd_common::tls::{self, Role, TlsError, TlsFiles, TlsMaterial};
+use tokio_util::sync::CancellationToken;
+
+use crate::server;
+use crate::store::{LabelMatcher, MatchOp, Storage};
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub http_listen: SocketAddr,
+    pub quic_listen: SocketAddr,
+    pub interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("cannot create the demo's state directory: {0}")]
+    StateDir(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Aggregator(#[from] server::StartError),
+    #[error("the demo agent failed: {0}")]
+    Agent(#[from] herd_agent::StartError),
+}
+
+pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> Result<(), DemoError> {
+    let state = tempfile::Builder::new().prefix("herd-demo-").tempdir().map_err(DemoError::StateDir)?;
+    let pki = state.path().join("pki");
+    let hostname = gethostname();
+    let ca = tls::generate_ca("Herd demo CA")?;
+    let server_pair = tls::issue(&ca, Role::Server, "localhost", &["127.0.0.1".into(), "::1".into()])?;
+    let agent_pair = tls::issue(&ca, Role::Agent, &hostname, &[])?;
+    let (ca_file, _) = tls::write_pair(&pki, "ca", &ca, true)?;
+    let (server_cert, server_key) = tls::write_pair(&pki, "aggregator", &server_pair, true)?;
+    let (agent_cert, agent_key) = tls::write_pair(&pki, "agent", &agent_pair, true)?;
+
+    let aggregator_config = AggregatorConfig {
+        quic_listen: options.quic_listen,
+        http_listen: options.http_listen,
+        state_dir: state.path().join("aggregator"),
+        log_level: "info".into(),
+        heartbeat_interval: Duration::from_secs(5),
+        max_series_per_agent: 1_000_000,
+        tls: TlsFiles { ca_file: ca_file.clone(), cert_file: server_cert, key_file: server_key },
+        lookback_delta: Duration::from_secs(300),
+    };
+    let material = TlsMaterial::load(&aggregator_config.tls)?;
+    let running = server::start(&aggregator_config, &material, shutdown.child_token()).await?;
+
+    let agent_config = AgentConfig {
+        id: hostname.clone(),
+        instance: hostname.clone(),
+        labels: BTreeMap::from([("env".to_owned(), "demo".to_owned())]),
+        state_dir: state.path().join("agent"),
+        log_level: "info".into(),
+        uplink: UplinkConfig {
+            endpoints: vec![Endpoint { host: running.quic_addr.ip().to_string(), port: running.quic_addr.port() }],
+            server_name: Some("localhost".into()),
+            tls: TlsFiles { ca_file, cert_file: agent_cert, key_file: agent_key },
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            backoff_initial: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(5),
+            max_pending_batches: 8640,
+        },
+        collect: CollectConfig {
+            interval: options.interval,
+            timeout: options.interval.min(Duration::from_secs(5)),
+            host: Some(HostConfig { procfs_root: PathBuf::from("/proc") }),
+        },
+    };
+    let agent = tokio::spawn(herd_agent::run(agent_config, shutdown.child_token()));
+
+    let http = running.http_addr;
+    println!("Herd demo: an aggregator and a local agent on loopback");
+    println!("  state      {} (removed on exit)", state.path().display());
+    println!("  agents     udp/{} (mutual TLS, throw-away CA)", running.quic_addr);
+    println!("  HTTP API   http://{http}");
+    println!("  try        curl -s 'http://{http}/api/v1/query?query=node_load1'");
+    println!("             curl -s 'http://{http}/api/v1/agents'");
+    println!("             curl -s 'http://{http}/metrics'");
+    println!("Ctrl-C to stop.");
+
+    live_line(&running.store, &running.ingest, &running.fleet, &shutdown).await;
+    if let Ok(Err(err)) = agent.await {
+        return Err(err.into());
+    }
+    running.wait().await;
+    drop(state);
+    Ok(())
+}
+
+/// Prints what arrives until shutdown: in place on a terminal, every 10 s otherwise.
+async fn live_line(
+    store: &Arc<dyn Storage>,
+    ingest: &crate::ingest::IngestStats,
+    fleet: &crate::fleet::Fleet,
+    shutdown: &CancellationToken,
+) {
+    use std::sync::atomic::Ordering;
+    let terminal = std::io::stdout().is_terminal();
+    let period = if terminal { Duration::from_secs(1) } else { Duration::from_secs(10) };
+    let mut ticker = tokio::time::interval(period);
+    let mut last_samples = 0u64;
+    let load = LabelMatcher::new(MatchOp::Equal, METRIC_NAME, "node_load1").expect("literal matcher");
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        let samples = ingest.samples.load(Ordering::Relaxed);
+        let rate = (samples - last_samples) as f64 / period.as_secs_f64();
+        last_samples = samples;
+        let mut latest = Vec::new();
+        if let Some((series, _)) = store.select(std::slice::from_ref(&load)).first() {
+            store.read(*series, i64::MIN, i64::MAX, &mut latest);
+        }
+        let load1 = latest.last().map_or("-".to_owned(), |s| s.value.to_string());
+        let line = format!(
+            "agents {} · series {} · samples {} ({rate:.0}/s) · batches {} · node_load1 {load1}",
+            fleet.connected_count(),
+            store.stats().series,
+            samples,
+            ingest.batches.load(Ordering::Relaxed),
+        );
+        let mut stdout = std::io::stdout().lock();
+        if terminal {
+            let _ = write!(stdout, "\r\x1b[2K{line}");
+        } else {
+            let _ = writeln!(stdout, "{line}");
+        }
+        let _ = stdout.flush();
+    }
+    if terminal {
+        println!();
+    }
+}
+
+fn gethostname() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = name.trim();
+    if name.is_empty() { "localhost".to_owned() } else { name.to_owned() }
+}

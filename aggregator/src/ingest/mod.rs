@@ -1,0 +1,308 @@
+//! Accepts agents over QUIC with mutual TLS and writes their batches to the
+//! store. One task per connection drives a `ServerLink`; this module only
+//! moves bytes, time and decoded samples. A bad frame closes its connection
+//! with a typed reason and a counter; the listener keeps serving.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use herd_common::protocol::frame::FrameError;
+use herd_common::protocol::{ProtocolError, RefuseReason, ServerEvent, ServerLink, Welcome};
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::fleet::Fleet;
+use crate::store::{Sample, SeriesRef, Storage};
+
+/// QUIC application close codes the aggregator uses.
+pub const CLOSE_SHUTDOWN: u32 = 0;
+pub const CLOSE_PROTOCOL_ERROR: u32 = 1;
+pub const CLOSE_VERSION_MISMATCH: u32 = 2;
+pub const CLOSE_NO_IDENTITY: u32 = 3;
+const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Counters for self-monitoring and the demo's live line.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    pub batches: AtomicU64,
+    pub samples: AtomicU64,
+    pub handshake_failures: AtomicU64,
+    /// Connections closed for a protocol error, by `ProtocolError::reason_code`.
+    pub protocol_errors: Mutex<HashMap<&'static str, u64>>,
+    /// Samples the store refused, by `AppendError::reason_code`.
+    pub rejected_samples: Mutex<HashMap<&'static str, u64>>,
+}
+
+impl IngestStats {
+    fn count(map: &Mutex<HashMap<&'static str, u64>>, reason: &'static str, n: u64) {
+        *map.lock().expect("stats lock is never poisoned").entry(reason).or_default() += n;
+    }
+}
+
+pub struct Ingest {
+    store: Arc<dyn Storage>,
+    fleet: Arc<Fleet>,
+    stats: Arc<IngestStats>,
+    heartbeat_interval: Duration,
+    max_series_per_agent: u32,
+}
+
+impl Ingest {
+    pub fn new(
+        store: Arc<dyn Storage>,
+        fleet: Arc<Fleet>,
+        stats: Arc<IngestStats>,
+        heartbeat_interval: Duration,
+        max_series_per_agent: u32,
+    ) -> Self {
+        Self { store, fleet, stats, heartbeat_interval, max_series_per_agent }
+    }
+
+    /// Accepts connections on `endpoint` until `shutdown`.
+    pub async fn run(self: Arc<Self>, endpoint: quinn::Endpoint, shutdown: CancellationToken) {
+        loop {
+            let incoming = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                incoming = endpoint.accept() => match incoming {
+                    Some(incoming) => incoming,
+                    None => break,
+                },
+            };
+            let ingest = Arc::clone(&self);
+            let shutdown = shutdown.child_token();
+            tokio::spawn(async move { ingest.handle_incoming(incoming, shutdown).await });
+        }
+        endpoint.close(CLOSE_SHUTDOWN.into(), b"aggregator shutting down");
+        // Let the close frames leave before the runtime stops.
+        let _ = timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    }
+
+    async fn handle_incoming(&self, incoming: quinn::Incoming, shutdown: CancellationToken) {
+        let remote = incoming.remote_address();
+        let connection = match incoming.await {
+            Ok(connection) => connection,
+            Err(err) => {
+                self.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                warn!(%remote, error = %err, "agent handshake failed (certificate not signed by the fleet CA, or none?)");
+                return;
+            }
+        };
+        let Some(identity) = herd_common::tls::peer_common_name(&connection) else {
+            self.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            warn!(%remote, "agent certificate has no common name: refused");
+            connection.close(CLOSE_NO_IDENTITY.into(), b"client certificate has no common name");
+            return;
+        };
+        let streams = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            streams = timeout(STREAM_OPEN_TIMEOUT, connection.accept_bi()) => streams,
+        };
+        let (send, recv) = match streams {
+            Ok(Ok(streams)) => streams,
+            Ok(Err(err)) => {
+                debug!(agent = %identity, %remote, error = %err, "connection ended before opening a stream");
+                return;
+            }
+            Err(_) => {
+                connection.close(CLOSE_PROTOCOL_ERROR.into(), b"no stream opened");
+                return;
+            }
+        };
+        let mut session =
+            Session { ingest: self, identity, remote, connection_id: None, series: Vec::new(), acks: Vec::new() };
+        session.serve(&connection, send, recv, shutdown).await;
+        if let Some(connection_id) = session.connection_id {
+            self.fleet.disconnected(&session.identity, connection_id, SystemTime::now());
+            info!(agent = %session.identity, %remote, "agent disconnected");
+        }
+    }
+}
+
+/// One agent connection.
+struct Session<'a> {
+    ingest: &'a Ingest,
+    identity: String,
+    remote: SocketAddr,
+    connection_id: Option<u64>,
+    /// Wire id → store series.
+    series: Vec<SeriesRef>,
+    /// Batches stored since the last ack was sent.
+    acks: Vec<(u64, u64)>,
+}
+
+impl Session<'_> {
+    async fn serve(
+        &mut self,
+        connection: &quinn::Connection,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        shutdown: CancellationToken,
+    ) {
+        let mut link = ServerLink::new(Instant::now().into_std()).with_max_series(self.ingest.max_series_per_agent);
+        let mut buffer = vec![0u8; READ_BUFFER_BYTES];
+        loop {
+            let deadline = link.poll_timeout().map(Instant::from_std);
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let _ = link.close(Instant::now().into_std(), "aggregator shutting down");
+                    if let Some(bytes) = link.poll_transmit() {
+                        let _ = timeout(Duration::from_secs(1), send.write_all(&bytes)).await;
+                    }
+                    connection.close(CLOSE_SHUTDOWN.into(), b"aggregator shutting down");
+                    return;
+                }
+                read = recv.read(&mut buffer) => match read {
+                    Ok(Some(n)) => link.handle_bytes(Instant::now().into_std(), &buffer[..n]),
+                    Ok(None) => return,
+                    Err(err) => {
+                        debug!(agent = %self.identity, error = %err, "agent stream ended");
+                        return;
+                    }
+                },
+                _ = sleep_or_forever(deadline) => link.handle_timeout(Instant::now().into_std()),
+            };
+            // Events decoded before an error are still acted on: their batches are valid.
+            let handled = self.handle_events(&mut link);
+            if let Err(err) = result.and(handled) {
+                self.close_for(connection, &mut link, &mut send, &err).await;
+                return;
+            }
+            if !self.acks.is_empty() {
+                let ranges = std::mem::take(&mut self.acks);
+                if let Err(err) = link.ack(Instant::now().into_std(), ranges) {
+                    self.close_for(connection, &mut link, &mut send, &err).await;
+                    return;
+                }
+            }
+            if let Some(bytes) = link.poll_transmit()
+                && let Err(err) = send.write_all(&bytes).await
+            {
+                debug!(agent = %self.identity, error = %err, "write to agent failed");
+                return;
+            }
+        }
+    }
+
+    fn handle_events(&mut self, link: &mut ServerLink) -> Result<(), ProtocolError> {
+        let now = SystemTime::now();
+        while let Some(event) = link.poll_event() {
+            match event {
+                ServerEvent::Hello(hello) => {
+                    if hello.agent_id != self.identity {
+                        warn!(agent = %self.identity, claimed = %hello.agent_id, "agent's configured id differs from its certificate; using the certificate");
+                    }
+                    let connection_id = self.ingest.fleet.connected(&self.identity, &hello, self.remote, now);
+                    self.connection_id = Some(connection_id);
+                    info!(agent = %self.identity, remote = %self.remote, version = %hello.agent_version, backlog_batches = hello.backlog_batches, "agent connected");
+                    let welcome = Welcome {
+                        aggregator_version: herd_common::VERSION.to_owned(),
+                        agent_id: self.identity.clone(),
+                        heartbeat_interval_ms: self
+                            .ingest
+                            .heartbeat_interval
+                            .as_millis()
+                            .try_into()
+                            .unwrap_or(u32::MAX),
+                    };
+                    link.accept(tokio::time::Instant::now().into_std(), welcome)?;
+                }
+                ServerEvent::SeriesDefined { id, labels } => {
+                    debug_assert_eq!(id as usize, self.series.len(), "the link enforces dense ids");
+                    self.series.push(self.ingest.store.series_ref(&labels));
+                }
+                ServerEvent::Batch { seq, timestamp_ms, samples } => self.store_batch(seq, timestamp_ms, &samples, now),
+                ServerEvent::Heartbeat { backlog_batches } => {
+                    self.update_fleet(|record| {
+                        record.backlog_batches = backlog_batches;
+                        record.last_seen = now;
+                    });
+                }
+                ServerEvent::ConfigAcked(ack) => {
+                    if let Some(error) = &ack.error {
+                        warn!(agent = %self.identity, version = ack.version, %error, "agent refused pushed configuration");
+                    } else {
+                        self.update_fleet(|record| record.config_version = ack.version);
+                    }
+                }
+                ServerEvent::PeerClosing { reason } => debug!(agent = %self.identity, %reason, "agent closing"),
+            }
+        }
+        Ok(())
+    }
+
+    fn store_batch(&mut self, seq: u64, timestamp_ms: i64, samples: &[(u32, f64)], now: SystemTime) {
+        let store = &self.ingest.store;
+        let mut rejected: Option<&'static str> = None;
+        let mut rejected_count = 0u64;
+        for &(wire_id, value) in samples {
+            // The link only yields ids it saw defined, so the lookup succeeds.
+            let Some(&series) = self.series.get(wire_id as usize) else { continue };
+            if let Err(err) = store.append(series, Sample { timestamp_ms, value }) {
+                rejected_count += 1;
+                rejected.get_or_insert(err.reason_code());
+            }
+        }
+        if let Some(reason) = rejected {
+            IngestStats::count(&self.ingest.stats.rejected_samples, reason, rejected_count);
+        }
+        let stats = &self.ingest.stats;
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.samples.fetch_add(samples.len() as u64, Ordering::Relaxed);
+        let series_defined = self.series.len() as u64;
+        self.update_fleet(|record| {
+            record.batches_received += 1;
+            record.samples_received += samples.len() as u64;
+            record.series_defined = series_defined;
+            record.last_seen = now;
+        });
+        match self.acks.last_mut() {
+            Some(last) if last.1.checked_add(1) == Some(seq) => last.1 = seq,
+            _ => self.acks.push((seq, seq)),
+        }
+    }
+
+    fn update_fleet(&self, update: impl FnOnce(&mut crate::fleet::AgentRecord)) {
+        if let Some(connection_id) = self.connection_id {
+            self.ingest.fleet.update(&self.identity, connection_id, update);
+        }
+    }
+
+    async fn close_for(
+        &self,
+        connection: &quinn::Connection,
+        link: &mut ServerLink,
+        send: &mut quinn::SendStream,
+        err: &ProtocolError,
+    ) {
+        IngestStats::count(&self.ingest.stats.protocol_errors, err.reason_code(), 1);
+        let (code, reason) = match err {
+            ProtocolError::Frame(FrameError::VersionMismatch { peer, ours }) => {
+                let _ = link.refuse(Instant::now().into_std(), RefuseReason::ProtocolVersion, err.to_string());
+                (
+                    CLOSE_VERSION_MISMATCH,
+                    format!(
+                        "agent speaks Herd protocol version {peer}, aggregator speaks {ours}: upgrade the older side"
+                    ),
+                )
+            }
+            other => (CLOSE_PROTOCOL_ERROR, format!("protocol error: {other}")),
+        };
+        warn!(agent = %self.identity, remote = %self.remote, reason = err.reason_code(), error = %err, "closing agent connection");
+        if let Some(bytes) = link.poll_transmit() {
+            let _ = timeout(Duration::from_secs(1), send.write_all(&bytes)).await;
+        }
+        connection.close(code.into(), reason.as_bytes());
+    }
+}
+
+async fn sleep_or_forever(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,20 @@
+//! The Herd aggregator: accepts agents, stores their samples, answers
+//! PromQL over a Prometheus-compatible HTTP API.
+//!
+//! - `ingest`: QUIC listener, one task per agent connection, writes to the store.
+//! - `store`: the `Storage` trait every reader and writer goes through.
+//! - `promql`: evaluation of parsed PromQL over `Storage`.
+//! - `api`: HTTP and JSON, and nothing else does either.
+//! - `fleet`: which agents exist and how they are doing.
+//! - `server`: wires the above for `serve` and `demo`.
+//! - `pki` and `demo`: the CLI's certificate commands and the one-command demo.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod demo;
+pub mod fleet;
+pub mod ingest;
+pub mod pki;
+pub mod promql;
+pub mod server;
+pub mod store;

@@ -1,0 +1,100 @@
+//! Wires the aggregator together: binds the QUIC and HTTP listeners, starts
+//! ingest and the API over one store and one fleet registry, and stops them
+//! on a cancellation token. Used by `serve` and by the demo.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use herd_common::config::aggregator::AggregatorConfig;
+use herd_common::tls::{TlsError, TlsMaterial};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::api::{self, ApiState};
+use crate::fleet::Fleet;
+use crate::ingest::{Ingest, IngestStats};
+use crate::promql::Engine;
+use crate::store::{MemStore, Storage};
+
+/// Series one query may select before it is refused.
+const MAX_QUERY_SERIES: usize = 500_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "cannot load the aggregator's TLS files: {0} (create them with `herd-aggregator ca init` and `herd-aggregator cert issue --server NAME`)"
+    )]
+    Tls(#[from] TlsError),
+    #[error("cannot listen for agents on udp/{addr}: {source}")]
+    Quic { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen for HTTP on tcp/{addr}: {source}")]
+    Http { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A started aggregator.
+pub struct Running {
+    pub quic_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub store: Arc<dyn Storage>,
+    pub fleet: Arc<Fleet>,
+    pub ingest: Arc<IngestStats>,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Waits for every task to finish (after the shutdown token is cancelled).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+        info!("aggregator stopped");
+    }
+}
+
+pub async fn start(
+    config: &AggregatorConfig,
+    material: &TlsMaterial,
+    shutdown: CancellationToken,
+) -> Result<Running, StartError> {
+    let server_config = herd_common::tls::server_config(material, config.heartbeat_interval * 6)?;
+    let endpoint = quinn::Endpoint::server(server_config, config.quic_listen)
+        .map_err(|source| StartError::Quic { addr: config.quic_listen, source })?;
+    let quic_addr = endpoint.local_addr().map_err(|source| StartError::Quic { addr: config.quic_listen, source })?;
+    let listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| StartError::Http { addr: config.http_listen, source })?;
+    let http_addr = listener.local_addr().map_err(|source| StartError::Http { addr: config.http_listen, source })?;
+
+    let store: Arc<dyn Storage> = Arc::new(MemStore::new());
+    let fleet = Arc::new(Fleet::new());
+    let stats = Arc::new(IngestStats::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let ingest = Arc::new(Ingest::new(
+        Arc::clone(&store),
+        Arc::clone(&fleet),
+        Arc::clone(&stats),
+        config.heartbeat_interval,
+        config.max_series_per_agent,
+    ));
+    let state = Arc::new(ApiState {
+        engine: Engine::new(Arc::clone(&store), config.lookback_delta, MAX_QUERY_SERIES),
+        store: Arc::clone(&store),
+        fleet: Arc::clone(&fleet),
+        ingest: Arc::clone(&stats),
+        ready: Arc::clone(&ready),
+    });
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn(ingest.run(endpoint, shutdown.child_token()));
+    let http_shutdown = shutdown.child_token();
+    tasks.spawn(async move {
+        let serve = axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
+        if let Err(err) = serve.await {
+            tracing::error!(error = %err, "HTTP server failed");
+        }
+    });
+    ready.store(true, Ordering::Release);
+    info!(%quic_addr, %http_addr, "aggregator listening");
+    Ok(Running { quic_addr, http_addr, store, fleet, ingest: stats, tasks })
+}

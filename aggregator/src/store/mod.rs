@@ -1,0 +1,110 @@
+//! The storage interface every other part of the aggregator uses: append
+//! samples to series, select series by label matchers, read samples in a time
+//! range. Ingest writes through it, PromQL and the HTTP API read through it,
+//! and none of them knows where the data lives.
+//!
+//! `memory::MemStore` keeps everything in memory; the durable store
+//! (compressed head, write-ahead log, blocks) implements the same trait.
+
+pub mod memory;
+
+use std::sync::Arc;
+
+use herd_common::metric::Labels;
+use regex::Regex;
+
+pub use memory::MemStore;
+
+/// Store-assigned handle of a series, stable while the process runs.
+pub type SeriesRef = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    pub timestamp_ms: i64,
+    pub value: f64,
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum AppendError {
+    #[error("series {0} does not exist")]
+    UnknownSeries(SeriesRef),
+    #[error("a different value is already stored at {timestamp_ms} for this series")]
+    DuplicateTimestamp { timestamp_ms: i64 },
+}
+
+impl AppendError {
+    /// A fixed label value for `herd_store_rejected_samples_total{reason}`.
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            AppendError::UnknownSeries(_) => "unknown_series",
+            AppendError::DuplicateTimestamp { .. } => "duplicate_timestamp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchOp {
+    Equal,
+    NotEqual,
+    RegexMatch,
+    RegexNoMatch,
+}
+
+/// One label matcher of a selector. A missing label has the value "".
+#[derive(Debug, Clone)]
+pub struct LabelMatcher {
+    pub name: String,
+    pub op: MatchOp,
+    pub value: String,
+    regex: Option<Regex>,
+}
+
+impl LabelMatcher {
+    /// Regexes are anchored at both ends, as in Prometheus.
+    pub fn new(op: MatchOp, name: impl Into<String>, value: impl Into<String>) -> Result<Self, regex::Error> {
+        let value = value.into();
+        let regex = match op {
+            MatchOp::RegexMatch | MatchOp::RegexNoMatch => Some(Regex::new(&format!("^(?s:{value})$"))?),
+            MatchOp::Equal | MatchOp::NotEqual => None,
+        };
+        Ok(Self { name: name.into(), op, value, regex })
+    }
+
+    pub fn matches(&self, value: &str) -> bool {
+        match (self.op, &self.regex) {
+            (MatchOp::Equal, _) => value == self.value,
+            (MatchOp::NotEqual, _) => value != self.value,
+            (MatchOp::RegexMatch, Some(re)) => re.is_match(value),
+            (MatchOp::RegexNoMatch, Some(re)) => !re.is_match(value),
+            (_, None) => unreachable!("regex matchers are built with their regex"),
+        }
+    }
+
+    pub fn matches_labels(&self, labels: &Labels) -> bool {
+        self.matches(labels.get(&self.name).unwrap_or(""))
+    }
+}
+
+/// Counts for self-monitoring and the demo's live line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub series: u64,
+    pub samples: u64,
+}
+
+pub trait Storage: Send + Sync + 'static {
+    /// The series with exactly `labels`, created if new.
+    fn series_ref(&self, labels: &Labels) -> SeriesRef;
+
+    /// Stores one sample. Samples may arrive out of order (backfill); a
+    /// repeated timestamp with the same value is accepted and ignored.
+    fn append(&self, series: SeriesRef, sample: Sample) -> Result<(), AppendError>;
+
+    /// Series whose labels satisfy every matcher, in label order.
+    fn select(&self, matchers: &[LabelMatcher]) -> Vec<(SeriesRef, Arc<Labels>)>;
+
+    /// Appends to `out` the samples of `series` with `min_t <= t <= max_t`, in time order.
+    fn read(&self, series: SeriesRef, min_t: i64, max_t: i64, out: &mut Vec<Sample>);
+
+    fn stats(&self) -> StoreStats;
+}

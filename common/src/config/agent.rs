@@ -1,0 +1,305 @@
+//! `/etc/herd/agent.toml`: what the agent collects and where it sends it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ConfigError, Endpoint, Problems, check_log_level, parse_toml, read_file, resolve};
+use crate::tls::TlsFiles;
+
+pub const DEFAULT_PATH: &str = "/etc/herd/agent.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/herd-agent";
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+const DEFAULT_COLLECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(500);
+const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_PENDING_BATCHES: usize = 8640;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgentConfig {
+    #[serde(default)]
+    pub agent: RawAgentSection,
+    pub uplink: Option<RawUplink>,
+    #[serde(default)]
+    pub collect: RawCollect,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgentSection {
+    pub id: Option<String>,
+    pub instance: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub state_dir: Option<PathBuf>,
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUplink {
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    pub server_name: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub backoff_initial: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub backoff_max: Option<Duration>,
+    pub max_pending_batches: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCollect {
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub host: RawHost,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHost {
+    pub enabled: Option<bool>,
+    pub procfs_root: Option<PathBuf>,
+}
+
+/// A validated agent configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    pub id: String,
+    /// Value of the `instance` label on every series.
+    pub instance: String,
+    pub labels: BTreeMap<String, String>,
+    pub state_dir: PathBuf,
+    pub log_level: String,
+    pub uplink: UplinkConfig,
+    pub collect: CollectConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UplinkConfig {
+    /// In order of preference.
+    pub endpoints: Vec<Endpoint>,
+    /// TLS name to verify; `None` means each endpoint's host.
+    pub server_name: Option<String>,
+    pub tls: TlsFiles,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Unacknowledged batches kept in memory before the oldest is dropped.
+    pub max_pending_batches: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectConfig {
+    pub interval: Duration,
+    /// Per collector, per cycle.
+    pub timeout: Duration,
+    pub host: Option<HostConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostConfig {
+    pub procfs_root: PathBuf,
+}
+
+impl AgentConfig {
+    /// Loads and validates a file; relative paths in it are taken from its directory.
+    pub fn load(path: &Path, hostname: &str) -> Result<Self, ConfigError> {
+        let text = read_file(path)?;
+        Self::from_toml(&path.display().to_string(), &text, path.parent(), hostname)
+    }
+
+    /// Validates TOML text; `source_name` names it in errors.
+    pub fn from_toml(
+        source_name: &str,
+        text: &str,
+        base_dir: Option<&Path>,
+        hostname: &str,
+    ) -> Result<Self, ConfigError> {
+        let raw: RawAgentConfig = parse_toml(source_name, text)?;
+        raw.validate(source_name, base_dir, hostname)
+    }
+}
+
+impl RawAgentConfig {
+    pub fn validate(
+        self,
+        source_name: &str,
+        base_dir: Option<&Path>,
+        hostname: &str,
+    ) -> Result<AgentConfig, ConfigError> {
+        let mut problems = Problems::default();
+        let agent = self.agent;
+        let id = agent.id.unwrap_or_else(|| hostname.to_owned());
+        if id.is_empty() {
+            problems.push("agent.id", "is empty and the host name is unknown");
+        }
+        let instance = agent.instance.unwrap_or_else(|| id.clone());
+        for name in agent.labels.keys() {
+            if !is_label_name(name) {
+                problems.push(&format!("agent.labels.{name}"), "is not a valid label name ([a-zA-Z_][a-zA-Z0-9_]*)");
+            } else if matches!(name.as_str(), "job" | "instance" | "__name__") {
+                problems
+                    .push(&format!("agent.labels.{name}"), "is set by the agent itself and cannot be overridden here");
+            }
+        }
+        let log_level = agent.log_level.unwrap_or_else(|| "info".to_owned());
+        if let Err(err) = check_log_level(&log_level) {
+            problems.push("agent.log_level", err);
+        }
+
+        let uplink = self.uplink.unwrap_or_default();
+        let mut endpoints = Vec::new();
+        if uplink.endpoints.is_empty() {
+            problems.push("uplink.endpoints", "is missing (expected e.g. [\"aggregator.example.com:7400\"])");
+        }
+        for (i, text) in uplink.endpoints.iter().enumerate() {
+            match Endpoint::parse(text) {
+                Ok(endpoint) => endpoints.push(endpoint),
+                Err(err) => problems.push(&format!("uplink.endpoints[{i}]"), err),
+            }
+        }
+        let mut file = |key: &str, value: Option<PathBuf>| -> PathBuf {
+            match value {
+                Some(path) => resolve(base_dir, &path),
+                None => {
+                    problems.push(
+                        &format!("uplink.{key}"),
+                        "is missing (the agent authenticates with a certificate from the fleet CA)",
+                    );
+                    PathBuf::new()
+                }
+            }
+        };
+        let tls = TlsFiles {
+            ca_file: file("ca_file", uplink.ca_file),
+            cert_file: file("cert_file", uplink.cert_file),
+            key_file: file("key_file", uplink.key_file),
+        };
+        let backoff_initial = uplink.backoff_initial.unwrap_or(DEFAULT_BACKOFF_INITIAL);
+        let backoff_max = uplink.backoff_max.unwrap_or(DEFAULT_BACKOFF_MAX);
+        if backoff_initial.is_zero() || backoff_initial > backoff_max {
+            problems.push("uplink.backoff_initial", "must be above zero and at most uplink.backoff_max");
+        }
+        let max_pending_batches = uplink.max_pending_batches.unwrap_or(DEFAULT_MAX_PENDING_BATCHES);
+        if max_pending_batches == 0 {
+            problems.push("uplink.max_pending_batches", "must be at least 1");
+        }
+
+        let interval = self.collect.interval.unwrap_or(DEFAULT_INTERVAL);
+        if interval < MIN_INTERVAL {
+            problems.push("collect.interval", format!("must be at least {}", humantime::format_duration(MIN_INTERVAL)));
+        }
+        let timeout = self.collect.timeout.unwrap_or_else(|| interval.min(DEFAULT_COLLECT_TIMEOUT));
+        if timeout.is_zero() || timeout > interval {
+            problems.push("collect.timeout", "must be above zero and at most collect.interval");
+        }
+        let host = self.collect.host;
+        let host = host.enabled.unwrap_or(true).then(|| HostConfig {
+            procfs_root: host.procfs_root.map_or_else(|| PathBuf::from("/proc"), |p| resolve(base_dir, &p)),
+        });
+
+        let config = AgentConfig {
+            id,
+            instance,
+            labels: agent.labels,
+            state_dir: agent.state_dir.map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), |p| resolve(base_dir, &p)),
+            log_level,
+            uplink: UplinkConfig {
+                endpoints,
+                server_name: uplink.server_name,
+                tls,
+                connect_timeout: uplink.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+                idle_timeout: uplink.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
+                backoff_initial,
+                backoff_max,
+                max_pending_batches,
+            },
+            collect: CollectConfig { interval, timeout, host },
+        };
+        problems.finish(source_name, config)
+    }
+}
+
+/// Prometheus label name syntax.
+pub fn is_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [uplink]
+        endpoints = ["agg.example:7400"]
+        ca_file = "pki/ca.pem"
+        cert_file = "pki/web-1.pem"
+        key_file = "pki/web-1-key.pem"
+    "#;
+
+    fn check(text: &str) -> Result<AgentConfig, String> {
+        AgentConfig::from_toml("agent.toml", text, Some(Path::new("/etc/herd")), "web-1").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let config = check(MINIMAL).unwrap();
+        assert_eq!(config.id, "web-1");
+        assert_eq!(config.instance, "web-1");
+        assert_eq!(config.collect.interval, Duration::from_secs(10));
+        assert_eq!(config.collect.timeout, Duration::from_secs(5));
+        assert_eq!(config.uplink.tls.ca_file, PathBuf::from("/etc/herd/pki/ca.pem"));
+        assert_eq!(config.collect.host.unwrap().procfs_root, PathBuf::from("/proc"));
+        assert_eq!(config.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+    }
+
+    #[test]
+    fn one_second_interval_works() {
+        let config = check(&format!("[collect]\ninterval = \"1s\"\n{MINIMAL}")).unwrap();
+        assert_eq!(config.collect.interval, Duration::from_secs(1));
+        assert_eq!(config.collect.timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let err = check("[agent]\nlog_level = \"loud\"\nlabels = { job = \"x\", \"bad-name\" = \"y\" }\n[collect]\ninterval = \"10ms\"\n").unwrap_err();
+        for needle in [
+            "agent.toml: agent.log_level",
+            "agent.labels.job",
+            "agent.labels.bad-name",
+            "uplink.endpoints: is missing",
+            "uplink.ca_file: is missing",
+            "collect.interval: must be at least 100ms",
+        ] {
+            assert!(err.contains(needle), "{needle:?} in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_location() {
+        let err = check(&format!("{MINIMAL}\nendpoint = \"typo\"\n")).unwrap_err();
+        assert!(err.contains("unknown field `endpoint`"), "{err}");
+        assert!(err.contains("line"), "{err}");
+    }
+}

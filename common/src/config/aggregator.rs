@@ -1,0 +1,157 @@
+//! `/etc/herd/aggregator.toml`: where the aggregator listens and keeps state.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ConfigError, Problems, check_log_level, parse_toml, read_file, resolve};
+use crate::tls::TlsFiles;
+
+pub const DEFAULT_PATH: &str = "/etc/herd/aggregator.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/herd-aggregator";
+pub const DEFAULT_QUIC_LISTEN: &str = "0.0.0.0:7400";
+pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:7401";
+const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+const DEFAULT_LOOKBACK_DELTA: Duration = Duration::from_secs(300);
+const DEFAULT_MAX_SERIES_PER_AGENT: u32 = 1_000_000;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAggregatorConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub tls: RawTls,
+    #[serde(default)]
+    pub query: RawQuery,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub quic_listen: Option<String>,
+    pub http_listen: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub log_level: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub heartbeat_interval: Option<Duration>,
+    pub max_series_per_agent: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuery {
+    #[serde(default, with = "humantime_serde")]
+    pub lookback_delta: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregatorConfig {
+    pub quic_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub log_level: String,
+    pub heartbeat_interval: Duration,
+    pub max_series_per_agent: u32,
+    pub tls: TlsFiles,
+    pub lookback_delta: Duration,
+}
+
+impl AggregatorConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = read_file(path)?;
+        Self::from_toml(&path.display().to_string(), &text, path.parent())
+    }
+
+    pub fn from_toml(source_name: &str, text: &str, base_dir: Option<&Path>) -> Result<Self, ConfigError> {
+        let raw: RawAggregatorConfig = parse_toml(source_name, text)?;
+        raw.validate(source_name, base_dir)
+    }
+}
+
+impl RawAggregatorConfig {
+    pub fn validate(self, source_name: &str, base_dir: Option<&Path>) -> Result<AggregatorConfig, ConfigError> {
+        let mut problems = Problems::default();
+        let mut addr = |key: &str, value: Option<String>, default: &str| -> SocketAddr {
+            let text = value.unwrap_or_else(|| default.to_owned());
+            text.parse().unwrap_or_else(|_| {
+                problems.push(key, format!("{text:?} is not an address (expected e.g. \"{default}\")"));
+                default.parse().expect("default address parses")
+            })
+        };
+        let quic_listen = addr("server.quic_listen", self.server.quic_listen, DEFAULT_QUIC_LISTEN);
+        let http_listen = addr("server.http_listen", self.server.http_listen, DEFAULT_HTTP_LISTEN);
+        let log_level = self.server.log_level.unwrap_or_else(|| "info".to_owned());
+        if let Err(err) = check_log_level(&log_level) {
+            problems.push("server.log_level", err);
+        }
+        let state_dir =
+            self.server.state_dir.map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), |p| resolve(base_dir, &p));
+        let pki = state_dir.join("pki");
+        let tls = TlsFiles {
+            ca_file: self.tls.ca_file.map_or_else(|| pki.join("ca.pem"), |p| resolve(base_dir, &p)),
+            cert_file: self.tls.cert_file.map_or_else(|| pki.join("aggregator.pem"), |p| resolve(base_dir, &p)),
+            key_file: self.tls.key_file.map_or_else(|| pki.join("aggregator-key.pem"), |p| resolve(base_dir, &p)),
+        };
+        let heartbeat_interval = self.server.heartbeat_interval.unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
+        if heartbeat_interval < Duration::from_millis(100) || heartbeat_interval > Duration::from_secs(60) {
+            problems.push("server.heartbeat_interval", "must be between 100ms and 60s");
+        }
+        let max_series_per_agent = self.server.max_series_per_agent.unwrap_or(DEFAULT_MAX_SERIES_PER_AGENT);
+        if max_series_per_agent == 0 {
+            problems.push("server.max_series_per_agent", "must be at least 1");
+        }
+        let lookback_delta = self.query.lookback_delta.unwrap_or(DEFAULT_LOOKBACK_DELTA);
+        if lookback_delta.is_zero() {
+            problems.push("query.lookback_delta", "must be above zero");
+        }
+        let config = AggregatorConfig {
+            quic_listen,
+            http_listen,
+            state_dir,
+            log_level,
+            heartbeat_interval,
+            max_series_per_agent,
+            tls,
+            lookback_delta,
+        };
+        problems.finish(source_name, config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_means_defaults() {
+        let config = AggregatorConfig::from_toml("aggregator.toml", "", None).unwrap();
+        assert_eq!(config.quic_listen, DEFAULT_QUIC_LISTEN.parse().unwrap());
+        assert_eq!(config.http_listen, DEFAULT_HTTP_LISTEN.parse().unwrap());
+        assert_eq!(config.tls.ca_file, PathBuf::from("/var/lib/herd-aggregator/pki/ca.pem"));
+        assert_eq!(config.lookback_delta, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn bad_values_name_their_keys() {
+        let err = AggregatorConfig::from_toml(
+            "aggregator.toml",
+            "[server]\nhttp_listen = \"nowhere\"\nheartbeat_interval = \"1ms\"\n",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("aggregator.toml: server.http_listen: \"nowhere\" is not an address"), "{err}");
+        assert!(err.contains("server.heartbeat_interval"), "{err}");
+    }
+}

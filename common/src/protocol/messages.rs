@@ -1,0 +1,135 @@
+//! The messages agents and the aggregator exchange. Plain data: encoding is
+//! `codec.rs`'s job, sequencing is `link.rs`'s.
+
+use serde::{Deserialize, Serialize};
+
+/// Agent → aggregator, first message on a stream. Its claims are
+/// informational: the agent's identity is its client certificate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Agent id as configured; the aggregator compares it with the certificate.
+    pub agent_id: String,
+    pub hostname: String,
+    pub agent_version: String,
+    /// Labels the agent attaches to all of its series (e.g. `env`, `role`).
+    pub labels: Vec<(String, String)>,
+    /// Version of the configuration the agent is running, 0 for its local file.
+    pub config_version: u64,
+    /// Batches waiting in the agent's buffer when it connected.
+    pub backlog_batches: u64,
+}
+
+/// Aggregator → agent, answer to a hello that was accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub aggregator_version: String,
+    /// The identity the aggregator established from the client certificate.
+    pub agent_id: String,
+    /// How often each side sends a heartbeat when it has nothing else to say.
+    pub heartbeat_interval_ms: u32,
+}
+
+/// Aggregator → agent: the hello was refused; the stream closes after this.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refuse {
+    pub reason: RefuseReason,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefuseReason {
+    ProtocolVersion,
+    Identity,
+    Overloaded,
+}
+
+/// Series definitions: a wire id stands for a label set from here on, for the
+/// rest of the connection. Ids are dense per connection, starting at 0, and a
+/// definition always takes the next free id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeriesDefs {
+    pub first_id: u32,
+    /// Each label set, sorted by name, `__name__` included.
+    pub series: Vec<Vec<(String, String)>>,
+}
+
+/// One collection cycle's samples, all at one timestamp.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricBatch {
+    /// Per-agent sequence number, assigned when the batch was collected; the
+    /// aggregator acknowledges and deduplicates by it.
+    pub seq: u64,
+    pub timestamp_ms: i64,
+    pub sample_count: u32,
+    /// Samples packed by `samples::SampleEncoder` against this connection's
+    /// previous values.
+    pub packed: Vec<u8>,
+}
+
+/// Aggregator → agent: these sequence numbers are stored durably.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    /// Inclusive ranges, ascending.
+    pub ranges: Vec<(u64, u64)>,
+}
+
+/// Either side, when it has been quiet for a heartbeat interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Batches waiting in the sender's buffer (agent) or 0 (aggregator).
+    pub backlog_batches: u64,
+}
+
+/// Aggregator → agent: a new configuration to validate and apply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigPush {
+    pub version: u64,
+    /// The agent configuration in its TOML file format.
+    pub toml: String,
+}
+
+/// Agent → aggregator: outcome of a [`ConfigPush`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigAck {
+    pub version: u64,
+    /// `None` when applied; the validation errors otherwise.
+    pub error: Option<String>,
+}
+
+/// Either side, before closing on purpose.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Goodbye {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    Hello(Hello),
+    Welcome(Welcome),
+    Refuse(Refuse),
+    SeriesDefs(SeriesDefs),
+    Batch(MetricBatch),
+    Ack(Ack),
+    Heartbeat(Heartbeat),
+    ConfigPush(ConfigPush),
+    ConfigAck(ConfigAck),
+    Goodbye(Goodbye),
+}
+
+impl Message {
+    /// A fixed name for logs and metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::Welcome(_) => "welcome",
+            Message::Refuse(_) => "refuse",
+            Message::SeriesDefs(_) => "series_defs",
+            Message::Batch(_) => "batch",
+            Message::Ack(_) => "ack",
+            Message::Heartbeat(_) => "heartbeat",
+            Message::ConfigPush(_) => "config_push",
+            Message::ConfigAck(_) => "config_ack",
+            Message::Goodbye(_) => "goodbye",
+        }
+    }
+}
