@@ -41,7 +41,11 @@ fn main() -> anyhow::Result<()> {
     }
     // RUST_LOG wins over the file, so an operator can turn up logging without editing it.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         // The agent shares every host it runs on: two workers are plenty.

@@ -1,1 +1,256 @@
+//! Harness for Herd's end-to-end tests: runs the real `herd-aggregator` and
+//! `herd-agent` binaries on loopback with certificates made by the CLI, and
+//! talks to them over their real interfaces (HTTP API, QUIC).
+//!
+//! Binaries are taken from the cargo target directory this test was built
+//! in; `cargo build --workspace --bins` (which the test script runs) puts
+//! them there.
 
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+
+/// Path of a workspace binary next to the running test's target directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/<name>
+    let profile_dir = exe.parent().and_then(Path::parent).expect("test runs from target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(path.exists(), "{} not found: run `cargo build --workspace --bins` first", path.display());
+    path
+}
+
+/// Runs `herd-aggregator` with `args` to completion, panicking with its output on failure.
+pub fn aggregator_cli(args: &[&str]) -> String {
+    let output = Command::new(bin("herd-aggregator")).args(args).output().expect("run herd-aggregator");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "herd-aggregator {args:?} failed:\n{text}");
+    text
+}
+
+/// A free loopback port for TCP (the OS picks; released before returning).
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind loopback").port()
+}
+
+/// A free loopback port for UDP.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("bind loopback").port()
+}
+
+/// Polls `check` every 25 ms until it yields a value or `limit` passes.
+pub fn wait_for<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A CA made with `herd-aggregator ca init`, and pairs issued from it.
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    pub fn create(dir: PathBuf) -> Self {
+        let dir_text = dir.to_str().expect("utf-8 temp path").to_owned();
+        aggregator_cli(&["ca", "init", "--dir", &dir_text, "--name", "test fleet"]);
+        Self { dir }
+    }
+
+    pub fn issue_server(&self, name: &str) {
+        let dir = self.dir.to_str().expect("utf-8 temp path");
+        aggregator_cli(&["cert", "issue", "--server", name, "--san", "127.0.0.1", "--ca-dir", dir]);
+    }
+
+    pub fn issue_agent(&self, name: &str) {
+        let dir = self.dir.to_str().expect("utf-8 temp path");
+        aggregator_cli(&["cert", "issue", "--agent", name, "--ca-dir", dir]);
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
+    pub fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.path(file)).expect("read PKI file")
+    }
+}
+
+/// A child process killed (SIGKILL) when dropped; prints its log if the test is failing.
+pub struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(name: &str, binary: &str, args: &[&str], log_dir: &Path) -> Self {
+        let log = log_dir.join(format!("{name}.log"));
+        let out = File::create(&log).expect("create log file");
+        let err = out.try_clone().expect("clone log file");
+        let child = Command::new(bin(binary))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+        Self { name: name.to_owned(), child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("----- {} log -----\n{}", self.name, self.log());
+        }
+    }
+}
+
+/// A running aggregator with its addresses.
+pub struct Aggregator {
+    pub process: Process,
+    pub http: SocketAddr,
+    pub quic: SocketAddr,
+}
+
+impl Aggregator {
+    /// Starts `herd-aggregator serve` with a server certificate named `localhost` from `pki`.
+    pub fn start(pki: &Pki, work: &Path) -> Self {
+        if !pki.path("localhost.pem").exists() {
+            pki.issue_server("localhost");
+        }
+        let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().expect("address");
+        let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().expect("address");
+        let config = work.join("aggregator.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nquic_listen = \"{quic}\"\nhttp_listen = \"{http}\"\nstate_dir = \"{state}\"\nheartbeat_interval = \"1s\"\n\
+                 [tls]\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n",
+                state = work.join("aggregator-state").display(),
+                ca = pki.path("ca.pem").display(),
+                cert = pki.path("localhost.pem").display(),
+                key = pki.path("localhost-key.pem").display(),
+            ),
+        )
+        .expect("write aggregator config");
+        let process = Process::spawn(
+            "aggregator",
+            "herd-aggregator",
+            &["serve", "--config", config.to_str().expect("utf-8")],
+            work,
+        );
+        let aggregator = Self { process, http, quic };
+        let ready =
+            wait_for(Duration::from_secs(10), || aggregator.get("/-/ready").filter(|(status, _)| *status == 200));
+        assert!(ready.is_some(), "aggregator not ready within 10 s:\n{}", aggregator.process.log());
+        aggregator
+    }
+
+    /// GET `path`; `None` if the server cannot be reached.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(&format!("http://{}{path}", self.http))
+    }
+
+    /// Runs an instant query and returns the parsed JSON response.
+    pub fn query(&self, expr: &str) -> Json {
+        let (status, body) = self.get(&format!("/api/v1/query?query={}", encode(expr))).expect("aggregator reachable");
+        let json: Json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("bad JSON ({e}): {body}"));
+        assert_eq!(status, 200, "{body}");
+        json
+    }
+
+    /// The aggregator's own metric `name` (with an optional `{labels}` suffix), 0 if absent.
+    pub fn self_metric(&self, series: &str) -> f64 {
+        let (_, body) = self.get("/metrics").expect("aggregator reachable");
+        body.lines()
+            .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+/// Writes an agent config for `name` (cert `NAME.pem` from `pki`) sending to `quic`.
+pub fn agent_config(work: &Path, pki: &Pki, name: &str, quic: SocketAddr, interval: &str) -> PathBuf {
+    let config = work.join(format!("agent-{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nid = \"{name}\"\nstate_dir = \"{state}\"\n\
+             [uplink]\nendpoints = [\"{quic}\"]\nserver_name = \"localhost\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n\
+             ca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\
+             [collect]\ninterval = \"{interval}\"\n",
+            state = work.join(format!("agent-{name}-state")).display(),
+            ca = pki.path("ca.pem").display(),
+            cert = pki.path(&format!("{name}.pem")).display(),
+            key = pki.path(&format!("{name}-key.pem")).display(),
+        ),
+    )
+    .expect("write agent config");
+    config
+}
+
+pub fn start_agent(work: &Path, name: &str, config: &Path) -> Process {
+    Process::spawn(&format!("agent-{name}"), "herd-agent", &["--config", config.to_str().expect("utf-8")], work)
+}
+
+fn http_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into()
+}
+
+/// GET `url`; `None` on a connection error.
+pub fn http_get(url: &str) -> Option<(u16, String)> {
+    let mut response = http_agent().get(url).call().ok()?;
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().ok()?;
+    Some((status, body))
+}
+
+/// Percent-encodes a query parameter value.
+pub fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The `result` array of a successful vector query.
+pub fn vector_result(response: &Json) -> Vec<Json> {
+    assert_eq!(response["status"], "success", "{response}");
+    assert_eq!(response["data"]["resultType"], "vector", "{response}");
+    response["data"]["result"].as_array().cloned().unwrap_or_default()
+}
