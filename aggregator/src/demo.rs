@@ -1,18 +1,15 @@
 //! `herd-aggregator demo`: an aggregator and a local agent on loopback, with
 //! a throw-away CA and state directory, and a live line of what arrives.
 
-use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herd_common::config::Endpoint;
-use herd_common::config::agent::{AgentConfig, CollectConfig, HostConfig, UplinkConfig};
+use herd_common::config::agent::AgentConfig;
 use herd_common::config::aggregator::AggregatorConfig;
 use herd_common::metric::METRIC_NAME;
-use herd_common::tls::{self, Role, TlsError, TlsFiles, TlsMaterial};
+use herd_common::tls::{self, Role, TlsError, TlsMaterial};
 use tokio_util::sync::CancellationToken;
 
 use crate::server;
@@ -35,6 +32,8 @@ pub enum DemoError {
     Aggregator(#[from] server::StartError),
     #[error("the demo agent failed: {0}")]
     Agent(#[from] herd_agent::StartError),
+    #[error("demo configuration: {0}")]
+    Config(#[from] herd_common::config::ConfigError),
 }
 
 pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> Result<(), DemoError> {
@@ -48,41 +47,34 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> Result<()
     let (server_cert, server_key) = tls::write_pair(&pki, "aggregator", &server_pair, true)?;
     let (agent_cert, agent_key) = tls::write_pair(&pki, "agent", &agent_pair, true)?;
 
-    let aggregator_config = AggregatorConfig {
-        quic_listen: options.quic_listen,
-        http_listen: options.http_listen,
-        state_dir: state.path().join("aggregator"),
-        log_level: "info".into(),
-        heartbeat_interval: Duration::from_secs(5),
-        max_series_per_agent: 1_000_000,
-        tls: TlsFiles { ca_file: ca_file.clone(), cert_file: server_cert, key_file: server_key },
-        lookback_delta: Duration::from_secs(300),
-    };
+    // The demo goes through the same loaders and defaults as real config files.
+    let aggregator_toml = format!(
+        "[server]\nquic_listen = \"{quic}\"\nhttp_listen = \"{http}\"\nstate_dir = \"{state}\"\n\
+         [tls]\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n",
+        quic = options.quic_listen,
+        http = options.http_listen,
+        state = state.path().join("aggregator").display(),
+        ca = ca_file.display(),
+        cert = server_cert.display(),
+        key = server_key.display(),
+    );
+    let aggregator_config = AggregatorConfig::from_toml("demo aggregator config", &aggregator_toml, None)?;
     let material = TlsMaterial::load(&aggregator_config.tls)?;
     let running = server::start(&aggregator_config, &material, shutdown.child_token()).await?;
 
-    let agent_config = AgentConfig {
-        id: hostname.clone(),
-        instance: hostname.clone(),
-        labels: BTreeMap::from([("env".to_owned(), "demo".to_owned())]),
-        state_dir: state.path().join("agent"),
-        log_level: "info".into(),
-        uplink: UplinkConfig {
-            endpoints: vec![Endpoint { host: running.quic_addr.ip().to_string(), port: running.quic_addr.port() }],
-            server_name: Some("localhost".into()),
-            tls: TlsFiles { ca_file, cert_file: agent_cert, key_file: agent_key },
-            connect_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(30),
-            backoff_initial: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(5),
-            max_pending_batches: 8640,
-        },
-        collect: CollectConfig {
-            interval: options.interval,
-            timeout: options.interval.min(Duration::from_secs(5)),
-            host: Some(HostConfig { procfs_root: PathBuf::from("/proc") }),
-        },
-    };
+    let agent_toml = format!(
+        "[agent]\nid = \"{hostname}\"\nlabels = {{ env = \"demo\" }}\nstate_dir = \"{state}\"\n\
+         [uplink]\nendpoints = [\"{endpoint}\"]\nserver_name = \"localhost\"\nbackoff_initial = \"200ms\"\nbackoff_max = \"5s\"\n\
+         ca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\
+         [collect]\ninterval = \"{interval}\"\n",
+        state = state.path().join("agent").display(),
+        endpoint = running.quic_addr,
+        ca = ca_file.display(),
+        cert = agent_cert.display(),
+        key = agent_key.display(),
+        interval = humantime::format_duration(options.interval),
+    );
+    let agent_config = AgentConfig::from_toml("demo agent config", &agent_toml, None, &hostname)?;
     let agent = tokio::spawn(herd_agent::run(agent_config, shutdown.child_token()));
 
     let http = running.http_addr;

@@ -3,6 +3,7 @@
 //!
 //! - `ingest`: QUIC listener, one task per agent connection, writes to the store.
 //! - `store`: the `Storage` trait every reader and writer goes through.
+//! - `wal`: the write-ahead log batches are synced to before they are acknowledged.
 //! - `promql`: evaluation of parsed PromQL over `Storage`.
 //! - `api`: HTTP and JSON, and nothing else does either.
 //! - `fleet`: which agents exist and how they are doing.
@@ -18,3 +19,4 @@ pub mod pki;
 pub mod promql;
 pub mod server;
 pub mod store;
+pub mod wal;

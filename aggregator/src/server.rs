@@ -14,9 +14,12 @@ use tracing::info;
 
 use crate::api::{self, ApiState};
 use crate::fleet::Fleet;
+use crate::ingest::dedup::Dedup;
 use crate::ingest::{Ingest, IngestStats};
 use crate::promql::Engine;
 use crate::store::{MemStore, Storage};
+use crate::store::{Sample, SeriesRef};
+use crate::wal::{self, Wal, WalError, WalRecord};
 
 /// Series one query may select before it is refused.
 const MAX_QUERY_SERIES: usize = 500_000;
@@ -31,6 +34,40 @@ pub enum StartError {
     Quic { addr: SocketAddr, source: std::io::Error },
     #[error("cannot listen for HTTP on tcp/{addr}: {source}")]
     Http { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Wal(#[from] WalError),
+}
+
+/// Replays the WAL into `store` and `dedup`; returns the bytes replayed.
+fn replay_wal(dir: &std::path::Path, store: &dyn Storage, dedup: &Dedup) -> Result<u64, WalError> {
+    let started = std::time::Instant::now();
+    // WAL refs are those of the process that wrote them: map them to this one's.
+    let mut refs: std::collections::HashMap<u64, SeriesRef> = std::collections::HashMap::new();
+    let mut samples = 0u64;
+    let stats = wal::replay(dir, |record| match record {
+        WalRecord::Series { series_ref, labels } => {
+            refs.insert(series_ref, store.series_ref(&labels));
+        }
+        WalRecord::Samples { agent, seq, timestamp_ms, samples: values } => {
+            for (series_ref, value) in values {
+                if let Some(&series) = refs.get(&series_ref) {
+                    let _ = store.append(series, Sample { timestamp_ms, value });
+                    samples += 1;
+                }
+            }
+            dedup.insert(&agent, seq);
+        }
+    })?;
+    info!(
+        segments = stats.segments,
+        records = stats.records,
+        samples,
+        bytes = stats.bytes,
+        truncated_segments = stats.truncated_segments,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "WAL replayed"
+    );
+    Ok(stats.bytes)
 }
 
 /// A started aggregator.
@@ -66,6 +103,15 @@ pub async fn start(
     let http_addr = listener.local_addr().map_err(|source| StartError::Http { addr: config.http_listen, source })?;
 
     let store: Arc<dyn Storage> = Arc::new(MemStore::new());
+    let dedup = Arc::new(Dedup::default());
+    let wal_dir = config.state_dir.join("wal");
+    let replayed_bytes = {
+        let (store, dedup, dir) = (Arc::clone(&store), Arc::clone(&dedup), wal_dir.clone());
+        tokio::task::spawn_blocking(move || replay_wal(&dir, store.as_ref(), &dedup))
+            .await
+            .expect("WAL replay does not panic")?
+    };
+    let wal = Wal::start(&wal_dir, replayed_bytes)?;
     let fleet = Arc::new(Fleet::new());
     let stats = Arc::new(IngestStats::default());
     let ready = Arc::new(AtomicBool::new(false));
@@ -73,6 +119,8 @@ pub async fn start(
         Arc::clone(&store),
         Arc::clone(&fleet),
         Arc::clone(&stats),
+        wal.clone(),
+        Arc::clone(&dedup),
         config.heartbeat_interval,
         config.max_series_per_agent,
     ));

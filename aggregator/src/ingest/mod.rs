@@ -1,9 +1,15 @@
 //! Accepts agents over QUIC with mutual TLS and writes their batches to the
-//! store. One task per connection drives a `ServerLink`; this module only
-//! moves bytes, time and decoded samples. A bad frame closes its connection
-//! with a typed reason and a counter; the listener keeps serving.
+//! store and the write-ahead log. One task per connection drives a
+//! `ServerLink`; this module only moves bytes, time and decoded samples.
+//!
+//! A batch is acknowledged only once its WAL record is synced; a batch whose
+//! (agent, sequence) was already stored is acknowledged again and dropped
+//! (`dedup`). A bad frame closes its connection with a typed reason and a
+//! counter; the listener keeps serving.
 
-use std::collections::HashMap;
+pub mod dedup;
+
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,12 +23,15 @@ use tracing::{debug, info, warn};
 
 use crate::fleet::Fleet;
 use crate::store::{Sample, SeriesRef, Storage};
+use crate::wal::{self, Wal};
+use dedup::Dedup;
 
 /// QUIC application close codes the aggregator uses.
 pub const CLOSE_SHUTDOWN: u32 = 0;
 pub const CLOSE_PROTOCOL_ERROR: u32 = 1;
 pub const CLOSE_VERSION_MISMATCH: u32 = 2;
 pub const CLOSE_NO_IDENTITY: u32 = 3;
+pub const CLOSE_NOT_DURABLE: u32 = 4;
 const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 
@@ -31,6 +40,8 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 pub struct IngestStats {
     pub batches: AtomicU64,
     pub samples: AtomicU64,
+    /// Batches received again after they were stored (resent after a lost ack).
+    pub dedup_hits: AtomicU64,
     pub handshake_failures: AtomicU64,
     /// Connections closed for a protocol error, by `ProtocolError::reason_code`.
     pub protocol_errors: Mutex<HashMap<&'static str, u64>>,
@@ -48,6 +59,10 @@ pub struct Ingest {
     store: Arc<dyn Storage>,
     fleet: Arc<Fleet>,
     stats: Arc<IngestStats>,
+    wal: Wal,
+    dedup: Arc<Dedup>,
+    /// Series whose labels this process has written to the WAL.
+    logged_series: Mutex<HashSet<SeriesRef>>,
     heartbeat_interval: Duration,
     max_series_per_agent: u32,
 }
@@ -57,10 +72,21 @@ impl Ingest {
         store: Arc<dyn Storage>,
         fleet: Arc<Fleet>,
         stats: Arc<IngestStats>,
+        wal: Wal,
+        dedup: Arc<Dedup>,
         heartbeat_interval: Duration,
         max_series_per_agent: u32,
     ) -> Self {
-        Self { store, fleet, stats, heartbeat_interval, max_series_per_agent }
+        Self {
+            store,
+            fleet,
+            stats,
+            wal,
+            dedup,
+            logged_series: Mutex::new(HashSet::new()),
+            heartbeat_interval,
+            max_series_per_agent,
+        }
     }
 
     /// Accepts connections on `endpoint` until `shutdown`.
@@ -113,8 +139,18 @@ impl Ingest {
                 return;
             }
         };
-        let mut session =
-            Session { ingest: self, identity, remote, connection_id: None, series: Vec::new(), acks: Vec::new() };
+        let mut session = Session {
+            ingest: self,
+            identity,
+            remote,
+            connection_id: None,
+            series: Vec::new(),
+            acks: Vec::new(),
+            wal_bytes: Vec::new(),
+            awaiting_sync: Vec::new(),
+            new_series: Vec::new(),
+            wal_samples: Vec::new(),
+        };
         session.serve(&connection, send, recv, shutdown).await;
         if let Some(connection_id) = session.connection_id {
             self.fleet.disconnected(&session.identity, connection_id, SystemTime::now());
@@ -131,8 +167,16 @@ struct Session<'a> {
     connection_id: Option<u64>,
     /// Wire id → store series.
     series: Vec<SeriesRef>,
-    /// Batches stored since the last ack was sent.
+    /// Batches durable since the last ack was sent.
     acks: Vec<(u64, u64)>,
+    /// WAL records for what was decoded since the last sync.
+    wal_bytes: Vec<u8>,
+    /// Sequence numbers whose records are in `wal_bytes`.
+    awaiting_sync: Vec<u64>,
+    /// Series whose definitions are in `wal_bytes`.
+    new_series: Vec<SeriesRef>,
+    /// Reused buffer for one batch's (series, value) pairs.
+    wal_samples: Vec<(u64, f64)>,
 }
 
 impl Session<'_> {
@@ -170,6 +214,11 @@ impl Session<'_> {
             let handled = self.handle_events(&mut link);
             if let Err(err) = result.and(handled) {
                 self.close_for(connection, &mut link, &mut send, &err).await;
+                return;
+            }
+            if let Err(err) = self.sync_wal().await {
+                warn!(agent = %self.identity, error = %err, "closing agent connection: cannot persist its batches");
+                connection.close(CLOSE_NOT_DURABLE.into(), err.to_string().as_bytes());
                 return;
             }
             if !self.acks.is_empty() {
@@ -213,7 +262,13 @@ impl Session<'_> {
                 }
                 ServerEvent::SeriesDefined { id, labels } => {
                     debug_assert_eq!(id as usize, self.series.len(), "the link enforces dense ids");
-                    self.series.push(self.ingest.store.series_ref(&labels));
+                    let series = self.ingest.store.series_ref(&labels);
+                    self.series.push(series);
+                    let logged = self.ingest.logged_series.lock().expect("lock is never poisoned").contains(&series);
+                    if !logged {
+                        wal::encode_series(series, &labels, &mut self.wal_bytes);
+                        self.new_series.push(series);
+                    }
                 }
                 ServerEvent::Batch { seq, timestamp_ms, samples } => self.store_batch(seq, timestamp_ms, &samples, now),
                 ServerEvent::Heartbeat { backlog_batches } => {
@@ -236,12 +291,19 @@ impl Session<'_> {
     }
 
     fn store_batch(&mut self, seq: u64, timestamp_ms: i64, samples: &[(u32, f64)], now: SystemTime) {
+        if self.ingest.dedup.contains(&self.identity, seq) || self.awaiting_sync.contains(&seq) {
+            self.ingest.stats.dedup_hits.fetch_add(1, Ordering::Relaxed);
+            push_ack(&mut self.acks, seq);
+            return;
+        }
         let store = &self.ingest.store;
+        self.wal_samples.clear();
         let mut rejected: Option<&'static str> = None;
         let mut rejected_count = 0u64;
         for &(wire_id, value) in samples {
             // The link only yields ids it saw defined, so the lookup succeeds.
             let Some(&series) = self.series.get(wire_id as usize) else { continue };
+            self.wal_samples.push((series, value));
             if let Err(err) = store.append(series, Sample { timestamp_ms, value }) {
                 rejected_count += 1;
                 rejected.get_or_insert(err.reason_code());
@@ -260,10 +322,26 @@ impl Session<'_> {
             record.series_defined = series_defined;
             record.last_seen = now;
         });
-        match self.acks.last_mut() {
-            Some(last) if last.1.checked_add(1) == Some(seq) => last.1 = seq,
-            _ => self.acks.push((seq, seq)),
+        wal::encode_samples(&self.identity, seq, timestamp_ms, &self.wal_samples, &mut self.wal_bytes);
+        self.awaiting_sync.push(seq);
+    }
+
+    /// Syncs what was decoded to the WAL; only then are its batches acknowledged.
+    async fn sync_wal(&mut self) -> Result<(), wal::WalError> {
+        if self.wal_bytes.is_empty() {
+            return Ok(());
         }
+        let bytes = std::mem::take(&mut self.wal_bytes);
+        let result = self.ingest.wal.append(bytes).await;
+        let synced = std::mem::take(&mut self.awaiting_sync);
+        let new_series = std::mem::take(&mut self.new_series);
+        result?;
+        self.ingest.logged_series.lock().expect("lock is never poisoned").extend(new_series);
+        for seq in synced {
+            self.ingest.dedup.insert(&self.identity, seq);
+            push_ack(&mut self.acks, seq);
+        }
+        Ok(())
     }
 
     fn update_fleet(&self, update: impl FnOnce(&mut crate::fleet::AgentRecord)) {
@@ -297,6 +375,14 @@ impl Session<'_> {
             let _ = timeout(Duration::from_secs(1), send.write_all(&bytes)).await;
         }
         connection.close(code.into(), reason.as_bytes());
+    }
+}
+
+/// Adds `seq` to ascending ack ranges, extending the last range when adjacent.
+fn push_ack(acks: &mut Vec<(u64, u64)>, seq: u64) {
+    match acks.last_mut() {
+        Some(last) if last.1.checked_add(1) == Some(seq) => last.1 = seq,
+        _ => acks.push((seq, seq)),
     }
 }
 

@@ -1,0 +1,463 @@
+//! The aggregator's write-ahead log: every batch is in it, fsync'd, before
+//! the agent gets its acknowledgement, and it is replayed on start.
+//!
+//! Layout: `<state_dir>/wal/NNNNNNNN.seg`, segments of up to
+//! [`SEGMENT_BYTES`]; each start of the process opens a new segment. A record
+//! is `[u32 LE payload length][u32 LE CRC-32 of payload][payload]`. Payloads
+//! are a kind byte and varint fields:
+//!
+//! - `1` series: store ref, label count, then name/value pairs.
+//! - `2` samples: agent id, batch sequence, timestamp, count, then per sample
+//!   a store ref and the value's IEEE-754 bits.
+//!
+//! One writer thread appends what ingest sessions submit and syncs once for
+//! everything that queued up meanwhile (group commit), then completes each
+//! submission. A torn or corrupt record at the end of a segment is cut off
+//! with a warning on replay; the process always starts.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use herd_common::metric::Labels;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+/// A segment is closed and a new one started past this size.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// Largest record replay accepts; anything claiming more is corruption.
+const MAX_RECORD_BYTES: usize = 64 << 20;
+const HEADER_BYTES: usize = 8;
+const KIND_SERIES: u8 = 1;
+const KIND_SAMPLES: u8 = 2;
+/// Submissions waiting for the writer before submitters wait.
+const QUEUE_DEPTH: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("cannot create the WAL directory {path}: {source}")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot read the WAL directory {path}: {source}")]
+    ReadDir { path: PathBuf, source: std::io::Error },
+    #[error("WAL segment {path}: {source}")]
+    Segment { path: PathBuf, source: std::io::Error },
+    #[error("WAL write failed: {0} (is the disk full?); batches stay unacknowledged and agents will resend")]
+    Write(String),
+    #[error("the WAL writer has stopped")]
+    Stopped,
+}
+
+/// A decoded record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WalRecord {
+    Series { series_ref: u64, labels: Labels },
+    Samples { agent: String, seq: u64, timestamp_ms: i64, samples: Vec<(u64, f64)> },
+}
+
+/// Appends one framed series record to `out`.
+pub fn encode_series(series_ref: u64, labels: &Labels, out: &mut Vec<u8>) {
+    frame(out, |payload| {
+        payload.push(KIND_SERIES);
+        put_varint(series_ref, payload);
+        put_varint(labels.len() as u64, payload);
+        for (name, value) in labels.iter() {
+            put_bytes(name.as_bytes(), payload);
+            put_bytes(value.as_bytes(), payload);
+        }
+    });
+}
+
+/// Appends one framed samples record to `out`.
+pub fn encode_samples(agent: &str, seq: u64, timestamp_ms: i64, samples: &[(u64, f64)], out: &mut Vec<u8>) {
+    frame(out, |payload| {
+        payload.push(KIND_SAMPLES);
+        put_bytes(agent.as_bytes(), payload);
+        put_varint(seq, payload);
+        put_varint(zigzag(timestamp_ms), payload);
+        put_varint(samples.len() as u64, payload);
+        for &(series_ref, value) in samples {
+            put_varint(series_ref, payload);
+            payload.extend_from_slice(&value.to_bits().to_le_bytes());
+        }
+    });
+}
+
+fn frame(out: &mut Vec<u8>, write_payload: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; HEADER_BYTES]);
+    write_payload(out);
+    let payload_len = (out.len() - start - HEADER_BYTES) as u32;
+    let crc = crc32fast::hash(&out[start + HEADER_BYTES..]);
+    out[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn zigzag(n: i64) -> u64 {
+    ((n << 1) ^ (n >> 63)) as u64
+}
+
+fn unzigzag(n: u64) -> i64 {
+    ((n >> 1) as i64) ^ -((n & 1) as i64)
+}
+
+fn put_varint(mut n: u64, out: &mut Vec<u8>) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn put_bytes(bytes: &[u8], out: &mut Vec<u8>) {
+    put_varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
+}
+
+/// Cursor over a payload; every read is bounds-checked.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn u8(&mut self) -> Option<u8> {
+        let b = *self.bytes.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.u8()?;
+            value |= u64::from(byte & 0x7f).checked_shl(shift)?;
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let len = usize::try_from(self.varint()?).ok()?;
+        let slice = self.bytes.get(self.pos..self.pos.checked_add(len)?)?;
+        self.pos += len;
+        Some(slice)
+    }
+
+    fn string(&mut self) -> Option<String> {
+        String::from_utf8(self.bytes()?.to_vec()).ok()
+    }
+
+    fn f64(&mut self) -> Option<f64> {
+        let chunk = self.bytes.get(self.pos..self.pos + 8)?;
+        self.pos += 8;
+        Some(f64::from_bits(u64::from_le_bytes(chunk.try_into().ok()?)))
+    }
+}
+
+fn decode(payload: &[u8]) -> Option<WalRecord> {
+    let mut r = Reader { bytes: payload, pos: 0 };
+    let record = match r.u8()? {
+        KIND_SERIES => {
+            let series_ref = r.varint()?;
+            let count = r.varint()?;
+            let mut pairs = Vec::new();
+            for _ in 0..count {
+                pairs.push((r.string()?, r.string()?));
+            }
+            WalRecord::Series { series_ref, labels: Labels::from_sorted(pairs).ok()? }
+        }
+        KIND_SAMPLES => {
+            let agent = r.string()?;
+            let seq = r.varint()?;
+            let timestamp_ms = unzigzag(r.varint()?);
+            let count = usize::try_from(r.varint()?).ok()?;
+            // Each sample takes at least 9 bytes: never reserve beyond what is there.
+            let mut samples = Vec::with_capacity(count.min(payload.len() / 9));
+            for _ in 0..count {
+                samples.push((r.varint()?, r.f64()?));
+            }
+            WalRecord::Samples { agent, seq, timestamp_ms, samples }
+        }
+        _ => return None,
+    };
+    (r.pos == payload.len()).then_some(record)
+}
+
+/// What replay found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayStats {
+    pub segments: u64,
+    pub records: u64,
+    pub bytes: u64,
+    /// Records cut off because they were torn or corrupt.
+    pub truncated_segments: u64,
+}
+
+fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
+    let entries = fs::read_dir(dir).map_err(|source| WalError::ReadDir { path: dir.to_owned(), source })?;
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let number = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".seg"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(number) = number {
+            found.push((number, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Replays every segment in `dir` in order, calling `apply` per record.
+/// Torn or corrupt records end their segment's replay and are cut off.
+pub fn replay(dir: &Path, mut apply: impl FnMut(WalRecord)) -> Result<ReplayStats, WalError> {
+    fs::create_dir_all(dir).map_err(|source| WalError::CreateDir { path: dir.to_owned(), source })?;
+    let mut stats = ReplayStats::default();
+    for (_, path) in segments(dir)? {
+        let err = |source| WalError::Segment { path: path.clone(), source };
+        let file = File::open(&path).map_err(err)?;
+        let length = file.metadata().map_err(err)?.len();
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let mut offset = 0u64;
+        let mut payload = Vec::new();
+        let problem = loop {
+            let mut header = [0u8; HEADER_BYTES];
+            match reader.read_exact(&mut header) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    break (offset < length).then_some("torn record header");
+                }
+                Err(e) => return Err(err(e)),
+            }
+            let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+            let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+            if len > MAX_RECORD_BYTES || offset + (HEADER_BYTES + len) as u64 > length {
+                break Some("torn or oversized record");
+            }
+            payload.resize(len, 0);
+            reader.read_exact(&mut payload).map_err(err)?;
+            if crc32fast::hash(&payload) != crc {
+                break Some("checksum mismatch");
+            }
+            let Some(record) = decode(&payload) else { break Some("undecodable record") };
+            apply(record);
+            stats.records += 1;
+            offset += (HEADER_BYTES + len) as u64;
+        };
+        stats.segments += 1;
+        stats.bytes += offset;
+        if let Some(problem) = problem {
+            warn!(segment = %path.display(), offset, dropped_bytes = length - offset, problem, "cutting off the end of a WAL segment");
+            let file = OpenOptions::new().write(true).open(&path).map_err(err)?;
+            file.set_len(offset).map_err(err)?;
+            file.sync_all().map_err(err)?;
+            stats.truncated_segments += 1;
+        }
+    }
+    Ok(stats)
+}
+
+/// WAL figures for self-monitoring.
+#[derive(Debug, Default)]
+pub struct WalStats {
+    pub bytes: AtomicU64,
+    pub syncs: AtomicU64,
+    pub records_bytes_written: AtomicU64,
+}
+
+struct Submission {
+    bytes: Vec<u8>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Handle to the writer thread; cheap to clone.
+#[derive(Clone)]
+pub struct Wal {
+    tx: mpsc::Sender<Submission>,
+    pub stats: Arc<WalStats>,
+}
+
+impl Wal {
+    /// Starts a writer on a new segment in `dir`. Run [`replay`] first.
+    pub fn start(dir: &Path, existing_bytes: u64) -> Result<Self, WalError> {
+        fs::create_dir_all(dir).map_err(|source| WalError::CreateDir { path: dir.to_owned(), source })?;
+        let next = segments(dir)?.last().map_or(0, |(n, _)| n + 1);
+        let stats = Arc::new(WalStats::default());
+        stats.bytes.store(existing_bytes, Ordering::Relaxed);
+        let mut writer =
+            Writer { dir: dir.to_owned(), number: next, file: None, written: 0, stats: Arc::clone(&stats) };
+        writer.open_segment().map_err(|source| WalError::Segment { path: writer.path(), source })?;
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        std::thread::Builder::new()
+            .name("herd-wal".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|source| WalError::Segment { path: dir.to_owned(), source })?;
+        info!(dir = %dir.display(), segment = next, "WAL writer started");
+        Ok(Self { tx, stats })
+    }
+
+    /// Appends framed records and waits until they are synced to disk.
+    pub async fn append(&self, bytes: Vec<u8>) -> Result<(), WalError> {
+        let (done, wait) = oneshot::channel();
+        self.tx.send(Submission { bytes, done }).await.map_err(|_| WalError::Stopped)?;
+        wait.await.map_err(|_| WalError::Stopped)?.map_err(WalError::Write)
+    }
+}
+
+struct Writer {
+    dir: PathBuf,
+    number: u64,
+    file: Option<File>,
+    written: u64,
+    stats: Arc<WalStats>,
+}
+
+impl Writer {
+    fn path(&self) -> PathBuf {
+        self.dir.join(format!("{:08}.seg", self.number))
+    }
+
+    fn open_segment(&mut self) -> std::io::Result<()> {
+        let file = OpenOptions::new().create(true).append(true).open(self.path())?;
+        self.written = file.metadata()?.len();
+        self.file = Some(file);
+        // Make the new file's directory entry durable too.
+        File::open(&self.dir)?.sync_all()
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Submission>) {
+        let mut group: Vec<Submission> = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            group.push(first);
+            while let Ok(more) = rx.try_recv() {
+                group.push(more);
+                if group.len() >= 256 {
+                    break;
+                }
+            }
+            let result = self.write_group(&group).map_err(|e| e.to_string());
+            if let Err(error) = &result {
+                warn!(%error, "WAL write failed");
+            }
+            for submission in group.drain(..) {
+                let _ = submission.done.send(result.clone());
+            }
+        }
+    }
+
+    fn write_group(&mut self, group: &[Submission]) -> std::io::Result<()> {
+        if self.written >= SEGMENT_BYTES {
+            self.number += 1;
+            self.open_segment()?;
+        }
+        let file = self.file.as_mut().expect("a segment is open after start");
+        let start = file.seek(SeekFrom::End(0))?;
+        let mut written = 0u64;
+        let result = (|| {
+            for submission in group {
+                file.write_all(&submission.bytes)?;
+                written += submission.bytes.len() as u64;
+            }
+            file.sync_data()
+        })();
+        if let Err(err) = result {
+            // Leave no partial group behind: replay would cut it anyway.
+            let _ = file.set_len(start);
+            return Err(err);
+        }
+        self.written += written;
+        self.stats.bytes.fetch_add(written, Ordering::Relaxed);
+        self.stats.records_bytes_written.fetch_add(written, Ordering::Relaxed);
+        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels() -> Labels {
+        Labels::from_pairs([("__name__", "up"), ("job", "node")])
+    }
+
+    fn replay_all(dir: &Path) -> (Vec<WalRecord>, ReplayStats) {
+        let mut records = Vec::new();
+        let stats = replay(dir, |r| records.push(r)).unwrap();
+        (records, stats)
+    }
+
+    #[tokio::test]
+    async fn appended_records_replay_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::start(dir.path(), 0).unwrap();
+        let mut bytes = Vec::new();
+        encode_series(7, &labels(), &mut bytes);
+        encode_samples("web-1", 42, -5, &[(7, 1.5), (7, f64::NAN)], &mut bytes);
+        wal.append(bytes).await.unwrap();
+        let mut more = Vec::new();
+        encode_samples("web-1", 43, 1_700_000_000_000, &[], &mut more);
+        wal.append(more).await.unwrap();
+        let (records, stats) = replay_all(dir.path());
+        assert_eq!(stats.records, 3);
+        assert_eq!(records[0], WalRecord::Series { series_ref: 7, labels: labels() });
+        let WalRecord::Samples { agent, seq, timestamp_ms, samples } = &records[1] else { panic!() };
+        assert_eq!((agent.as_str(), *seq, *timestamp_ms), ("web-1", 42, -5));
+        assert_eq!(samples[0], (7, 1.5));
+        assert!(samples[1].1.is_nan());
+        assert_eq!(wal.stats.syncs.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_torn_or_corrupt_tail_is_cut_off_and_later_writes_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let wal = Wal::start(dir.path(), 0).unwrap();
+            for seq in 0..3 {
+                let mut bytes = Vec::new();
+                encode_samples("a", seq, 0, &[(1, 1.0)], &mut bytes);
+                wal.append(bytes).await.unwrap();
+            }
+        }
+        let (_, path) = segments(dir.path()).unwrap().pop().unwrap();
+        let full = fs::read(&path).unwrap();
+        // Flip a byte in the last record's payload: a checksum mismatch.
+        let mut corrupt = full.clone();
+        *corrupt.last_mut().unwrap() ^= 0xff;
+        fs::write(&path, &corrupt).unwrap();
+        let (records, stats) = replay_all(dir.path());
+        assert_eq!((records.len(), stats.truncated_segments), (2, 1));
+        // A torn write: half a header.
+        let mut torn = fs::read(&path).unwrap();
+        torn.extend_from_slice(&[9, 9, 9]);
+        fs::write(&path, &torn).unwrap();
+        let (records, stats) = replay_all(dir.path());
+        assert_eq!((records.len(), stats.truncated_segments), (2, 1));
+        assert_eq!(fs::metadata(&path).unwrap().len() as usize, torn.len() - 3, "cut back to the last good record");
+        // After repair, a new writer's records replay after the old ones.
+        let wal = Wal::start(dir.path(), stats.bytes).unwrap();
+        let mut bytes = Vec::new();
+        encode_samples("a", 9, 0, &[], &mut bytes);
+        wal.append(bytes).await.unwrap();
+        let (records, _) = replay_all(dir.path());
+        assert_eq!(records.len(), 3);
+    }
+
+    #[test]
+    fn decoding_garbage_never_panics() {
+        for len in 0..64u8 {
+            let garbage: Vec<u8> = (0..len).map(|i| i.wrapping_mul(37).wrapping_add(len)).collect();
+            let _ = decode(&garbage);
+            let mut samples = vec![KIND_SAMPLES, 1, b'a', 1, 0, 0xff, 0xff, 0xff, 0xff, 0x0f];
+            samples.extend_from_slice(&garbage);
+            let _ = decode(&samples);
+        }
+    }
+}
