@@ -26,6 +26,8 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error("cannot open a UDP socket for the uplink: {0}")]
     Socket(std::io::Error),
+    #[error(transparent)]
+    HostSettings(#[from] collect::host::HostSettingsError),
 }
 
 /// Batches in flight between the scheduler and the uplink task.
@@ -40,7 +42,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
 
     let mut collectors: Vec<Arc<dyn Collector>> = Vec::new();
     if let Some(host) = &config.collect.host {
-        collectors.push(Arc::new(collect::host::HostCollector::new(host.procfs_root.clone())));
+        collectors.push(Arc::new(collect::host::HostCollector::from_config(host, config.collect.timeout)?));
     }
     let mut common_labels: Vec<(String, String)> = config.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     common_labels.push(("instance".into(), config.instance.clone()));

@@ -20,6 +20,17 @@ const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_PENDING_BATCHES: usize = 8640;
 
+/// node_exporter's default `--collector.filesystem.mount-points-exclude` (upstream, not Debian's patched one).
+pub const DEFAULT_MOUNT_POINTS_EXCLUDE: &str =
+    "^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)";
+/// node_exporter's default `--collector.filesystem.fs-types-exclude`.
+pub const DEFAULT_FS_TYPES_EXCLUDE: &str = "^(autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|\
+hugetlbfs|iso9660|mqueue|nsfs|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs|squashfs|erofs|sysfs|tracefs)$";
+/// node_exporter's default `--collector.diskstats.device-exclude`: partitions, RAM and loop devices.
+pub const DEFAULT_DISK_DEVICES_EXCLUDE: &str = r"^(z?ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\d+n\d+p)\d+$";
+/// node_exporter excludes no network device by default (Debian's package patches in `^lo$`).
+pub const DEFAULT_NET_DEVICES_EXCLUDE: &str = "";
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAgentConfig {
@@ -77,6 +88,10 @@ pub struct RawCollect {
 pub struct RawHost {
     pub enabled: Option<bool>,
     pub procfs_root: Option<PathBuf>,
+    pub mount_points_exclude: Option<String>,
+    pub fs_types_exclude: Option<String>,
+    pub disk_devices_exclude: Option<String>,
+    pub net_devices_exclude: Option<String>,
 }
 
 /// A validated agent configuration.
@@ -118,6 +133,12 @@ pub struct CollectConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostConfig {
     pub procfs_root: PathBuf,
+    /// Regular expressions (checked to compile; `""` excludes nothing), as node_exporter's
+    /// `--collector.{filesystem.mount-points,filesystem.fs-types,diskstats.device,netdev.device}-exclude`.
+    pub mount_points_exclude: String,
+    pub fs_types_exclude: String,
+    pub disk_devices_exclude: String,
+    pub net_devices_exclude: String,
 }
 
 impl AgentConfig {
@@ -213,8 +234,25 @@ impl RawAgentConfig {
             problems.push("collect.timeout", "must be above zero and at most collect.interval");
         }
         let host = self.collect.host;
+        let mut pattern = |key: &str, value: Option<String>, default: &str| -> String {
+            let value = value.unwrap_or_else(|| default.to_owned());
+            if let Err(err) = regex::Regex::new(&value) {
+                problems.push(&format!("collect.host.{key}"), format!("is not a valid regular expression: {err}"));
+            }
+            value
+        };
+        let mount_points_exclude =
+            pattern("mount_points_exclude", host.mount_points_exclude, DEFAULT_MOUNT_POINTS_EXCLUDE);
+        let fs_types_exclude = pattern("fs_types_exclude", host.fs_types_exclude, DEFAULT_FS_TYPES_EXCLUDE);
+        let disk_devices_exclude =
+            pattern("disk_devices_exclude", host.disk_devices_exclude, DEFAULT_DISK_DEVICES_EXCLUDE);
+        let net_devices_exclude = pattern("net_devices_exclude", host.net_devices_exclude, DEFAULT_NET_DEVICES_EXCLUDE);
         let host = host.enabled.unwrap_or(true).then(|| HostConfig {
             procfs_root: host.procfs_root.map_or_else(|| PathBuf::from("/proc"), |p| resolve(base_dir, &p)),
+            mount_points_exclude,
+            fs_types_exclude,
+            disk_devices_exclude,
+            net_devices_exclude,
         });
 
         let config = AgentConfig {
@@ -270,7 +308,10 @@ mod tests {
         assert_eq!(config.collect.interval, Duration::from_secs(10));
         assert_eq!(config.collect.timeout, Duration::from_secs(5));
         assert_eq!(config.uplink.tls.ca_file, PathBuf::from("/etc/herd/pki/ca.pem"));
-        assert_eq!(config.collect.host.unwrap().procfs_root, PathBuf::from("/proc"));
+        let host = config.collect.host.unwrap();
+        assert_eq!(host.procfs_root, PathBuf::from("/proc"));
+        assert_eq!(host.fs_types_exclude, DEFAULT_FS_TYPES_EXCLUDE);
+        assert_eq!(host.net_devices_exclude, "");
         assert_eq!(config.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
     }
 
@@ -294,6 +335,12 @@ mod tests {
         ] {
             assert!(err.contains(needle), "{needle:?} in:\n{err}");
         }
+    }
+
+    #[test]
+    fn bad_host_patterns_are_reported_with_their_key() {
+        let err = check(&format!("{MINIMAL}\n[collect.host]\nfs_types_exclude = \"^(nfs\"\n")).unwrap_err();
+        assert!(err.contains("collect.host.fs_types_exclude: is not a valid regular expression"), "{err}");
     }
 
     #[test]
