@@ -3,10 +3,12 @@
 //! acknowledges them and streams them over QUIC with mutual TLS.
 //!
 //! - `collect`: the `Collector` trait, the scheduler, one module per source.
-//! - `uplink`: the connection to the aggregator (failover, backoff, resend).
+//! - `buffer`: the durable, bounded sled queue every batch passes through.
+//! - `uplink`: the connection to the aggregator (failover, backoff, backfill).
 //! - `run`: wires both from an `AgentConfig` and stops on a cancellation token.
 #![forbid(unsafe_code)]
 
+pub mod buffer;
 pub mod collect;
 pub mod uplink;
 
@@ -28,6 +30,8 @@ pub enum StartError {
     Socket(std::io::Error),
     #[error(transparent)]
     HostSettings(#[from] collect::host::HostSettingsError),
+    #[error(transparent)]
+    Buffer(#[from] buffer::BufferError),
 }
 
 /// Batches in flight between the scheduler and the uplink task.
@@ -37,8 +41,16 @@ const SCHEDULER_CHANNEL_BATCHES: usize = 16;
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), StartError> {
     let material = TlsMaterial::load(&config.uplink.tls)?;
     let client_config = herd_common::tls::client_config(&material, config.uplink.idle_timeout)?;
-    let table: SharedSeriesTable = Arc::default();
+    let (buffer_dir, max_bytes, memory_batches) =
+        (config.state_dir.clone(), config.buffer.max_bytes, config.buffer.memory_batches);
+    let recovered = tokio::task::spawn_blocking(move || buffer::Buffer::open(&buffer_dir, max_bytes, memory_batches))
+        .await
+        .expect("opening the buffer does not panic")?;
+    let table: SharedSeriesTable = Arc::new(std::sync::Mutex::new(recovered.table));
     let (tx, rx) = mpsc::channel(SCHEDULER_CHANNEL_BATCHES);
+    let buffer_stats = recovered.buffer.stats();
+    let uplink = uplink::Uplink::new(&config, client_config, Arc::clone(&table), recovered.buffer)
+        .map_err(StartError::Socket)?;
 
     let mut collectors: Vec<Arc<dyn Collector>> = Vec::new();
     if let Some(host) = &config.collect.host {
@@ -46,9 +58,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     }
     let mut common_labels: Vec<(String, String)> = config.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     common_labels.push(("instance".into(), config.instance.clone()));
-    // Sequence numbers must not repeat across restarts; until the durable
-    // buffer keeps them, the start time in milliseconds is a safe base.
-    let first_seq = collect::unix_millis(std::time::SystemTime::now()) as u64 * 1000;
+    collectors.push(Arc::new(collect::herd::SelfCollector::new(buffer_stats, uplink.stats())));
+    // The buffer keeps the sequence, so numbers never repeat across restarts.
+    let first_seq = recovered.next_seq;
     let scheduler = Scheduler::new(
         collectors,
         config.collect.interval,
@@ -58,7 +70,6 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         first_seq,
         tx,
     );
-    let uplink = uplink::Uplink::new(&config, client_config, table).map_err(StartError::Socket)?;
     info!(
         agent = %config.id,
         interval_ms = config.collect.interval.as_millis() as u64,

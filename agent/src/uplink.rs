@@ -1,33 +1,56 @@
 //! The agent's connection to the aggregator: QUIC with mutual TLS, one
 //! bidirectional stream driven through `herd_common::protocol::AgentLink`.
 //!
-//! Batches stay in `pending` until the aggregator acknowledges them and are
-//! sent again on the next connection. Endpoints are tried in order of
-//! preference; between rounds the uplink waits with capped exponential
-//! backoff and jitter, and keeps accepting batches from the scheduler the
-//! whole time so collection never stalls on the network.
+//! Every batch from the scheduler goes into the durable [`Buffer`] (flushed)
+//! before it is sent, and leaves it when the aggregator acknowledges it.
+//! After a (re)connect the newest batch goes first, then new batches as they
+//! are collected, and the backlog is resent oldest first behind them at
+//! `backfill_batches_per_second`, so the aggregator's "now" recovers at once.
+//!
+//! Endpoints are tried in order of preference, with capped exponential
+//! backoff and jitter between rounds. While connected to a fallback, the
+//! preferred ones are probed every `failback_interval` and the uplink moves
+//! back as soon as one answers. The scheduler's channel is drained in every
+//! state, so collection never waits for the network.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use herd_common::config::Endpoint;
 use herd_common::config::agent::AgentConfig;
 use herd_common::protocol::{AgentEvent, AgentLink, ConfigAck, Hello, ProtocolError, SampleBatch};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::buffer::Buffer;
 use crate::collect::SharedSeriesTable;
 
 /// QUIC application close codes the agent uses.
 const CLOSE_SHUTDOWN: u32 = 0;
 const CLOSE_PROTOCOL_ERROR: u32 = 1;
+const CLOSE_FAILBACK: u32 = 5;
 /// A connection that lasted this long resets the backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Figures the self-metrics collector reads.
+#[derive(Debug, Default)]
+pub struct UplinkStats {
+    pub connected: AtomicU64,
+    pub connects: AtomicU64,
+    pub sent_batches: AtomicU64,
+    pub sent_samples: AtomicU64,
+    /// Bytes written to the QUIC stream (before QUIC's own overhead).
+    pub sent_bytes: AtomicU64,
+    pub backfilled_batches: AtomicU64,
+    pub acked_batches: AtomicU64,
+}
 
 #[derive(Debug, thiserror::Error)]
 enum ConnectError {
@@ -40,10 +63,19 @@ enum ConnectError {
 }
 
 /// Why a connection ended.
-#[derive(Debug)]
 enum Ended {
     Shutdown,
     Lost(String),
+    /// A preferred endpoint answered: continue there.
+    Failback(quinn::Connection, usize),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error("{0}")]
+    Connection(String),
 }
 
 pub struct Uplink {
@@ -56,11 +88,12 @@ pub struct Uplink {
     write_timeout: Duration,
     backoff_initial: Duration,
     backoff_max: Duration,
+    backfill_period: Duration,
+    failback_interval: Duration,
     quic: quinn::Endpoint,
     table: SharedSeriesTable,
-    pending: VecDeque<SampleBatch>,
-    max_pending: usize,
-    dropped_samples: u64,
+    buffer: Buffer,
+    stats: Arc<UplinkStats>,
     last_failure: Option<String>,
 }
 
@@ -69,6 +102,7 @@ impl Uplink {
         config: &AgentConfig,
         client_config: quinn::ClientConfig,
         table: SharedSeriesTable,
+        buffer: Buffer,
     ) -> std::io::Result<Self> {
         let bind: SocketAddr = "[::]:0".parse().expect("literal address");
         let mut quic = quinn::Endpoint::client(bind)
@@ -84,13 +118,18 @@ impl Uplink {
             write_timeout: config.uplink.idle_timeout,
             backoff_initial: config.uplink.backoff_initial,
             backoff_max: config.uplink.backoff_max,
+            backfill_period: Duration::from_secs(1) / config.uplink.backfill_batches_per_second.max(1),
+            failback_interval: config.uplink.failback_interval,
             quic,
             table,
-            pending: VecDeque::new(),
-            max_pending: config.uplink.max_pending_batches,
-            dropped_samples: 0,
+            buffer,
+            stats: Arc::new(UplinkStats::default()),
             last_failure: None,
         })
+    }
+
+    pub fn stats(&self) -> Arc<UplinkStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Delivers batches from `rx` until `shutdown`, reconnecting as needed.
@@ -98,26 +137,37 @@ impl Uplink {
         let mut backoff = self.backoff_initial;
         'rounds: loop {
             for index in 0..self.endpoints.len() {
-                let endpoint = self.endpoints[index].clone();
-                let connecting =
-                    connect(self.quic.clone(), endpoint.clone(), self.server_name.clone(), self.connect_timeout);
+                let connecting = connect(
+                    self.quic.clone(),
+                    self.endpoints[index].clone(),
+                    self.server_name.clone(),
+                    self.connect_timeout,
+                );
                 let Some(result) = self.while_collecting(&mut rx, &shutdown, connecting).await else {
                     break 'rounds;
                 };
-                let connection = match result {
-                    Ok(connection) => connection,
+                let mut current = match result {
+                    Ok(connection) => Some((connection, index)),
                     Err(err) => {
                         self.report_failure(err.to_string());
                         continue;
                     }
                 };
-                let started = Instant::now();
-                match self.serve(&connection, &endpoint, &mut rx, &shutdown).await {
-                    Ended::Shutdown => break 'rounds,
-                    Ended::Lost(reason) => {
-                        self.report_failure(format!("connection to {endpoint} lost: {reason}"));
-                        if started.elapsed() >= STABLE_CONNECTION {
-                            backoff = self.backoff_initial;
+                while let Some((connection, index)) = current.take() {
+                    let started = Instant::now();
+                    let endpoint = self.endpoints[index].clone();
+                    match self.serve(&connection, index, &mut rx, &shutdown).await {
+                        Ended::Shutdown => break 'rounds,
+                        Ended::Failback(better, better_index) => {
+                            info!(from = %endpoint, to = %self.endpoints[better_index], "returning to a preferred aggregator");
+                            connection.close(CLOSE_FAILBACK.into(), b"returning to a preferred aggregator");
+                            current = Some((better, better_index));
+                        }
+                        Ended::Lost(reason) => {
+                            self.report_failure(format!("connection to {endpoint} lost: {reason}"));
+                            if started.elapsed() >= STABLE_CONNECTION {
+                                backoff = self.backoff_initial;
+                            }
                         }
                     }
                 }
@@ -125,26 +175,32 @@ impl Uplink {
                 break;
             }
             let wait = jittered(backoff);
-            debug!(wait_ms = wait.as_millis() as u64, pending_batches = self.pending.len(), "uplink backing off");
+            debug!(wait_ms = wait.as_millis() as u64, buffered_batches = self.buffer.len(), "uplink backing off");
             if self.while_collecting(&mut rx, &shutdown, tokio::time::sleep(wait)).await.is_none() {
                 break;
             }
             backoff = (backoff * 2).min(self.backoff_max);
         }
-        self.quic.wait_idle().await;
-        if !self.pending.is_empty() {
-            warn!(pending_batches = self.pending.len(), "agent stopped with unacknowledged batches");
+        self.stats.connected.store(0, Ordering::Relaxed);
+        self.flush_buffer().await;
+        let _ = timeout(Duration::from_secs(2), self.quic.wait_idle()).await;
+        if !self.buffer.is_empty() {
+            info!(
+                buffered_batches = self.buffer.len(),
+                "agent stopped; unacknowledged batches stay buffered for the next start"
+            );
         }
     }
 
     fn report_failure(&mut self, message: String) {
+        self.stats.connected.store(0, Ordering::Relaxed);
         if self.last_failure.as_deref() != Some(message.as_str()) {
-            warn!(error = %message, pending_batches = self.pending.len(), "uplink unavailable");
+            warn!(error = %message, buffered_batches = self.buffer.len(), "uplink unavailable");
             self.last_failure = Some(message);
         }
     }
 
-    /// Runs `fut` while still accepting batches; `None` on shutdown.
+    /// Runs `fut` while still buffering batches; `None` on shutdown.
     async fn while_collecting<F: Future>(
         &mut self,
         rx: &mut mpsc::Receiver<SampleBatch>,
@@ -157,40 +213,39 @@ impl Uplink {
                 _ = shutdown.cancelled() => return None,
                 output = &mut fut => return Some(output),
                 batch = rx.recv() => match batch {
-                    Some(batch) => self.enqueue(batch),
+                    Some(batch) => { self.store(batch.clone()).await; }
                     None => return None,
                 },
             }
         }
     }
 
-    /// Keeps `batch` until acknowledged; drops the oldest when over the limit.
-    fn enqueue(&mut self, batch: SampleBatch) {
-        self.pending.push_back(batch);
-        while self.pending.len() > self.max_pending {
-            if let Some(dropped) = self.pending.pop_front() {
-                self.dropped_samples += dropped.samples.len() as u64;
-                warn!(
-                    seq = dropped.seq,
-                    dropped_samples_total = self.dropped_samples,
-                    "uplink backlog full: dropped the oldest batch"
-                );
-            }
+    /// Writes `batch` to the buffer and makes it durable before anything sends it.
+    async fn store(&mut self, batch: SampleBatch) {
+        {
+            let table = self.table.lock().expect("series table lock is never poisoned");
+            self.buffer.push(batch, &table);
         }
+        self.flush_buffer().await;
     }
 
-    fn acknowledge(&mut self, ranges: &[(u64, u64)]) {
-        self.pending.retain(|batch| !ranges.iter().any(|&(first, last)| (first..=last).contains(&batch.seq)));
+    async fn flush_buffer(&mut self) {
+        let db = self.buffer.flush_handle();
+        // sled's flush is an fsync: keep it off the runtime's threads.
+        match tokio::task::spawn_blocking(move || db.flush()).await {
+            Ok(result) => self.buffer.flushed(result),
+            Err(_) => self.buffer.flushed(Err(sled::Error::ReportableBug("buffer flush task panicked".into()))),
+        }
     }
 
     async fn serve(
         &mut self,
         connection: &quinn::Connection,
-        endpoint: &Endpoint,
+        index: usize,
         rx: &mut mpsc::Receiver<SampleBatch>,
         shutdown: &CancellationToken,
     ) -> Ended {
-        match self.serve_stream(connection, endpoint, rx, shutdown).await {
+        match self.serve_stream(connection, index, rx, shutdown).await {
             Ok(Ended::Shutdown) => {
                 connection.close(CLOSE_SHUTDOWN.into(), b"agent shutting down");
                 Ended::Shutdown
@@ -208,34 +263,56 @@ impl Uplink {
         }
     }
 
+    /// Sends the buffered batch `seq`, if still held.
+    fn send_buffered(&mut self, link: &mut AgentLink, seq: u64) -> Result<(), ProtocolError> {
+        let Some(batch) = self.buffer.get(seq) else { return Ok(()) };
+        self.send(link, &batch)
+    }
+
+    fn send(&mut self, link: &mut AgentLink, batch: &SampleBatch) -> Result<(), ProtocolError> {
+        let table = self.table.lock().expect("series table lock is never poisoned");
+        link.send_batch(Instant::now().into_std(), batch, &table)?;
+        self.stats.sent_batches.fetch_add(1, Ordering::Relaxed);
+        self.stats.sent_samples.fetch_add(batch.samples.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
     async fn serve_stream(
         &mut self,
         connection: &quinn::Connection,
-        endpoint: &Endpoint,
+        index: usize,
         rx: &mut mpsc::Receiver<SampleBatch>,
         shutdown: &CancellationToken,
     ) -> Result<Ended, StreamError> {
+        let endpoint = self.endpoints[index].clone();
         let (mut send, mut recv) =
             connection.open_bi().await.map_err(|e| StreamError::Connection(describe_connection_error(&e)))?;
-        let now = Instant::now().into_std();
         let hello = Hello {
             agent_id: self.agent_id.clone(),
             hostname: self.hostname.clone(),
             agent_version: herd_common::VERSION.to_owned(),
             labels: self.labels.clone(),
             config_version: 0,
-            backlog_batches: self.pending.len() as u64,
+            backlog_batches: self.buffer.len() as u64,
         };
-        let mut link = AgentLink::new(now, hello)?;
-        {
-            let table = self.table.lock().expect("series table lock is never poisoned");
-            for batch in &self.pending {
-                link.send_batch(now, batch, &table)?;
-            }
+        let mut link = AgentLink::new(Instant::now().into_std(), hello)?;
+
+        // Live first: the newest batch now, the rest behind it at the backfill rate.
+        let newest = self.buffer.newest();
+        if let Some(newest) = newest {
+            self.send_buffered(&mut link, newest)?;
         }
+        let mut backfill_next = 0u64;
+        let backfill_end = newest.unwrap_or(0);
+        let mut backfilling = self.buffer.next_at_or_after(0, backfill_end).is_some();
+        let mut next_backfill = Instant::now();
+        let backlog = self.buffer.len().saturating_sub(1);
+
+        let mut next_probe = Instant::now() + self.failback_interval;
+        let mut probe: Option<JoinHandle<Option<(quinn::Connection, usize)>>> = None;
         let mut buffer = vec![0u8; READ_BUFFER_BYTES];
         loop {
-            flush(&mut link, &mut send, self.write_timeout).await?;
+            self.flush_link(&mut link, &mut send).await?;
             while let Some(event) = link.poll_event() {
                 match event {
                     AgentEvent::Welcomed(welcome) => {
@@ -243,12 +320,19 @@ impl Uplink {
                             endpoint = %endpoint,
                             identity = %welcome.agent_id,
                             aggregator_version = %welcome.aggregator_version,
-                            pending_batches = self.pending.len(),
+                            backlog_batches = backlog,
                             "uplink connected"
                         );
                         self.last_failure = None;
+                        self.stats.connected.store(1, Ordering::Relaxed);
+                        self.stats.connects.fetch_add(1, Ordering::Relaxed);
                     }
-                    AgentEvent::Acked { ranges } => self.acknowledge(&ranges),
+                    AgentEvent::Acked { ranges } => {
+                        let before = self.buffer.len();
+                        self.buffer.acknowledge(&ranges);
+                        self.stats.acked_batches.fetch_add((before - self.buffer.len()) as u64, Ordering::Relaxed);
+                        link.set_backlog(self.buffer.len() as u64);
+                    }
                     AgentEvent::ConfigPushed(push) => {
                         let error = Some("this agent version does not apply pushed configuration yet".to_owned());
                         link.send_config_ack(Instant::now().into_std(), ConfigAck { version: push.version, error })?;
@@ -258,8 +342,9 @@ impl Uplink {
                     }
                 }
             }
-            flush(&mut link, &mut send, self.write_timeout).await?;
+            self.flush_link(&mut link, &mut send).await?;
             let deadline = link.poll_timeout().map(Instant::from_std);
+            let probing = index > 0 && probe.is_none();
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     link.close(Instant::now().into_std(), "agent shutting down")?;
@@ -271,11 +356,8 @@ impl Uplink {
                 }
                 batch = rx.recv() => {
                     let Some(batch) = batch else { return Ok(Ended::Shutdown) };
-                    {
-                        let table = self.table.lock().expect("series table lock is never poisoned");
-                        link.send_batch(Instant::now().into_std(), &batch, &table)?;
-                    }
-                    self.enqueue(batch);
+                    self.store(batch.clone()).await;
+                    self.send(&mut link, &batch)?;
                 }
                 read = recv.read(&mut buffer) => match read {
                     Ok(Some(n)) => link.handle_bytes(Instant::now().into_std(), &buffer[..n])?,
@@ -283,26 +365,68 @@ impl Uplink {
                     Err(err) => return Err(StreamError::Connection(describe_read_error(&err))),
                 },
                 _ = sleep_or_forever(deadline) => link.handle_timeout(Instant::now().into_std())?,
+                _ = sleep_until(next_backfill), if backfilling => {
+                    match self.buffer.next_at_or_after(backfill_next, backfill_end) {
+                        Some(seq) => {
+                            self.send_buffered(&mut link, seq)?;
+                            self.stats.backfilled_batches.fetch_add(1, Ordering::Relaxed);
+                            backfill_next = seq + 1;
+                            next_backfill += self.backfill_period;
+                        }
+                        None => {
+                            backfilling = false;
+                            debug!(endpoint = %endpoint, "backfill sent");
+                        }
+                    }
+                }
+                _ = sleep_until(next_probe), if probing => {
+                    probe = Some(tokio::spawn(probe_preferred(
+                        self.quic.clone(),
+                        self.endpoints[..index].to_vec(),
+                        self.server_name.clone(),
+                        self.connect_timeout,
+                    )));
+                }
+                found = async { probe.as_mut().expect("guarded by is_some").await }, if probe.is_some() => {
+                    probe = None;
+                    next_probe = Instant::now() + self.failback_interval;
+                    if let Ok(Some((better, better_index))) = found {
+                        let _ = link.close(Instant::now().into_std(), "returning to a preferred aggregator");
+                        let _ = self.flush_link(&mut link, &mut send).await;
+                        let _ = send.finish();
+                        return Ok(Ended::Failback(better, better_index));
+                    }
+                }
             }
+        }
+    }
+
+    async fn flush_link(&self, link: &mut AgentLink, send: &mut quinn::SendStream) -> Result<(), StreamError> {
+        let Some(bytes) = link.poll_transmit() else { return Ok(()) };
+        match timeout(self.write_timeout, send.write_all(&bytes)).await {
+            Ok(Ok(())) => {
+                self.stats.sent_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(Err(err)) => Err(StreamError::Connection(format!("write failed: {err}"))),
+            Err(_) => Err(StreamError::Connection("write timed out".into())),
         }
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-enum StreamError {
-    #[error(transparent)]
-    Protocol(#[from] ProtocolError),
-    #[error("{0}")]
-    Connection(String),
-}
-
-async fn flush(link: &mut AgentLink, send: &mut quinn::SendStream, write_timeout: Duration) -> Result<(), StreamError> {
-    let Some(bytes) = link.poll_transmit() else { return Ok(()) };
-    match timeout(write_timeout, send.write_all(&bytes)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err(StreamError::Connection(format!("write failed: {err}"))),
-        Err(_) => Err(StreamError::Connection("write timed out".into())),
+/// Tries each preferred endpoint in order; the first that connects wins.
+async fn probe_preferred(
+    quic: quinn::Endpoint,
+    endpoints: Vec<Endpoint>,
+    server_name: Option<String>,
+    connect_timeout: Duration,
+) -> Option<(quinn::Connection, usize)> {
+    for (index, endpoint) in endpoints.into_iter().enumerate() {
+        if let Ok(connection) = connect(quic.clone(), endpoint, server_name.clone(), connect_timeout).await {
+            return Some((connection, index));
+        }
     }
+    None
 }
 
 async fn sleep_or_forever(deadline: Option<Instant>) {

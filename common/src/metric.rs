@@ -135,29 +135,54 @@ impl SeriesTable {
 
     /// Returns the id of the series `name{labels}`, creating it if new.
     /// `scratch` is a reusable buffer for the canonical key.
+    /// At most this many labels (besides the name) take part in a series' identity.
+    pub const MAX_LABELS: usize = 32;
+
     pub fn intern(&mut self, name: &str, labels: &[(&str, &str)], scratch: &mut String) -> SeriesId {
-        scratch.clear();
-        scratch.push_str(name);
-        // Canonical key: labels in the caller's order is fine as long as each
-        // call site is consistent; sort to make it order-independent anyway.
-        let mut sorted: [(&str, &str); 16] = [("", ""); 16];
-        let n = labels.len().min(16);
+        let labels = &labels[..labels.len().min(Self::MAX_LABELS)];
+        Self::key(name, labels, scratch);
+        if let Some(&id) = self.by_key.get(scratch.as_str()) {
+            return id;
+        }
+        let all = labels.iter().copied().chain(std::iter::once((METRIC_NAME, name)));
+        self.insert(Labels::from_pairs(all), scratch)
+    }
+
+    /// Re-adds a series kept on disk; ids are given out in the same order as before.
+    pub fn restore(&mut self, labels: Labels) -> SeriesId {
+        let mut scratch = String::new();
+        let name = labels.metric_name().unwrap_or("").to_owned();
+        let mut pairs: Vec<(&str, &str)> = labels.iter().filter(|(n, _)| *n != METRIC_NAME).collect();
+        pairs.truncate(Self::MAX_LABELS);
+        Self::key(&name, &pairs, &mut scratch);
+        match self.by_key.get(scratch.as_str()) {
+            Some(&id) => id,
+            None => self.insert(labels, &scratch),
+        }
+    }
+
+    fn insert(&mut self, labels: Labels, key: &str) -> SeriesId {
+        let id = SeriesId::try_from(self.labels.len()).expect("fewer than 2^32 series in one agent");
+        self.labels.push(labels);
+        self.by_key.insert(key.into(), id);
+        id
+    }
+
+    /// The canonical key: name, then labels sorted by name, with separators
+    /// that cannot appear in either.
+    fn key(name: &str, labels: &[(&str, &str)], scratch: &mut String) {
+        let mut sorted: [(&str, &str); Self::MAX_LABELS] = [("", ""); Self::MAX_LABELS];
+        let n = labels.len().min(Self::MAX_LABELS);
         sorted[..n].copy_from_slice(&labels[..n]);
         sorted[..n].sort_unstable_by(|a, b| a.0.cmp(b.0));
-        for (k, v) in sorted[..n].iter().chain(labels.iter().skip(16)) {
+        scratch.clear();
+        scratch.push_str(name);
+        for (k, v) in &sorted[..n] {
             scratch.push('\u{0}');
             scratch.push_str(k);
             scratch.push('\u{1}');
             scratch.push_str(v);
         }
-        if let Some(&id) = self.by_key.get(scratch.as_str()) {
-            return id;
-        }
-        let id = SeriesId::try_from(self.labels.len()).expect("fewer than 2^32 series in one agent");
-        let all = labels.iter().map(|&(k, v)| (k, v)).chain(std::iter::once((METRIC_NAME, name)));
-        self.labels.push(Labels::from_pairs(all));
-        self.by_key.insert(scratch.as_str().into(), id);
-        id
     }
 
     pub fn labels(&self, id: SeriesId) -> Option<&Labels> {
@@ -209,5 +234,12 @@ mod tests {
         assert_ne!(a, c);
         assert_eq!(table.labels(a).unwrap().get("__name__"), Some("node_cpu_seconds_total"));
         assert_eq!(table.len(), 2);
+
+        // A table restored from the labels gives the same ids and finds them again.
+        let mut restored = SeriesTable::new();
+        for id in 0..table.len() as SeriesId {
+            assert_eq!(restored.restore(table.labels(id).unwrap().clone()), id);
+        }
+        assert_eq!(restored.intern("node_cpu_seconds_total", &[("mode", "idle"), ("cpu", "1")], &mut scratch), c);
     }
 }

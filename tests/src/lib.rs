@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod relay;
+
 use serde_json::Value as Json;
 
 /// Path of a workspace binary next to the running test's target directory.
@@ -121,6 +123,19 @@ impl Process {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Resident memory in bytes, from /proc.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+        Some(kb * 1024)
+    }
 }
 
 impl Drop for Process {
@@ -143,18 +158,23 @@ pub struct Aggregator {
 impl Aggregator {
     /// Starts `herd-aggregator serve` with a server certificate named `localhost` from `pki`.
     pub fn start(pki: &Pki, work: &Path) -> Self {
+        let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().expect("address");
+        let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().expect("address");
+        Self::start_at(pki, work, "aggregator", http, quic)
+    }
+
+    /// Starts (or restarts) aggregator `name` with state under `work/name-state`.
+    pub fn start_at(pki: &Pki, work: &Path, name: &str, http: SocketAddr, quic: SocketAddr) -> Self {
         if !pki.path("localhost.pem").exists() {
             pki.issue_server("localhost");
         }
-        let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().expect("address");
-        let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().expect("address");
-        let config = work.join("aggregator.toml");
+        let config = work.join(format!("{name}.toml"));
         std::fs::write(
             &config,
             format!(
                 "[server]\nquic_listen = \"{quic}\"\nhttp_listen = \"{http}\"\nstate_dir = \"{state}\"\nheartbeat_interval = \"1s\"\n\
                  [tls]\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n",
-                state = work.join("aggregator-state").display(),
+                state = work.join(format!("{name}-state")).display(),
                 ca = pki.path("ca.pem").display(),
                 cert = pki.path("localhost.pem").display(),
                 key = pki.path("localhost-key.pem").display(),
@@ -199,14 +219,29 @@ impl Aggregator {
 
 /// Writes an agent config for `name` (cert `NAME.pem` from `pki`) sending to `quic`.
 pub fn agent_config(work: &Path, pki: &Pki, name: &str, quic: SocketAddr, interval: &str) -> PathBuf {
+    agent_config_with(work, pki, name, &[quic], interval, "", "")
+}
+
+/// Like [`agent_config`] with several endpoints, extra `[uplink]` keys and extra trailing sections.
+pub fn agent_config_with(
+    work: &Path,
+    pki: &Pki,
+    name: &str,
+    endpoints: &[SocketAddr],
+    interval: &str,
+    uplink_extra: &str,
+    tail: &str,
+) -> PathBuf {
     let config = work.join(format!("agent-{name}.toml"));
+    let endpoints: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
     std::fs::write(
         &config,
         format!(
             "[agent]\nid = \"{name}\"\nstate_dir = \"{state}\"\n\
-             [uplink]\nendpoints = [\"{quic}\"]\nserver_name = \"localhost\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n\
-             ca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\
-             [collect]\ninterval = \"{interval}\"\n",
+             [uplink]\nendpoints = [{endpoints}]\nserver_name = \"localhost\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n\
+             ca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n{uplink_extra}\n\
+             [collect]\ninterval = \"{interval}\"\n{tail}\n",
+            endpoints = endpoints.join(", "),
             state = work.join(format!("agent-{name}-state")).display(),
             ca = pki.path("ca.pem").display(),
             cert = pki.path(&format!("{name}.pem")).display(),
@@ -246,6 +281,28 @@ pub fn encode(value: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Sample timestamps (ms) of the series selected by `selector` over the last `range`,
+/// as one list per series (by its `instance` label).
+pub fn sample_times(aggregator: &Aggregator, selector: &str, range: &str) -> Vec<i64> {
+    let response = aggregator.query(&format!("{selector}[{range}]"));
+    assert_eq!(response["data"]["resultType"], "matrix", "{response}");
+    let result = response["data"]["result"].as_array().cloned().unwrap_or_default();
+    assert!(result.len() <= 1, "expected one series: {response}");
+    result
+        .first()
+        .and_then(|series| series["values"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|pair| pair[0].as_f64())
+        .map(|seconds| (seconds * 1000.0).round() as i64)
+        .collect()
+}
+
+/// Gaps between consecutive timestamps larger than `max_gap_ms`, as (before, after).
+pub fn gaps(times: &[i64], max_gap_ms: i64) -> Vec<(i64, i64)> {
+    times.windows(2).filter(|w| w[1] - w[0] > max_gap_ms).map(|w| (w[0], w[1])).collect()
 }
 
 /// The `result` array of a successful vector query.

@@ -8,6 +8,7 @@
 //! to the uplink. Collectors are built from config values and own no global
 //! state, so a new configuration can replace them while the agent runs.
 
+pub mod herd;
 pub mod host;
 
 use std::sync::{Arc, Mutex};

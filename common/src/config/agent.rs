@@ -18,7 +18,10 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(500);
 const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-const DEFAULT_MAX_PENDING_BATCHES: usize = 8640;
+const DEFAULT_BACKFILL_BATCHES_PER_SECOND: u32 = 50;
+const DEFAULT_FAILBACK_INTERVAL: Duration = Duration::from_secs(30);
+pub const DEFAULT_BUFFER_MAX_BYTES: u64 = 256 << 20;
+const DEFAULT_BUFFER_MEMORY_BATCHES: usize = 360;
 
 /// node_exporter's default `--collector.filesystem.mount-points-exclude` (upstream, not Debian's patched one).
 pub const DEFAULT_MOUNT_POINTS_EXCLUDE: &str =
@@ -39,6 +42,15 @@ pub struct RawAgentConfig {
     pub uplink: Option<RawUplink>,
     #[serde(default)]
     pub collect: RawCollect,
+    #[serde(default)]
+    pub buffer: RawBuffer,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBuffer {
+    pub max_bytes: Option<u64>,
+    pub memory_batches: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -69,7 +81,9 @@ pub struct RawUplink {
     pub backoff_initial: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub backoff_max: Option<Duration>,
-    pub max_pending_batches: Option<usize>,
+    pub backfill_batches_per_second: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub failback_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -105,6 +119,16 @@ pub struct AgentConfig {
     pub log_level: String,
     pub uplink: UplinkConfig,
     pub collect: CollectConfig,
+    pub buffer: BufferConfig,
+}
+
+/// The durable buffer under `state_dir`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BufferConfig {
+    /// Disk budget; past it the oldest batches are dropped and counted.
+    pub max_bytes: u64,
+    /// Batches kept in memory while the disk refuses writes.
+    pub memory_batches: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -118,8 +142,10 @@ pub struct UplinkConfig {
     pub idle_timeout: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
-    /// Unacknowledged batches kept in memory before the oldest is dropped.
-    pub max_pending_batches: usize,
+    /// Rate at which buffered batches are resent after a reconnect, behind live data.
+    pub backfill_batches_per_second: u32,
+    /// While connected to a fallback endpoint, how often a preferred one is tried again.
+    pub failback_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -220,9 +246,24 @@ impl RawAgentConfig {
         if backoff_initial.is_zero() || backoff_initial > backoff_max {
             problems.push("uplink.backoff_initial", "must be above zero and at most uplink.backoff_max");
         }
-        let max_pending_batches = uplink.max_pending_batches.unwrap_or(DEFAULT_MAX_PENDING_BATCHES);
-        if max_pending_batches == 0 {
-            problems.push("uplink.max_pending_batches", "must be at least 1");
+        let backfill_batches_per_second =
+            uplink.backfill_batches_per_second.unwrap_or(DEFAULT_BACKFILL_BATCHES_PER_SECOND);
+        if backfill_batches_per_second == 0 {
+            problems.push("uplink.backfill_batches_per_second", "must be at least 1");
+        }
+        let failback_interval = uplink.failback_interval.unwrap_or(DEFAULT_FAILBACK_INTERVAL);
+        if failback_interval < Duration::from_millis(100) {
+            problems.push("uplink.failback_interval", "must be at least 100ms");
+        }
+        let buffer = BufferConfig {
+            max_bytes: self.buffer.max_bytes.unwrap_or(DEFAULT_BUFFER_MAX_BYTES),
+            memory_batches: self.buffer.memory_batches.unwrap_or(DEFAULT_BUFFER_MEMORY_BATCHES),
+        };
+        if buffer.max_bytes < 64 << 10 {
+            problems.push("buffer.max_bytes", "must be at least 65536");
+        }
+        if buffer.memory_batches == 0 {
+            problems.push("buffer.memory_batches", "must be at least 1");
         }
 
         let interval = self.collect.interval.unwrap_or(DEFAULT_INTERVAL);
@@ -269,9 +310,11 @@ impl RawAgentConfig {
                 idle_timeout: uplink.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
                 backoff_initial,
                 backoff_max,
-                max_pending_batches,
+                backfill_batches_per_second,
+                failback_interval,
             },
             collect: CollectConfig { interval, timeout, host },
+            buffer,
         };
         problems.finish(source_name, config)
     }
