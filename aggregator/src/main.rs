@@ -52,6 +52,12 @@ enum Command {
         #[arg(short, long, env = "HERD_AGGREGATOR_CONFIG", default_value = DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Run PromQL test files in Prometheus's format (load, clear, eval instant at, eval_fail, eval_ordered).
+    PromqlTest {
+        /// Test files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,6 +145,23 @@ fn main() -> anyhow::Result<()> {
         Command::CheckConfig { config } => {
             AggregatorConfig::load(&config).map_err(|err| anyhow::anyhow!("{err}"))?;
             println!("{}: ok", config.display());
+            Ok(())
+        }
+        Command::PromqlTest { files } => {
+            let mut report = herd_aggregator::promql::testfile::Report::default();
+            for file in &files {
+                report.merge(herd_aggregator::promql::testfile::run_file(file)?);
+            }
+            for failure in &report.failures {
+                println!("{failure}");
+            }
+            for reason in &report.skip_reasons {
+                println!("skipped: {reason}");
+            }
+            println!("{}", report.summary());
+            if report.failed > 0 {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::Serve { config } => {

@@ -127,12 +127,21 @@ async fn query(
             json!({"status": "success", "data": {"resultType": value.type_name(), "result": value_json(&value)}}),
         )
         .into_response(),
-        Ok(Err(QueryError::Parse(message))) => {
+        Ok(Err(err)) => query_error(err),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "query evaluation failed"),
+    }
+}
+
+fn query_error(err: QueryError) -> Response {
+    match err {
+        QueryError::Parse(message) | QueryError::BadRequest(message) => {
             error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid parameter \"query\": {message}"))
         }
-        Ok(Err(err @ QueryError::Unsupported(_))) => error(StatusCode::UNPROCESSABLE_ENTITY, "execution", err),
-        Ok(Err(err @ QueryError::TooManySeries { .. })) => error(StatusCode::UNPROCESSABLE_ENTITY, "execution", err),
-        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "query evaluation failed"),
+        QueryError::Timeout { .. } => error(StatusCode::SERVICE_UNAVAILABLE, "timeout", err),
+        QueryError::Unsupported(_)
+        | QueryError::Execution(_)
+        | QueryError::TooManySamples { .. }
+        | QueryError::TooManySeries { .. } => error(StatusCode::UNPROCESSABLE_ENTITY, "execution", err),
     }
 }
 

@@ -1,25 +1,48 @@
-//! PromQL evaluation over the `Storage` interface. Parsing is
-//! `promql-parser`'s; this module evaluates. It knows nothing of HTTP or JSON.
+//! PromQL over the `Storage` interface: `promql-parser` parses, this module
+//! evaluates, with Prometheus 2.42's semantics (lookback delta, staleness,
+//! extrapolation, NaN handling). It reads only through `Storage::select` and
+//! `Storage::read`, so it behaves the same on the in-memory head and on
+//! persisted blocks. It knows nothing of HTTP or JSON, and its types are not
+//! `Serialize`: `api/` converts them.
 //!
-//! This version evaluates instant queries of selectors: vector selectors with
-//! all four matcher kinds, range selectors, `offset` and `@`, and literals.
+//! - `eval`: the step loop, selectors, subqueries, `@` and `offset`.
+//! - `aggregate`, `binary`, `functions`: operators and the function library.
+//! - `labels`: label-set edits and grouping keys.
+//! - `limits`: samples in memory, series per selector, timeout.
+//! - `testfile`: runner for Prometheus's `*.test` files (`herd-aggregator promql-test`).
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod aggregate;
+mod binary;
+mod eval;
+mod functions;
+mod labels;
+mod limits;
+pub mod testfile;
 
-use herd_common::metric::{Labels, METRIC_NAME, is_stale};
-use promql_parser::label::{MatchOp as ParsedOp, Matcher};
-use promql_parser::parser::{self, AtModifier, Expr, Offset, VectorSelector};
+use std::sync::{Arc, Once};
+use std::time::Duration;
 
-use crate::store::{LabelMatcher, MatchOp, Sample, Storage};
+use herd_common::metric::Labels;
+pub use limits::{Limits, QueryStats};
+use promql_parser::parser::value::ValueType;
+use promql_parser::parser::{self, Expr};
 
-/// The result of evaluating an expression at one instant.
+use crate::store::{Sample, Storage};
+use eval::{Evaluated, Evaluator, QueryContext};
+use limits::Budget;
+
+/// The result of a query.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// An instant vector: one sample per series, stamped with the evaluation time.
     Vector(Vec<(Arc<Labels>, Sample)>),
+    /// A range vector, or the result of a range query: samples per series, in time order.
     Matrix(Vec<(Arc<Labels>, Vec<Sample>)>),
     Scalar(Sample),
-    String { timestamp_ms: i64, value: String },
+    String {
+        timestamp_ms: i64,
+        value: String,
+    },
 }
 
 impl Value {
@@ -36,129 +59,216 @@ impl Value {
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum QueryError {
+    /// The query does not parse; the parser's message.
     #[error("{0}")]
     Parse(String),
-    #[error("{0} is not supported by this version of Herd's query engine")]
+    /// The query parses but cannot be run as asked (a range query of a range vector, a bad step).
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0} is not supported by Herd's query engine")]
     Unsupported(String),
-    #[error("query selects {found} series, more than the limit of {limit}")]
+    /// A run-time error with Prometheus's message, e.g. duplicate label sets.
+    #[error("{0}")]
+    Execution(String),
+    #[error("query processing would load too many samples into memory in query execution (limit {limit})")]
+    TooManySamples { limit: usize },
+    #[error("query selects {found} series, more than the limit of {limit}: add label matchers to narrow it")]
     TooManySeries { found: usize, limit: usize },
+    #[error("query timed out in expression evaluation (limit {timeout:?})")]
+    Timeout { timeout: Duration },
 }
+
+/// The time range a query is evaluated over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryRange {
+    Instant { time_ms: i64 },
+    Range { start_ms: i64, end_ms: i64, step_ms: i64 },
+}
+
+/// A query's value and what it cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryOutput {
+    pub value: Value,
+    pub stats: QueryStats,
+}
+
+/// Default step of subqueries written without one, Prometheus's default
+/// global evaluation interval.
+const DEFAULT_SUBQUERY_STEP: Duration = Duration::from_secs(60);
 
 pub struct Engine {
     store: Arc<dyn Storage>,
     lookback_ms: i64,
-    max_series: usize,
+    limits: Limits,
+    default_subquery_step_ms: i64,
 }
 
 impl Engine {
+    /// An engine with default limits except `max_series` per selector.
     pub fn new(store: Arc<dyn Storage>, lookback: Duration, max_series: usize) -> Self {
-        Self { store, lookback_ms: lookback.as_millis() as i64, max_series }
+        Self {
+            store,
+            lookback_ms: eval::duration_ms(lookback),
+            limits: Limits { max_series, ..Limits::default() },
+            default_subquery_step_ms: eval::duration_ms(DEFAULT_SUBQUERY_STEP),
+        }
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Step of subqueries without an explicit one (`x[1h:]`); must be above zero.
+    pub fn with_default_subquery_step(mut self, step: Duration) -> Self {
+        self.default_subquery_step_ms = eval::duration_ms(step).max(1);
+        self
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Parses a query with the functions Herd evaluates.
+    pub fn parse(query: &str) -> Result<Expr, QueryError> {
+        register_legacy_functions();
+        parser::parse(query).map_err(QueryError::Parse)
     }
 
     pub fn instant_query(&self, query: &str, time_ms: i64) -> Result<Value, QueryError> {
-        let expr = parser::parse(query).map_err(QueryError::Parse)?;
-        self.eval(&expr, time_ms)
+        Ok(self.query(&Self::parse(query)?, QueryRange::Instant { time_ms })?.value)
     }
 
-    fn eval(&self, expr: &Expr, time_ms: i64) -> Result<Value, QueryError> {
-        match expr {
-            Expr::Paren(paren) => self.eval(&paren.expr, time_ms),
-            Expr::NumberLiteral(number) => Ok(Value::Scalar(Sample { timestamp_ms: time_ms, value: number.val })),
-            Expr::StringLiteral(string) => Ok(Value::String { timestamp_ms: time_ms, value: string.val.clone() }),
-            Expr::VectorSelector(selector) => {
-                let at = self.reference_time(selector, time_ms);
-                let mut out = Vec::new();
-                let mut samples = Vec::new();
-                for (series, labels) in self.select(selector)? {
-                    samples.clear();
-                    self.store.read(series, at - self.lookback_ms, at, &mut samples);
-                    if let Some(last) = samples.last().filter(|s| !is_stale(s.value)) {
-                        out.push((labels, Sample { timestamp_ms: time_ms, value: last.value }));
-                    }
-                }
-                Ok(Value::Vector(out))
-            }
-            Expr::MatrixSelector(matrix) => {
-                let at = self.reference_time(&matrix.vs, time_ms);
-                let range_ms = matrix.range.as_millis() as i64;
-                let mut out = Vec::new();
-                for (series, labels) in self.select(&matrix.vs)? {
-                    let mut samples = Vec::new();
-                    self.store.read(series, at - range_ms, at, &mut samples);
-                    samples.retain(|s| !is_stale(s.value));
-                    if !samples.is_empty() {
-                        out.push((labels, samples));
-                    }
-                }
-                Ok(Value::Matrix(out))
-            }
-            other => Err(QueryError::Unsupported(describe(other))),
-        }
+    pub fn range_query(&self, query: &str, start_ms: i64, end_ms: i64, step_ms: i64) -> Result<Value, QueryError> {
+        Ok(self.query(&Self::parse(query)?, QueryRange::Range { start_ms, end_ms, step_ms })?.value)
     }
 
-    fn reference_time(&self, selector: &VectorSelector, time_ms: i64) -> i64 {
-        let base = match &selector.at {
-            Some(AtModifier::At(at)) => system_time_ms(*at),
-            // Instant queries: start and end are the evaluation time.
-            Some(AtModifier::Start | AtModifier::End) | None => time_ms,
+    /// Evaluates a parsed expression. A range query returns a matrix sorted
+    /// by labels; an instant query returns the expression's own type.
+    pub fn query(&self, expr: &Expr, range: QueryRange) -> Result<QueryOutput, QueryError> {
+        let (start, end, interval) = match range {
+            // An instant query is a range query of one step; the interval only must not be zero.
+            QueryRange::Instant { time_ms } => (time_ms, time_ms, 1),
+            QueryRange::Range { start_ms, end_ms, step_ms } => {
+                if step_ms <= 0 {
+                    return Err(QueryError::BadRequest(
+                        "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
+                    ));
+                }
+                if end_ms < start_ms {
+                    return Err(QueryError::BadRequest("end timestamp must not be before start time".into()));
+                }
+                match expr.value_type() {
+                    ValueType::Vector | ValueType::Scalar => {}
+                    other => {
+                        return Err(QueryError::BadRequest(format!(
+                            "invalid expression type \"{}\" for range query, must be Scalar or instant Vector",
+                            type_description(other)
+                        )));
+                    }
+                }
+                (start_ms, end_ms, step_ms)
+            }
         };
-        match &selector.offset {
-            Some(Offset::Pos(d)) => base - d.as_millis() as i64,
-            Some(Offset::Neg(d)) => base + d.as_millis() as i64,
-            None => base,
-        }
-    }
-
-    fn select(&self, selector: &VectorSelector) -> Result<Vec<(u64, Arc<Labels>)>, QueryError> {
-        let mut matchers = Vec::new();
-        if let Some(name) = &selector.name {
-            matchers.push(
-                LabelMatcher::new(MatchOp::Equal, METRIC_NAME, name.as_str())
-                    .map_err(|e| QueryError::Parse(e.to_string()))?,
-            );
-        }
-        for matcher in &selector.matchers.matchers {
-            matchers.push(convert(matcher)?);
-        }
-        if !selector.matchers.or_matchers.is_empty() {
-            return Err(QueryError::Unsupported("`or` inside a selector".into()));
-        }
-        let found = self.store.select(&matchers);
-        if found.len() > self.max_series {
-            return Err(QueryError::TooManySeries { found: found.len(), limit: self.max_series });
-        }
-        Ok(found)
+        let ctx = QueryContext {
+            store: &*self.store,
+            lookback_ms: self.lookback_ms,
+            query_start_ms: start,
+            query_end_ms: end,
+            default_subquery_step_ms: self.default_subquery_step_ms,
+            max_series: self.limits.max_series,
+            budget: Budget::new(&self.limits),
+        };
+        let evaluator = Evaluator { ctx: &ctx, start, end, interval };
+        let result = evaluator.eval(expr)?;
+        let value = match range {
+            QueryRange::Instant { time_ms } => instant_value(result, time_ms),
+            QueryRange::Range { .. } => range_value(result, &evaluator)?,
+        };
+        Ok(QueryOutput { value, stats: ctx.budget.stats() })
     }
 }
 
-fn convert(matcher: &Matcher) -> Result<LabelMatcher, QueryError> {
-    let op = match matcher.op {
-        ParsedOp::Equal => MatchOp::Equal,
-        ParsedOp::NotEqual => MatchOp::NotEqual,
-        ParsedOp::Re(_) => MatchOp::RegexMatch,
-        ParsedOp::NotRe(_) => MatchOp::RegexNoMatch,
+fn type_description(value_type: ValueType) -> &'static str {
+    match value_type {
+        ValueType::Vector => "instant vector",
+        ValueType::Scalar => "scalar",
+        ValueType::Matrix => "range vector",
+        ValueType::String => "string",
+    }
+}
+
+fn instant_value(result: Evaluated, time_ms: i64) -> Value {
+    match result {
+        Evaluated::Scalar(values) => {
+            Value::Scalar(Sample { timestamp_ms: time_ms, value: values.first().copied().unwrap_or(f64::NAN) })
+        }
+        Evaluated::Vector(series) => Value::Vector(
+            series
+                .into_iter()
+                .filter_map(|s| {
+                    let value = s.points.first()?.value;
+                    Some((s.labels, Sample { timestamp_ms: time_ms, value }))
+                })
+                .collect(),
+        ),
+        Evaluated::Matrix(series) => Value::Matrix(series.into_iter().map(|s| (s.labels, s.points)).collect()),
+        Evaluated::String(value) => Value::String { timestamp_ms: time_ms, value },
+    }
+}
+
+fn range_value(result: Evaluated, evaluator: &Evaluator<'_>) -> Result<Value, QueryError> {
+    let mut matrix: Vec<(Arc<Labels>, Vec<Sample>)> = match result {
+        Evaluated::Scalar(values) => {
+            let points =
+                values.iter().enumerate().map(|(k, &value)| Sample { timestamp_ms: evaluator.step_time(k), value });
+            vec![(Arc::new(Labels::default()), points.collect())]
+        }
+        Evaluated::Vector(series) => series.into_iter().map(|s| (s.labels, s.points)).collect(),
+        other => {
+            return Err(QueryError::BadRequest(format!(
+                "invalid expression type {:?} for range query, must be Scalar or instant Vector",
+                match other {
+                    Evaluated::Matrix(_) => "range vector",
+                    _ => "string",
+                }
+            )));
+        }
     };
-    LabelMatcher::new(op, matcher.name.as_str(), matcher.value.as_str())
-        .map_err(|e| QueryError::Parse(format!("invalid regex: {e}")))
+    matrix.sort_by(|a, b| a.0.cmp(&b.0));
+    matrix.retain(|(_, points)| !points.is_empty());
+    Ok(Value::Matrix(matrix))
 }
 
-fn system_time_ms(time: SystemTime) -> i64 {
-    match time.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_millis() as i64,
-        Err(e) => -(e.duration().as_millis() as i64),
+/// `holt_winters` was renamed in Prometheus 3 and promql-parser only knows
+/// the new name; rule files written for 2.x still use the old one.
+fn register_legacy_functions() {
+    static REGISTER: Once = Once::new();
+    REGISTER.call_once(|| {
+        let holt_winters = parser::Function::new(
+            "holt_winters",
+            vec![ValueType::Matrix, ValueType::Scalar, ValueType::Scalar],
+            0,
+            ValueType::Vector,
+            false,
+        );
+        // Fails only if the parser one day knows the name itself, which is fine.
+        let _ = parser::register_extra_functions(vec![holt_winters]);
+    });
+}
+
+/// Formats a sample value as Prometheus does: shortest round-trip decimal
+/// without exponent, `NaN`, `+Inf`, `-Inf`.
+pub fn format_value(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".into()
+    } else if value == f64::INFINITY {
+        "+Inf".into()
+    } else if value == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        value.to_string()
     }
-}
-
-fn describe(expr: &Expr) -> String {
-    let kind = match expr {
-        Expr::Aggregate(_) => "aggregation",
-        Expr::Unary(_) => "unary expression",
-        Expr::Binary(_) => "binary expression",
-        Expr::Subquery(_) => "subquery",
-        Expr::Call(_) => "function call",
-        _ => "this expression",
-    };
-    kind.to_owned()
 }
 
 #[cfg(test)]
@@ -209,10 +319,54 @@ mod tests {
     }
 
     #[test]
+    fn range_query_returns_a_matrix_sorted_by_labels_with_a_point_per_step() {
+        let Value::Matrix(m) = engine().range_query("sum by (mode) (cpu)", 0, 60_000, 30_000).unwrap() else {
+            panic!()
+        };
+        let got: Vec<(String, Vec<(i64, f64)>)> =
+            m.iter().map(|(l, s)| (l.to_string(), s.iter().map(|p| (p.timestamp_ms, p.value)).collect())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (r#"{mode="idle"}"#.into(), vec![(0, 1.0), (30_000, 1.0), (60_000, 2.0)]),
+                (r#"{mode="user"}"#.into(), vec![(0, 5.0)]),
+            ]
+        );
+        let Value::Matrix(m) = engine().range_query("time()", 0, 60_000, 60_000).unwrap() else { panic!() };
+        assert_eq!(m[0].1.iter().map(|p| p.value).collect::<Vec<_>>(), vec![0.0, 60.0]);
+    }
+
+    #[test]
     fn errors_are_typed() {
         assert!(matches!(engine().instant_query("cpu{", 0), Err(QueryError::Parse(_))));
-        assert!(matches!(engine().instant_query("sum(cpu)", 0), Err(QueryError::Unsupported(_))));
-        let small = Engine { max_series: 1, ..engine() };
+        assert!(matches!(engine().range_query("cpu[1m]", 0, 1, 1), Err(QueryError::BadRequest(_))));
+        assert!(matches!(engine().range_query("cpu", 0, 1, 0), Err(QueryError::BadRequest(_))));
+        assert!(matches!(engine().range_query("cpu", 10, 1, 1), Err(QueryError::BadRequest(_))));
+        assert!(matches!(engine().instant_query("limitk(1, cpu)", 0), Err(QueryError::Unsupported(_))));
+        let small = Engine { limits: Limits { max_series: 1, ..Limits::default() }, ..engine() };
         assert!(matches!(small.instant_query("cpu", 0), Err(QueryError::TooManySeries { found: 2, limit: 1 })));
+        let tiny = engine().with_limits(Limits { max_samples: 3, ..Limits::default() });
+        assert!(matches!(tiny.range_query("cpu", 0, 60_000, 1000), Err(QueryError::TooManySamples { limit: 3 })));
+        assert!(tiny.instant_query("cpu", 20_000).is_ok(), "an instant query fits");
+    }
+
+    #[test]
+    fn legacy_holt_winters_parses() {
+        assert!(Engine::parse("holt_winters(cpu[5m], 0.5, 0.5)").is_ok());
+    }
+
+    #[test]
+    fn values_format_like_prometheus() {
+        for (value, text) in [
+            (1.0, "1"),
+            (0.5, "0.5"),
+            (1e21, "1000000000000000000000"),
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "+Inf"),
+            (f64::NEG_INFINITY, "-Inf"),
+            (-0.25, "-0.25"),
+        ] {
+            assert_eq!(format_value(value), text);
+        }
     }
 }
