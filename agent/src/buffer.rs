@@ -6,9 +6,12 @@
 //! uplink sends it, and removed when the aggregator acknowledges it.
 //!
 //! The buffer is bounded in bytes: past the budget the oldest batches go
-//! first, counted in `herd_agent_buffer_dropped_samples_total`. If the disk
-//! refuses writes (full, read-only), batches are kept in memory up to a limit
-//! and the problem is reported once, then again on recovery.
+//! first, counted in `herd_agent_buffer_dropped_samples_total`. The budget
+//! also shrinks when the filesystem runs low, so a small or shared disk
+//! fills with deliberate, counted drops rather than write errors (sled's
+//! log-structured files take several times the logical bytes). If the disk
+//! refuses writes anyway (full, read-only), batches are kept in memory up to
+//! a limit and the problem is reported once, then again on recovery.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +28,10 @@ const FORMAT_VERSION: u8 = 1;
 /// Header: version, timestamp, sample count.
 const HEADER_BYTES: usize = 1 + 8 + 4;
 const NEXT_SEQ_KEY: &[u8] = b"next_seq";
+/// Free space kept on the buffer's filesystem: this fraction of its size...
+const RESERVE_FRACTION: f64 = 0.15;
+/// ...but at least this much.
+const MIN_RESERVE_BYTES: u64 = 512 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BufferError {
@@ -44,6 +51,10 @@ pub struct BufferStats {
     /// Timestamp (ms) of the oldest batch not yet acknowledged, 0 if none.
     pub oldest_timestamp_ms: AtomicU64,
     pub memory_batches: AtomicU64,
+    /// Batches ever pushed: acked + dropped + held add up to it.
+    pub pushed_batches: AtomicU64,
+    /// The budget in force, lowered while the filesystem is short of space.
+    pub budget_bytes: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +76,13 @@ pub struct Buffer {
     memory: BTreeMap<u64, SampleBatch>,
     persisted_series: usize,
     max_bytes: u64,
+    /// `max_bytes`, or less while the filesystem is short of space.
+    budget: u64,
+    disk_short: bool,
+    /// Bytes pushed since the budget was last lowered, and how many it freed:
+    /// it is lowered again only once sled has had the chance to reuse them.
+    pushed_since_shrink: u64,
+    freed_by_shrink: u64,
     max_memory_batches: usize,
     stored_bytes: u64,
     next_seq: u64,
@@ -139,6 +157,10 @@ impl Buffer {
             memory: BTreeMap::new(),
             persisted_series: table.len(),
             max_bytes,
+            budget: max_bytes,
+            disk_short: false,
+            pushed_since_shrink: 0,
+            freed_by_shrink: 0,
             max_memory_batches: max_memory_batches.max(1),
             stored_bytes,
             next_seq,
@@ -177,6 +199,7 @@ impl Buffer {
         let mut disk_ok = self.persist_series(table).is_ok();
         let value = encode_batch(&batch);
         let bytes = (8 + value.len()) as u64;
+        self.check_filesystem(bytes);
         self.make_room(bytes);
         if disk_ok {
             let written = self
@@ -201,6 +224,7 @@ impl Buffer {
             }
         }
         self.index.insert(batch.seq, entry);
+        self.stats.pushed_batches.fetch_add(1, Ordering::Relaxed);
         self.update_stats();
     }
 
@@ -244,9 +268,41 @@ impl Buffer {
         Ok(())
     }
 
+    /// Lowers the budget below what is stored when the filesystem runs short
+    /// of space, and restores it when space comes back.
+    fn check_filesystem(&mut self, incoming: u64) {
+        let Ok(fs) = rustix::fs::statvfs(&self.path) else { return };
+        let size = fs.f_blocks.saturating_mul(fs.f_frsize);
+        let available = fs.f_bavail.saturating_mul(fs.f_frsize);
+        let reserve = ((size as f64 * RESERVE_FRACTION) as u64).max(MIN_RESERVE_BYTES);
+        self.pushed_since_shrink += incoming;
+        if available < reserve {
+            if self.disk_short && self.pushed_since_shrink < self.freed_by_shrink {
+                return; // The last cut has not been rewritten yet.
+            }
+            // Cut a quarter; sled reuses freed space as new batches arrive.
+            self.budget = (self.stored_bytes * 3 / 4).max(incoming);
+            self.freed_by_shrink = self.stored_bytes - self.budget.min(self.stored_bytes);
+            self.pushed_since_shrink = 0;
+            if !self.disk_short {
+                warn!(
+                    path = %self.path.display(),
+                    available_bytes = available,
+                    budget_bytes = self.budget,
+                    "agent buffer's filesystem is nearly full: dropping the oldest batches"
+                );
+                self.disk_short = true;
+            }
+        } else if available > reserve * 3 && self.disk_short {
+            self.budget = self.max_bytes;
+            self.disk_short = false;
+            info!(path = %self.path.display(), available_bytes = available, "agent buffer's filesystem has room again");
+        }
+    }
+
     /// Drops the oldest batches until `incoming` more bytes fit the budget.
     fn make_room(&mut self, incoming: u64) {
-        while self.stored_bytes + incoming > self.max_bytes {
+        while self.stored_bytes + incoming > self.budget.min(self.max_bytes) {
             let Some((&oldest, _)) = self.index.iter().find(|(_, e)| !e.in_memory) else { break };
             self.drop_batch(oldest);
         }
@@ -316,6 +372,7 @@ impl Buffer {
         self.stats.bytes.store(self.stored_bytes, Ordering::Relaxed);
         self.stats.batches.store(self.index.len() as u64, Ordering::Relaxed);
         self.stats.memory_batches.store(self.memory.len() as u64, Ordering::Relaxed);
+        self.stats.budget_bytes.store(self.budget.min(self.max_bytes), Ordering::Relaxed);
         let oldest = self.index.values().next().map_or(0, |e| e.timestamp_ms.max(0) as u64);
         self.stats.oldest_timestamp_ms.store(oldest, Ordering::Relaxed);
     }

@@ -311,3 +311,32 @@ pub fn vector_result(response: &Json) -> Vec<Json> {
     assert_eq!(response["data"]["resultType"], "vector", "{response}");
     response["data"]["result"].as_array().cloned().unwrap_or_default()
 }
+
+/// A tmpfs of `size` (e.g. "3m") mounted at `path`, unmounted on drop. Needs root.
+pub struct TmpfsMount {
+    path: PathBuf,
+}
+
+impl TmpfsMount {
+    pub fn new(path: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(path).expect("create mount point");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mounting a tmpfs at {} failed: this test needs root", path.display());
+        Self { path: path.to_owned() }
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// The latest value of `selector` (a single series), if any.
+pub fn latest_value(aggregator: &Aggregator, selector: &str) -> Option<f64> {
+    vector_result(&aggregator.query(selector)).first().and_then(|s| s["value"][1].as_str()?.parse().ok())
+}

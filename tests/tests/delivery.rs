@@ -209,3 +209,73 @@ fn the_agent_fails_over_and_back_and_the_data_is_complete_across_both() {
     });
     assert!(merged.is_some(), "data missing across the two aggregators");
 }
+
+#[test]
+fn a_full_buffer_filesystem_drops_the_oldest_batches_and_counts_them() {
+    let work = tempfile::tempdir().unwrap();
+    let pki = Pki::create(work.path().join("pki"));
+    pki.issue_agent("t");
+    let tiny = work.path().join("tiny");
+    let _mount = TmpfsMount::new(&tiny, "8m");
+    // A host with 300 CPUs makes big batches, so the filesystem fills in seconds.
+    let procfs = work.path().join("proc");
+    std::fs::create_dir_all(&procfs).unwrap();
+    let mut stat = String::from("cpu  1 2 3 4 5 6 7 8 9 10\n");
+    for cpu in 0..300 {
+        stat.push_str(&format!("cpu{cpu} {cpu} 2 3 4 5 6 7 8 9 10\n"));
+    }
+    stat.push_str("ctxt 1\nbtime 1\nprocesses 1\nprocs_running 1\nprocs_blocked 0\n");
+    std::fs::write(procfs.join("stat"), stat).unwrap();
+    std::fs::write(procfs.join("loadavg"), "0.5 0.5 0.5 1/1 1\n").unwrap();
+    std::fs::write(procfs.join("meminfo"), "MemTotal: 1024 kB\nMemAvailable: 512 kB\n").unwrap();
+    let (http, quic) = addresses();
+    let config = work.path().join("agent-t.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nid = \"t\"\nstate_dir = \"{state}\"\n\
+             [uplink]\nendpoints = [\"{quic}\"]\nserver_name = \"localhost\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"500ms\"\n\
+             backfill_batches_per_second = 500\n\
+             ca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\
+             [collect]\ninterval = \"100ms\"\n[collect.host]\nprocfs_root = \"{procfs}\"\n[buffer]\nmemory_batches = 50\n",
+            state = tiny.display(),
+            procfs = procfs.display(),
+            ca = pki.path("ca.pem").display(),
+            cert = pki.path("t.pem").display(),
+            key = pki.path("t-key.pem").display(),
+        ),
+    )
+    .unwrap();
+    // No aggregator yet: everything the agent collects has to stay in its buffer.
+    let mut agent = start_agent(work.path(), "t", &config);
+    let started_at = now_ms();
+    wait_for(Duration::from_secs(150), || agent.log().contains("dropped the oldest batch").then_some(()))
+        .unwrap_or_else(|| panic!("the buffer never filled its 8 MiB filesystem:\n{}", agent.log()));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(agent.is_running(), "the agent must keep running on a full disk:\n{}", agent.log());
+
+    let aggregator = Aggregator::start_at(&pki, work.path(), "agg", http, quic);
+    let stop_at = now_ms();
+    // Everything still buffered arrives; what was dropped is the oldest part, and counted.
+    let times = wait_for(Duration::from_secs(60), || {
+        let times = sample_times(&aggregator, r#"node_load1{instance="t"}"#, "30m");
+        let arrived = in_window(&times, started_at, stop_at);
+        (arrived.last().is_some_and(|&t| t > stop_at - 1000) && gaps(&arrived, 250).is_empty()).then_some(times)
+    })
+    .unwrap_or_else(|| {
+        let times = sample_times(&aggregator, r#"node_load1{instance="t"}"#, "30m");
+        panic!("buffered batches went missing beyond the oldest: {:?}\n{}", gaps(&times, 250), agent.log())
+    });
+    let arrived = in_window(&times, started_at, stop_at);
+    let first_arrived = arrived[0];
+    assert!(first_arrived > started_at + 1000, "the oldest batches should be the ones dropped");
+    agent.kill();
+    let dropped = latest_value(&aggregator, r#"herd_agent_buffer_dropped_batches_total{instance="t"}"#).unwrap();
+    // At 100 ms a batch, the dropped head of the outage spans dropped × 100 ms.
+    let expected = ((first_arrived - started_at) as f64 / 100.0).round();
+    eprintln!("dropped batches: counted {dropped}, missing from the store about {expected}; arrived {}", arrived.len());
+    assert!(
+        (dropped - expected).abs() <= 3.0,
+        "agent counted {dropped} dropped batches; the store is missing about {expected}"
+    );
+}

@@ -44,6 +44,8 @@ impl Collector for SelfCollector {
         out.push("herd_agent_buffer_memory_batches", &[], load(&b.memory_batches));
         out.push("herd_agent_buffer_dropped_samples_total", &[], load(&b.dropped_samples));
         out.push("herd_agent_buffer_dropped_batches_total", &[], load(&b.dropped_batches));
+        out.push("herd_agent_buffer_pushed_batches_total", &[], load(&b.pushed_batches));
+        out.push("herd_agent_buffer_budget_bytes", &[], load(&b.budget_bytes));
         let oldest_ms = b.oldest_timestamp_ms.load(Ordering::Relaxed);
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let age = if oldest_ms == 0 { 0.0 } else { now_ms.saturating_sub(oldest_ms) as f64 / 1000.0 };
