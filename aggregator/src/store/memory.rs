@@ -114,6 +114,21 @@ impl Storage for MemStore {
         }
     }
 
+    fn select_in_range(&self, matchers: &[LabelMatcher], min_t: i64, max_t: i64) -> Vec<(SeriesRef, Arc<Labels>)> {
+        let mut found = self.select(matchers);
+        if min_t == i64::MIN && max_t == i64::MAX {
+            return found;
+        }
+        // Samples are sorted: a binary search per series answers "any in range?".
+        found.retain(|(series, _)| {
+            let Some(series) = self.series(*series) else { return false };
+            let samples = series.samples.lock().expect("series lock is never poisoned");
+            let first = samples.partition_point(|s| s.timestamp_ms < min_t);
+            samples.get(first).is_some_and(|s| s.timestamp_ms <= max_t)
+        });
+        found
+    }
+
     fn stats(&self) -> StoreStats {
         let series = self.index.read().expect("store index lock is never poisoned").series.len() as u64;
         StoreStats { series, samples: self.samples.load(Ordering::Relaxed) }
@@ -152,6 +167,24 @@ mod tests {
         // `cpu=""` selects series without the label.
         assert_eq!(names(&store.select(&[matcher(MatchOp::Equal, "cpu", "")])), vec!["node_load1{}"]);
         assert_eq!(store.series_ref(&labels(&[("__name__", "node_load1")])), 3, "existing series keeps its ref");
+    }
+
+    #[test]
+    fn metadata_queries_respect_matchers_and_time_range() {
+        let store = MemStore::new();
+        for (job, instance, t) in [("node", "a", 10), ("node", "b", 50), ("redis", "a", 90)] {
+            let s = store.series_ref(&labels(&[("__name__", "up"), ("job", job), ("instance", instance)]));
+            store.append(s, Sample { timestamp_ms: t, value: 1.0 }).unwrap();
+        }
+        let all = (i64::MIN, i64::MAX);
+        assert_eq!(store.select_in_range(&[], all.0, all.1).len(), 3);
+        assert_eq!(names(&store.select_in_range(&[], 40, 60)), vec![r#"up{instance="b", job="node"}"#]);
+        assert_eq!(store.label_names(&[], all.0, all.1), vec!["__name__", "instance", "job"]);
+        assert_eq!(store.label_values("job", &[], all.0, all.1), vec!["node", "redis"]);
+        assert_eq!(store.label_values("job", &[], 0, 60), vec!["node"]);
+        let redis = matcher(MatchOp::Equal, "job", "redis");
+        assert_eq!(store.label_values("instance", &[redis], all.0, all.1), vec!["a"]);
+        assert!(store.label_values("zone", &[], all.0, all.1).is_empty());
     }
 
     #[test]

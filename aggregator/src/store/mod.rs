@@ -107,4 +107,52 @@ pub trait Storage: Send + Sync + 'static {
     fn read(&self, series: SeriesRef, min_t: i64, max_t: i64, out: &mut Vec<Sample>);
 
     fn stats(&self) -> StoreStats;
+
+    // The methods below serve the metadata endpoints of the HTTP API
+    // (`/api/v1/series`, `/labels`, `/label/<name>/values`). Their defaults
+    // are correct for any store; a store with an index should override them.
+
+    /// Series whose labels satisfy every matcher (all series for no matchers)
+    /// and that have at least one sample with `min_t <= t <= max_t`, in label order.
+    ///
+    /// The default reads samples to check the range; override it when the
+    /// store knows each series' time range.
+    fn select_in_range(&self, matchers: &[LabelMatcher], min_t: i64, max_t: i64) -> Vec<(SeriesRef, Arc<Labels>)> {
+        let mut samples = Vec::new();
+        self.select(matchers)
+            .into_iter()
+            .filter(|(series, _)| {
+                samples.clear();
+                self.read(*series, min_t, max_t, &mut samples);
+                !samples.is_empty()
+            })
+            .collect()
+    }
+
+    /// Sorted, distinct label names of the series `select_in_range` returns.
+    fn label_names(&self, matchers: &[LabelMatcher], min_t: i64, max_t: i64) -> Vec<String> {
+        let mut names = std::collections::BTreeSet::new();
+        for (_, labels) in self.select_in_range(matchers, min_t, max_t) {
+            for (name, _) in labels.iter() {
+                if !names.contains(name) {
+                    names.insert(name.to_owned());
+                }
+            }
+        }
+        names.into_iter().collect()
+    }
+
+    /// Sorted, distinct values of label `name` among the series
+    /// `select_in_range` returns (series without the label contribute nothing).
+    fn label_values(&self, name: &str, matchers: &[LabelMatcher], min_t: i64, max_t: i64) -> Vec<String> {
+        let mut values = std::collections::BTreeSet::new();
+        for (_, labels) in self.select_in_range(matchers, min_t, max_t) {
+            if let Some(value) = labels.get(name)
+                && !values.contains(value)
+            {
+                values.insert(value.to_owned());
+            }
+        }
+        values.into_iter().collect()
+    }
 }
