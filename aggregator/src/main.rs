@@ -149,8 +149,16 @@ fn main() -> anyhow::Result<()> {
         }
         Command::PromqlTest { files } => {
             let mut report = herd_aggregator::promql::testfile::Report::default();
+            let mut unreadable = 0;
             for file in &files {
-                report.merge(herd_aggregator::promql::testfile::run_file(file)?);
+                match herd_aggregator::promql::testfile::run_file(file) {
+                    Ok(file_report) => report.merge(file_report),
+                    Err(err) => {
+                        // One bad file must not hide the results of the others.
+                        println!("ERROR {err}");
+                        unreadable += 1;
+                    }
+                }
             }
             for failure in &report.failures {
                 println!("{failure}");
@@ -159,7 +167,7 @@ fn main() -> anyhow::Result<()> {
                 println!("skipped: {reason}");
             }
             println!("{}", report.summary());
-            if report.failed > 0 {
+            if report.failed > 0 || unreadable > 0 {
                 std::process::exit(1);
             }
             Ok(())

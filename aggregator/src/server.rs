@@ -16,7 +16,7 @@ use crate::api::{self, ApiState};
 use crate::fleet::Fleet;
 use crate::ingest::dedup::Dedup;
 use crate::ingest::{Ingest, IngestStats};
-use crate::promql::Engine;
+use crate::promql::{Engine, Limits};
 use crate::store::{MemStore, Storage};
 use crate::store::{Sample, SeriesRef};
 use crate::wal::{self, Wal, WalError, WalRecord};
@@ -124,13 +124,18 @@ pub async fn start(
         config.heartbeat_interval,
         config.max_series_per_agent,
     ));
-    let state = Arc::new(ApiState {
-        engine: Engine::new(Arc::clone(&store), config.lookback_delta, MAX_QUERY_SERIES),
-        store: Arc::clone(&store),
-        fleet: Arc::clone(&fleet),
-        ingest: Arc::clone(&stats),
-        ready: Arc::clone(&ready),
-    });
+    // Query cost limits, Prometheus's defaults (`--query.max-samples`,
+    // `--query.timeout`, `--query.max-concurrency`) until the config has keys for them.
+    let query_limits = Limits {
+        max_samples: 50_000_000,
+        max_series: MAX_QUERY_SERIES,
+        timeout: Some(std::time::Duration::from_secs(120)),
+    };
+    let engine = Engine::new(Arc::clone(&store), config.lookback_delta, MAX_QUERY_SERIES).with_limits(query_limits);
+    let state = Arc::new(
+        ApiState::new(engine, Arc::clone(&store), Arc::clone(&fleet), Arc::clone(&stats), Arc::clone(&ready))
+            .with_max_concurrent_queries(api::DEFAULT_MAX_CONCURRENT_QUERIES),
+    );
 
     let mut tasks = JoinSet::new();
     tasks.spawn(ingest.run(endpoint, shutdown.child_token()));

@@ -237,28 +237,17 @@ impl<'a> Evaluator<'a> {
 
     /// Series selected by a vector selector, in label order.
     pub(crate) fn select(&self, selector: &VectorSelector) -> Result<Vec<(SeriesRef, Arc<Labels>)>, QueryError> {
-        let mut base = Vec::with_capacity(selector.matchers.matchers.len() + 1);
-        if let Some(name) = &selector.name {
-            base.push(convert_matcher_parts(MatchOp::Equal, METRIC_NAME, name)?);
-        }
-        for matcher in &selector.matchers.matchers {
-            base.push(convert_matcher(matcher)?);
-        }
-        let found = if selector.matchers.or_matchers.is_empty() {
-            self.ctx.store.select(&base)
-        } else {
-            // `{a="1" or b="2"}`: the union of each alternative's series.
-            let mut union: Vec<(SeriesRef, Arc<Labels>)> = Vec::new();
-            for alternative in &selector.matchers.or_matchers {
-                let mut matchers = base.clone();
-                for matcher in alternative {
-                    matchers.push(convert_matcher(matcher)?);
-                }
-                union.extend(self.ctx.store.select(&matchers));
+        let alternatives = selector_matchers(selector)?;
+        let found = match &alternatives[..] {
+            [matchers] => self.ctx.store.select(matchers),
+            _ => {
+                // `{a="1" or b="2"}`: the union of each alternative's series.
+                let mut union: Vec<(SeriesRef, Arc<Labels>)> =
+                    alternatives.iter().flat_map(|matchers| self.ctx.store.select(matchers)).collect();
+                union.sort_by(|a, b| a.1.cmp(&b.1));
+                union.dedup_by_key(|(series, _)| *series);
+                union
             }
-            union.sort_by(|a, b| a.1.cmp(&b.1));
-            union.dedup_by_key(|(series, _)| *series);
-            union
         };
         if found.len() > self.ctx.max_series {
             return Err(QueryError::TooManySeries { found: found.len(), limit: self.ctx.max_series });
@@ -597,6 +586,32 @@ pub(crate) fn system_time_ms(time: SystemTime) -> i64 {
         Ok(d) => duration_ms(d),
         Err(e) => -duration_ms(e.duration()),
     }
+}
+
+/// The store matchers of a selector: one set, or one per `or` alternative.
+pub(crate) fn selector_matchers(selector: &VectorSelector) -> Result<Vec<Vec<LabelMatcher>>, QueryError> {
+    let mut base = Vec::with_capacity(selector.matchers.matchers.len() + 1);
+    if let Some(name) = &selector.name {
+        base.push(convert_matcher_parts(MatchOp::Equal, METRIC_NAME, name)?);
+    }
+    for matcher in &selector.matchers.matchers {
+        base.push(convert_matcher(matcher)?);
+    }
+    if selector.matchers.or_matchers.is_empty() {
+        return Ok(vec![base]);
+    }
+    selector
+        .matchers
+        .or_matchers
+        .iter()
+        .map(|alternative| {
+            let mut matchers = base.clone();
+            for matcher in alternative {
+                matchers.push(convert_matcher(matcher)?);
+            }
+            Ok(matchers)
+        })
+        .collect()
 }
 
 fn convert_matcher(matcher: &Matcher) -> Result<LabelMatcher, QueryError> {

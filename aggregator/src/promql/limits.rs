@@ -96,7 +96,7 @@ impl Budget {
         let Some((deadline, timeout)) = self.deadline else { return Ok(()) };
         let n = self.checks.get().wrapping_add(1);
         self.checks.set(n);
-        if n % 64 == 1 && Instant::now() > deadline {
+        if n % 64 == 1 && Instant::now() >= deadline {
             return Err(QueryError::Timeout { timeout });
         }
         Ok(())

@@ -27,7 +27,7 @@ pub use limits::{Limits, QueryStats};
 use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{self, Expr};
 
-use crate::store::{Sample, Storage};
+use crate::store::{LabelMatcher, Sample, Storage};
 use eval::{Evaluated, Evaluator, QueryContext};
 use limits::Budget;
 
@@ -146,6 +146,16 @@ impl Engine {
     /// Evaluates a parsed expression. A range query returns a matrix sorted
     /// by labels; an instant query returns the expression's own type.
     pub fn query(&self, expr: &Expr, range: QueryRange) -> Result<QueryOutput, QueryError> {
+        self.query_with_limits(expr, range, &self.limits)
+    }
+
+    /// As `query`, with limits other than the engine's (a request's own timeout).
+    pub fn query_with_limits(
+        &self,
+        expr: &Expr,
+        range: QueryRange,
+        limits: &Limits,
+    ) -> Result<QueryOutput, QueryError> {
         let (start, end, interval) = match range {
             // An instant query is a range query of one step; the interval only must not be zero.
             QueryRange::Instant { time_ms } => (time_ms, time_ms, 1),
@@ -176,8 +186,8 @@ impl Engine {
             query_start_ms: start,
             query_end_ms: end,
             default_subquery_step_ms: self.default_subquery_step_ms,
-            max_series: self.limits.max_series,
-            budget: Budget::new(&self.limits),
+            max_series: limits.max_series,
+            budget: Budget::new(limits),
         };
         let evaluator = Evaluator { ctx: &ctx, start, end, interval };
         let result = evaluator.eval(expr)?;
@@ -238,6 +248,49 @@ fn range_value(result: Evaluated, evaluator: &Evaluator<'_>) -> Result<Value, Qu
     matrix.sort_by(|a, b| a.0.cmp(&b.0));
     matrix.retain(|(_, points)| !points.is_empty());
     Ok(Value::Matrix(matrix))
+}
+
+/// Parses a series selector as the metadata endpoints' `match[]` takes it
+/// (`up{job="node"}`) into store matchers: one set, or one per `or` alternative.
+pub fn parse_series_selector(text: &str) -> Result<Vec<Vec<LabelMatcher>>, QueryError> {
+    match Engine::parse(text)? {
+        Expr::VectorSelector(selector) if selector.offset.is_none() && selector.at.is_none() => {
+            eval::selector_matchers(&selector)
+        }
+        _ => Err(QueryError::Parse(format!("{text:?} is not a series selector (expected e.g. up{{job=\"node\"}})"))),
+    }
+}
+
+/// A duration as PromQL writes it: `1h30m`, `5m`, `10s`, `100ms`, `2d`,
+/// `1w`, `1y`, or `0`; in milliseconds.
+pub fn parse_duration_ms(text: &str) -> Option<i64> {
+    if text == "0" {
+        return Some(0);
+    }
+    if text.is_empty() {
+        return None;
+    }
+    let mut total: i64 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let number: i64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_ms: i64 = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 604_800_000,
+            "y" => 31_536_000_000,
+            _ => return None,
+        };
+        total = total.checked_add(number.checked_mul(unit_ms)?)?;
+        rest = &rest[unit_len..];
+    }
+    Some(total)
 }
 
 /// `holt_winters` was renamed in Prometheus 3 and promql-parser only knows
@@ -348,6 +401,19 @@ mod tests {
         let tiny = engine().with_limits(Limits { max_samples: 3, ..Limits::default() });
         assert!(matches!(tiny.range_query("cpu", 0, 60_000, 1000), Err(QueryError::TooManySamples { limit: 3 })));
         assert!(tiny.instant_query("cpu", 20_000).is_ok(), "an instant query fits");
+    }
+
+    #[test]
+    fn series_selectors_and_durations_parse() {
+        assert_eq!(parse_series_selector(r#"up{job="node"}"#).unwrap()[0].len(), 2);
+        assert_eq!(parse_series_selector(r#"{a="1" or b="2"}"#).unwrap().len(), 2);
+        assert!(parse_series_selector("sum(up)").is_err());
+        assert!(parse_series_selector("up offset 5m").is_err());
+        assert_eq!(parse_duration_ms("1h30m"), Some(5_400_000));
+        assert_eq!(parse_duration_ms("0"), Some(0));
+        assert_eq!(parse_duration_ms("100ms"), Some(100));
+        assert_eq!(parse_duration_ms("5x"), None);
+        assert_eq!(parse_duration_ms(""), None);
     }
 
     #[test]
