@@ -143,7 +143,5 @@ async fn live_line(
 }
 
 fn gethostname() -> String {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let name = name.trim();
-    if name.is_empty() { "localhost".to_owned() } else { name.to_owned() }
+    crate::selfmon::hostname()
 }

@@ -7,6 +7,7 @@
 //! - `promql`: evaluation of parsed PromQL over `Storage`.
 //! - `api`: HTTP and JSON, and nothing else does either.
 //! - `fleet`: which agents exist and how they are doing.
+//! - `selfmon`: the aggregator's own metrics, written to the store.
 //! - `server`: wires the above for `serve` and `demo`.
 //! - `pki` and `demo`: the CLI's certificate commands and the one-command demo.
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@ pub mod fleet;
 pub mod ingest;
 pub mod pki;
 pub mod promql;
+pub mod selfmon;
 pub mod server;
 pub mod store;
 pub mod wal;

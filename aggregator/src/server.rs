@@ -21,6 +21,9 @@ use crate::store::{MemStore, Storage};
 use crate::store::{Sample, SeriesRef};
 use crate::wal::{self, Wal, WalError, WalRecord};
 
+/// How often the aggregator records its own metrics in the store.
+const SELF_MONITOR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Series one query may select before it is refused.
 const MAX_QUERY_SERIES: usize = 500_000;
 
@@ -139,6 +142,15 @@ pub async fn start(
 
     let mut tasks = JoinSet::new();
     tasks.spawn(ingest.run(endpoint, shutdown.child_token()));
+    let monitor = crate::selfmon::SelfMonitor {
+        store: Arc::clone(&store),
+        fleet: Arc::clone(&fleet),
+        ingest: Arc::clone(&stats),
+        wal: Arc::clone(&wal.stats),
+        instance: format!("{}:{}", crate::selfmon::hostname(), http_addr.port()),
+        interval: SELF_MONITOR_INTERVAL,
+    };
+    tasks.spawn(monitor.run(shutdown.child_token()));
     let http_shutdown = shutdown.child_token();
     tasks.spawn(async move {
         let serve = axum::serve(listener, api::router(state))

@@ -19,8 +19,9 @@ use serde_json::Value as Json;
 /// Path of a workspace binary next to the running test's target directory.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test>-<hash> → target/<profile>/<name>
-    let profile_dir = exe.parent().and_then(Path::parent).expect("test runs from target/<profile>/deps");
+    // Tests run from target/<profile>/deps/, benchmark binaries from target/<profile>/.
+    let dir = exe.parent().expect("executable has a directory");
+    let profile_dir = if dir.ends_with("deps") { dir.parent().expect("deps has a parent") } else { dir };
     let path = profile_dir.join(name);
     assert!(path.exists(), "{} not found: run `cargo build --workspace --bins` first", path.display());
     path
