@@ -10,6 +10,7 @@
 
 pub mod buffer;
 pub mod collect;
+pub mod exposition;
 pub mod uplink;
 
 use std::sync::Arc;
@@ -76,6 +77,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         endpoints = config.uplink.endpoints.len(),
         "agent started"
     );
+    let scheduler = match config.metrics_listen {
+        Some(addr) => {
+            let latest = exposition::Latest::default();
+            tokio::spawn(exposition::serve(addr, Arc::clone(&latest), Arc::clone(&table), shutdown.child_token()));
+            scheduler.with_latest(latest)
+        }
+        None => scheduler,
+    };
     let scheduler_task = tokio::spawn(scheduler.run(shutdown.child_token()));
     uplink.run(rx, shutdown.clone()).await;
     let _ = scheduler_task.await;

@@ -226,3 +226,27 @@ mod raw {
         }
     }
 }
+
+#[test]
+fn the_agent_serves_what_it_collects_on_its_local_endpoint() {
+    let work = tempfile::tempdir().unwrap();
+    let pki = Pki::create(work.path().join("pki"));
+    pki.issue_agent("local");
+    let aggregator = Aggregator::start(&pki, work.path());
+    let config = agent_config(work.path(), &pki, "local", aggregator.quic, "1s");
+    let port = free_tcp_port();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen("[agent]\n", &format!("[agent]\nmetrics_listen = \"127.0.0.1:{port}\"\n"), 1),
+    )
+    .unwrap();
+    let agent = start_agent(work.path(), "local", &config);
+    let body = wait_for(Duration::from_secs(10), || {
+        http_get(&format!("http://127.0.0.1:{port}/metrics")).filter(|(_, b)| b.contains("node_load1")).map(|r| r.1)
+    })
+    .unwrap_or_else(|| panic!("no local endpoint:\n{}", agent.log()));
+    assert!(body.contains("# TYPE node_cpu_seconds_total counter"), "{body}");
+    assert!(body.contains(r#"node_load1{instance="local",job="node"}"#), "{body}");
+    assert!(body.lines().any(|l| l.starts_with("node_memory_MemTotal_bytes{")), "{body}");
+}

@@ -105,6 +105,8 @@ pub struct Scheduler {
     /// Per collector, the series it reported last cycle (sorted).
     previous: Vec<Vec<SeriesId>>,
     failing: Vec<bool>,
+    /// The latest cycle's samples, for the local metrics endpoint.
+    latest: Option<crate::exposition::Latest>,
 }
 
 impl Scheduler {
@@ -128,7 +130,14 @@ impl Scheduler {
             out,
             previous: vec![Vec::new(); n],
             failing: vec![false; n],
+            latest: None,
         }
+    }
+
+    /// Keeps a copy of each cycle's samples in `latest` (for the local endpoint).
+    pub fn with_latest(mut self, latest: crate::exposition::Latest) -> Self {
+        self.latest = Some(latest);
+        self
     }
 
     /// Collects until `shutdown` is cancelled.
@@ -193,6 +202,11 @@ impl Scheduler {
             }
             self.previous[index] = current;
             samples.append(&mut batch.samples);
+        }
+        if let Some(latest) = &self.latest {
+            let mut latest = latest.lock().expect("latest lock is never poisoned");
+            latest.clear();
+            latest.extend_from_slice(&samples);
         }
         let seq = self.next_seq;
         self.next_seq += 1;

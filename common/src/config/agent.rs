@@ -62,6 +62,8 @@ pub struct RawAgentSection {
     pub labels: BTreeMap<String, String>,
     pub state_dir: Option<PathBuf>,
     pub log_level: Option<String>,
+    /// Optional local Prometheus endpoint, e.g. "127.0.0.1:7402"; off when absent.
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -117,6 +119,8 @@ pub struct AgentConfig {
     pub labels: BTreeMap<String, String>,
     pub state_dir: PathBuf,
     pub log_level: String,
+    /// Where to serve the latest samples in Prometheus text format, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub uplink: UplinkConfig,
     pub collect: CollectConfig,
     pub buffer: BufferConfig,
@@ -208,6 +212,16 @@ impl RawAgentConfig {
                     .push(&format!("agent.labels.{name}"), "is set by the agent itself and cannot be overridden here");
             }
         }
+        let metrics_listen = agent.metrics_listen.as_deref().and_then(|text| match text.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                problems.push(
+                    "agent.metrics_listen",
+                    format!("{text:?} is not an address (expected e.g. \"127.0.0.1:7402\")"),
+                );
+                None
+            }
+        });
         let log_level = agent.log_level.unwrap_or_else(|| "info".to_owned());
         if let Err(err) = check_log_level(&log_level) {
             problems.push("agent.log_level", err);
@@ -302,6 +316,7 @@ impl RawAgentConfig {
             labels: agent.labels,
             state_dir: agent.state_dir.map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), |p| resolve(base_dir, &p)),
             log_level,
+            metrics_listen,
             uplink: UplinkConfig {
                 endpoints,
                 server_name: uplink.server_name,
