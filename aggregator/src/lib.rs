@@ -5,6 +5,8 @@
 //! - `store`: the `Storage` trait every reader and writer goes through.
 //! - `wal`: the write-ahead log batches are synced to before they are acknowledged.
 //! - `promql`: evaluation of parsed PromQL over `Storage`.
+//! - `rules`: Prometheus rule files, evaluated at their intervals; alert state.
+//! - `notify`: delivers alerts to Alertmanagers.
 //! - `api`: HTTP and JSON, and nothing else does either.
 //! - `fleet`: which agents exist and how they are doing.
 //! - `selfmon`: the aggregator's own metrics, written to the store.
@@ -16,8 +18,10 @@ pub mod api;
 pub mod demo;
 pub mod fleet;
 pub mod ingest;
+pub mod notify;
 pub mod pki;
 pub mod promql;
+pub mod rules;
 pub mod selfmon;
 pub mod server;
 pub mod store;

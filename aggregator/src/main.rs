@@ -52,9 +52,22 @@ enum Command {
         #[arg(short, long, env = "HERD_AGGREGATOR_CONFIG", default_value = DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Prometheus rule files.
+    #[command(subcommand)]
+    Rules(RulesCommand),
     /// Run PromQL test files in Prometheus's format (load, clear, eval instant at, eval_fail, eval_ordered).
     PromqlTest {
         /// Test files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Check rule files as `promtool check rules` does; exits 1 if any is invalid.
+    Check {
+        /// Rule files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -145,6 +158,18 @@ fn main() -> anyhow::Result<()> {
         Command::CheckConfig { config } => {
             AggregatorConfig::load(&config).map_err(|err| anyhow::anyhow!("{err}"))?;
             println!("{}: ok", config.display());
+            Ok(())
+        }
+        Command::Rules(RulesCommand::Check { files }) => {
+            let mut failed = false;
+            for file in &files {
+                let (report, ok) = herd_aggregator::rules::check_file(file);
+                print!("{report}");
+                failed |= !ok;
+            }
+            if failed {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::PromqlTest { files } => {

@@ -1,0 +1,248 @@
+//! The rule manager, Prometheus style: `apply_config` loads the rule files
+//! (globs expanded each time, so a reload sees new files), refuses the whole
+//! set if any file is broken (the running groups keep going), and otherwise
+//! replaces the running groups, carrying alert state over; each group runs as
+//! a task evaluating at its interval; `stop` ends them. Evaluations run on
+//! blocking threads (PromQL is CPU work); alert state is saved after every
+//! evaluation that changed it, and firing or resolved alerts go to the notifier.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::file::{RuleFileError, RuleGroup, load_file};
+use super::group::{EvalContext, Group};
+use super::state::AlertStateStore;
+use crate::notify::Notifier;
+use crate::promql::Engine;
+use crate::store::Storage;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("rule file pattern {pattern:?} is not a valid glob: {message}")]
+    Pattern { pattern: String, message: String },
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Files(Vec<RuleFileError>),
+    #[error("group {name:?} is defined twice in {}", file.display())]
+    DuplicateGroup { name: String, file: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct ManagerOptions {
+    /// Paths or globs of rule files.
+    pub files: Vec<String>,
+    /// Interval of groups that set none.
+    pub default_interval: Duration,
+    /// Where alert state is kept across restarts.
+    pub state_path: PathBuf,
+    pub context: EvalContext,
+}
+
+struct RunningGroup {
+    group: Arc<Mutex<Group>>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+pub struct RuleManager {
+    engine: Arc<Engine>,
+    store: Arc<dyn Storage>,
+    notifier: Option<Arc<Notifier>>,
+    options: ManagerOptions,
+    state: Arc<Mutex<AlertStateStore>>,
+    running: tokio::sync::Mutex<Vec<RunningGroup>>,
+    shutdown: CancellationToken,
+}
+
+/// Expands the patterns into the sorted list of rule files.
+pub fn expand_files(patterns: &[String]) -> Result<Vec<PathBuf>, ApplyError> {
+    let mut files = Vec::new();
+    for pattern in patterns {
+        let paths = glob::glob(pattern)
+            .map_err(|err| ApplyError::Pattern { pattern: pattern.clone(), message: err.to_string() })?;
+        let mut matched = false;
+        for path in paths.flatten() {
+            matched = true;
+            files.push(path);
+        }
+        // A plain path that does not exist is an error; a glob matching nothing is not (as Prometheus).
+        if !matched && !pattern.contains(['*', '?', '[']) {
+            files.push(PathBuf::from(pattern));
+        }
+    }
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+/// Loads every file; all errors of all files, or all groups.
+pub fn load_files(files: &[PathBuf]) -> Result<Vec<RuleGroup>, ApplyError> {
+    let mut groups = Vec::new();
+    let mut errors = Vec::new();
+    for file in files {
+        match load_file(file) {
+            Ok(loaded) => groups.extend(loaded),
+            Err(err) => errors.push(err),
+        }
+    }
+    if errors.is_empty() { Ok(groups) } else { Err(ApplyError::Files(errors)) }
+}
+
+impl RuleManager {
+    pub fn new(
+        engine: Arc<Engine>,
+        store: Arc<dyn Storage>,
+        notifier: Option<Arc<Notifier>>,
+        options: ManagerOptions,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (state, problem) = AlertStateStore::open(&options.state_path);
+        if let Some(problem) = problem {
+            warn!(error = %problem, "alert state not restored");
+        }
+        Self {
+            engine,
+            store,
+            notifier,
+            options,
+            state: Arc::new(Mutex::new(state)),
+            running: tokio::sync::Mutex::new(Vec::new()),
+            shutdown,
+        }
+    }
+
+    /// Loads the rule files and, if all are valid, replaces the running
+    /// groups. Returns the number of groups now running.
+    pub async fn apply_config(&self) -> Result<usize, ApplyError> {
+        let patterns = self.options.files.clone();
+        let groups = tokio::task::spawn_blocking(move || load_files(&expand_files(&patterns)?))
+            .await
+            .expect("rule loading does not panic")?;
+        let mut new_groups: Vec<Group> = Vec::with_capacity(groups.len());
+        let mut keys = HashSet::new();
+        for group in groups {
+            let group = Group::new(group, self.options.default_interval);
+            if !keys.insert(group.key()) {
+                return Err(ApplyError::DuplicateGroup { name: group.name, file: group.file });
+            }
+            new_groups.push(group);
+        }
+        let mut running = self.running.lock().await;
+        let old: Vec<RunningGroup> = std::mem::take(&mut *running);
+        // Stop the old groups first so that no evaluation of theirs overlaps a new one.
+        for group in &old {
+            group.stop.cancel();
+        }
+        let mut old_groups = Vec::with_capacity(old.len());
+        for group in old {
+            let _ = group.task.await;
+            old_groups.push(group.group);
+        }
+        {
+            let state = self.state.lock().expect("alert state lock is not poisoned");
+            for group in &mut new_groups {
+                let previous = old_groups.iter().find(|g| g.lock().expect("group lock").key() == group.key());
+                match previous {
+                    Some(previous) => group.copy_state(&previous.lock().expect("group lock")),
+                    None => state.restore(group),
+                }
+            }
+        }
+        {
+            let mut state = self.state.lock().expect("alert state lock is not poisoned");
+            state.retain_groups(&keys);
+        }
+        let count = new_groups.len();
+        for group in new_groups {
+            let group = Arc::new(Mutex::new(group));
+            let stop = self.shutdown.child_token();
+            let task = tokio::spawn(self.group_loop(Arc::clone(&group), stop.clone()));
+            running.push(RunningGroup { group, stop, task });
+        }
+        info!(groups = count, "rules applied");
+        Ok(count)
+    }
+
+    /// Stops every group and waits for their current evaluations.
+    pub async fn stop(&self) {
+        let mut running = self.running.lock().await;
+        for group in running.iter() {
+            group.stop.cancel();
+        }
+        for group in running.drain(..) {
+            let _ = group.task.await;
+        }
+    }
+
+    /// Snapshots of the running groups, in file and name order.
+    pub async fn groups(&self) -> Vec<Group> {
+        let running = self.running.lock().await;
+        let mut groups: Vec<Group> =
+            running.iter().map(|g| g.group.lock().expect("group lock is not poisoned").clone()).collect();
+        groups.sort_by(|a, b| (&a.file, &a.name).cmp(&(&b.file, &b.name)));
+        groups
+    }
+
+    fn group_loop(&self, group: Arc<Mutex<Group>>, stop: CancellationToken) -> impl Future<Output = ()> + use<> {
+        let engine = Arc::clone(&self.engine);
+        let store = Arc::clone(&self.store);
+        let notifier = self.notifier.clone();
+        let state = Arc::clone(&self.state);
+        let context = self.options.context.clone();
+        async move {
+            let interval = group.lock().expect("group lock is not poisoned").interval;
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = ticker.tick() => {}
+                }
+                let ts_ms = now_ms();
+                let (group, engine, store, state, context) =
+                    (Arc::clone(&group), Arc::clone(&engine), Arc::clone(&store), Arc::clone(&state), context.clone());
+                let evaluated = tokio::task::spawn_blocking(move || {
+                    let mut group = group.lock().expect("group lock is not poisoned");
+                    let outcome = group.eval(&engine, store.as_ref(), ts_ms, &context);
+                    if outcome.state_changed {
+                        let mut state = state.lock().expect("alert state lock is not poisoned");
+                        state.update(&group);
+                        if let Err(err) = state.save() {
+                            error!(error = %err, "alert state not saved");
+                        }
+                    }
+                    outcome.to_send
+                })
+                .await;
+                match evaluated {
+                    Ok(to_send) => {
+                        if let Some(notifier) = &notifier {
+                            notifier.send(to_send);
+                        }
+                    }
+                    Err(err) => error!(error = %err, "rule group evaluation panicked"),
+                }
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What `herd-aggregator rules check` prints for one file, and whether it passed.
+pub fn check_file(path: &Path) -> (String, bool) {
+    match load_file(path) {
+        Ok(groups) => {
+            let rules: usize = groups.iter().map(|g| g.rules.len()).sum();
+            (format!("Checking {}\n  SUCCESS: {rules} rules found\n", path.display()), true)
+        }
+        Err(err) => (format!("Checking {}\n  FAILED:\n{err}\n", path.display()), false),
+    }
+}

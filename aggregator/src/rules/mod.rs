@@ -1,0 +1,20 @@
+//! Prometheus rule files and their evaluation.
+//!
+//! - `file`: reads rule files unchanged and checks them as `promtool check rules` does.
+//! - `template`: the Go-template subset alert labels and annotations use.
+//! - `group`: one group's evaluation at a given time (no clock, no I/O but the store).
+//! - `state`: alert state saved under the state directory and restored on start.
+//! - `manager`: loads files, runs each group at its interval, reloads, stops.
+//!
+//! Rules read and write only through `Storage` and the PromQL `Engine`; they
+//! know nothing of HTTP. Alerts leave through `notify`.
+
+pub mod file;
+pub mod group;
+pub mod manager;
+pub mod state;
+pub mod template;
+
+pub use file::{AlertingRule, RecordingRule, Rule, RuleFileError, RuleGroup, load_file, parse_rule_file};
+pub use group::{Alert, AlertState, EvalContext, Group, GroupOutcome, Health, OutgoingAlert};
+pub use manager::{ApplyError, ManagerOptions, RuleManager, check_file};
