@@ -1,7 +1,7 @@
 //! `/api/v1/query` and `/api/v1/query_range`: Prometheus's parameters
 //! (`query`, `time`, `start`, `end`, `step`, `timeout`, `stats`), checks and
-//! messages. Evaluation runs on the blocking pool, a bounded number at a
-//! time, each within its timeout.
+//! messages. Evaluation runs on its own thread with a large stack, a bounded
+//! number at a time, each within its timeout.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +19,11 @@ use crate::promql::{Engine, QueryRange};
 
 /// Most points one range query may return per series, as Prometheus.
 const MAX_POINTS_PER_SERIES: i64 = 11_000;
+
+/// Stack of a query thread. Evaluation recurses once per level of the
+/// expression (at most `promql::MAX_EXPRESSION_DEPTH`); this is room for that
+/// many levels many times over, in any build. Untouched pages cost nothing.
+const QUERY_STACK_BYTES: usize = 64 << 20;
 
 pub(crate) async fn instant(
     State(state): State<Arc<ApiState>>,
@@ -98,15 +103,28 @@ async fn execute(
     }
     let evaluating = Arc::clone(&state);
     let started = Instant::now();
-    // Evaluation is CPU work: keep it off the I/O threads.
-    let output = tokio::task::spawn_blocking(move || {
+    let output = on_query_thread(move || {
         let _permit = permit;
         evaluating.engine.query_with_limits(&expr, range, &limits)
     })
-    .await
-    .map_err(|_| ApiError::internal("query evaluation failed"))?
+    .await?
     .map_err(ApiError::from_query)?;
     let timings = Timings { queue_seconds: queued.as_secs_f64(), eval_seconds: started.elapsed().as_secs_f64() };
     let data = json::query_data(&output.value, with_stats.then_some((&output.stats, &timings)));
     Ok(json_response(json::success(&data)))
+}
+
+/// Runs `work` on a new thread with a stack sized for deep expressions, off
+/// the I/O threads (evaluation is CPU work), and waits for its result.
+async fn on_query_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("herd-query".into())
+        .stack_size(QUERY_STACK_BYTES)
+        .spawn(move || {
+            // The receiver is gone only if the client went away; nothing to do then.
+            let _ = done.send(work());
+        })
+        .map_err(|err| ApiError::internal(format!("cannot start a query thread: {err}")))?;
+    result.await.map_err(|_| ApiError::internal("query evaluation failed"))
 }

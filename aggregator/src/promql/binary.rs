@@ -217,6 +217,8 @@ fn vector_vector(
     let mut one_at: Vec<(usize, usize, f64)> = vec![(0, 0, 0.0); signature_count];
     let mut matched_at = vec![0usize; signature_count];
     let mut pair_slots: HashMap<(usize, usize), usize> = HashMap::new();
+    // A series almost always matches the same partner at every step: remember it.
+    let mut last_pair: Vec<Option<(usize, usize)>> = vec![None; many.len()];
     let mut slot_signature: Vec<usize> = Vec::new();
     let mut builder = SeriesBuilder::new(ev.budget());
     let (mut many_cursor, mut one_cursor) = (StepCursor::new(many.len()), StepCursor::new(one.len()));
@@ -257,9 +259,16 @@ fn vector_vector(
             } else if !keep {
                 continue;
             }
-            let slot = *pair_slots.entry((i, j)).or_insert_with(|| {
-                builder.slot(Arc::new(matching.result_labels(op, &many[i].labels, &one[j].labels, return_bool)))
-            });
+            let slot = match last_pair[i] {
+                Some((partner, slot)) if partner == j => slot,
+                _ => {
+                    let slot = *pair_slots.entry((i, j)).or_insert_with(|| {
+                        builder.slot(Arc::new(matching.result_labels(op, &many[i].labels, &one[j].labels, return_bool)))
+                    });
+                    last_pair[i] = Some((j, slot));
+                    slot
+                }
+            };
             if slot_signature.len() <= slot {
                 slot_signature.resize(slot + 1, usize::MAX);
             }

@@ -92,6 +92,16 @@ pub struct QueryOutput {
     pub stats: QueryStats,
 }
 
+/// Deepest expression the engine evaluates. Evaluation recurses once per
+/// level; real queries are a few dozen levels deep. At this depth a release
+/// build needs well under 1 MiB of stack.
+pub const MAX_EXPRESSION_DEPTH: usize = 1000;
+
+/// Operators and parentheses a query may contain, checked before parsing:
+/// it bounds the parser's tree depth, which the parser and dropping the tree
+/// handle recursively.
+const MAX_NESTING_TOKENS: usize = 10_000;
+
 /// Default step of subqueries written without one, Prometheus's default
 /// global evaluation interval.
 const DEFAULT_SUBQUERY_STEP: Duration = Duration::from_secs(60);
@@ -131,6 +141,12 @@ impl Engine {
 
     /// Parses a query with the functions Herd evaluates.
     pub fn parse(query: &str) -> Result<Expr, QueryError> {
+        let tokens = nesting_tokens(query);
+        if tokens > MAX_NESTING_TOKENS {
+            return Err(QueryError::BadRequest(format!(
+                "query has {tokens} operators and parentheses, more than the limit of {MAX_NESTING_TOKENS}: split it up"
+            )));
+        }
         register_legacy_functions();
         parser::parse(query).map_err(QueryError::Parse)
     }
@@ -145,6 +161,11 @@ impl Engine {
 
     /// Evaluates a parsed expression. A range query returns a matrix sorted
     /// by labels; an instant query returns the expression's own type.
+    ///
+    /// Evaluation recurses once per level of the expression (at most
+    /// `MAX_EXPRESSION_DEPTH`, else `BadRequest`): at that depth a release
+    /// build needs under 2 MiB of stack, a debug build up to 16 MiB. The HTTP
+    /// API evaluates on threads with 64 MiB.
     pub fn query(&self, expr: &Expr, range: QueryRange) -> Result<QueryOutput, QueryError> {
         self.query_with_limits(expr, range, &self.limits)
     }
@@ -156,6 +177,12 @@ impl Engine {
         range: QueryRange,
         limits: &Limits,
     ) -> Result<QueryOutput, QueryError> {
+        let depth = expression_depth(expr);
+        if depth > MAX_EXPRESSION_DEPTH {
+            return Err(QueryError::BadRequest(format!(
+                "query is nested {depth} levels deep, more than the limit of {MAX_EXPRESSION_DEPTH}: split it up"
+            )));
+        }
         let (start, end, interval) = match range {
             // An instant query is a range query of one step; the interval only must not be zero.
             QueryRange::Instant { time_ms } => (time_ms, time_ms, 1),
@@ -197,6 +224,73 @@ impl Engine {
         };
         Ok(QueryOutput { value, stats: ctx.budget.stats() })
     }
+}
+
+/// Operators and opening parentheses outside string literals: an upper bound
+/// on the depth of the tree the query parses into.
+fn nesting_tokens(query: &str) -> usize {
+    let mut count = 0;
+    let mut quote: Option<char> = None;
+    let mut word = String::new();
+    let mut chars = query.chars();
+    while let Some(c) = chars.next() {
+        if let Some(q) = quote {
+            if c == q {
+                quote = None;
+            } else if c == '\\' {
+                chars.next();
+            }
+            continue;
+        }
+        if c.is_alphanumeric() || c == '_' {
+            word.push(c);
+            continue;
+        }
+        count += usize::from(is_operator_word(&word));
+        word.clear();
+        match c {
+            '"' | '\'' | '`' => quote = Some(c),
+            '(' | '+' | '-' | '*' | '/' | '%' | '^' | '=' | '!' | '<' | '>' => count += 1,
+            _ => {}
+        }
+    }
+    count + usize::from(is_operator_word(&word))
+}
+
+fn is_operator_word(word: &str) -> bool {
+    ["and", "or", "unless", "atan2"].iter().any(|op| word.eq_ignore_ascii_case(op))
+}
+
+/// Depth of an expression tree, computed without recursion so that a tree
+/// too deep to evaluate can still be measured.
+fn expression_depth(expr: &Expr) -> usize {
+    let mut deepest = 0;
+    let mut pending = vec![(expr, 1)];
+    while let Some((expr, depth)) = pending.pop() {
+        deepest = deepest.max(depth);
+        match expr {
+            Expr::Aggregate(aggregate) => {
+                pending.push((&aggregate.expr, depth + 1));
+                if let Some(param) = &aggregate.param {
+                    pending.push((param, depth + 1));
+                }
+            }
+            Expr::Unary(unary) => pending.push((&unary.expr, depth + 1)),
+            Expr::Binary(binary) => {
+                pending.push((&binary.lhs, depth + 1));
+                pending.push((&binary.rhs, depth + 1));
+            }
+            Expr::Paren(paren) => pending.push((&paren.expr, depth + 1)),
+            Expr::Subquery(subquery) => pending.push((&subquery.expr, depth + 1)),
+            Expr::Call(call) => pending.extend(call.args.args.iter().map(|a| (&**a, depth + 1))),
+            Expr::NumberLiteral(_)
+            | Expr::StringLiteral(_)
+            | Expr::VectorSelector(_)
+            | Expr::MatrixSelector(_)
+            | Expr::Extension(_) => {}
+        }
+    }
+    deepest
 }
 
 fn type_description(value_type: ValueType) -> &'static str {
@@ -414,6 +508,23 @@ mod tests {
         assert_eq!(parse_duration_ms("100ms"), Some(100));
         assert_eq!(parse_duration_ms("5x"), None);
         assert_eq!(parse_duration_ms(""), None);
+    }
+
+    #[test]
+    fn deep_queries_are_refused_before_they_can_exhaust_the_stack() {
+        assert_eq!(nesting_tokens(r#"sum(rate(x{a="(+-"}[5m])) and on() y or z"#), 6);
+        assert_eq!(nesting_tokens("1 + 1"), 1);
+        // Near the limit: fine in release on any thread; debug frames need a bigger stack.
+        let near_limit = std::thread::Builder::new()
+            .stack_size(32 << 20)
+            .spawn(|| engine().instant_query(&vec!["1"; 999].join(" + "), 0).is_ok())
+            .unwrap();
+        assert!(near_limit.join().unwrap());
+        let deep = vec!["1"; 1500].join(" + ");
+        let err = engine().instant_query(&deep, 0).unwrap_err();
+        assert!(matches!(&err, QueryError::BadRequest(m) if m.contains("nested 1500 levels")), "{err}");
+        let huge = vec!["1"; 20_000].join(" + ");
+        assert!(matches!(Engine::parse(&huge), Err(QueryError::BadRequest(_))));
     }
 
     #[test]
