@@ -16,7 +16,9 @@ use crate::api::{self, ApiState};
 use crate::fleet::Fleet;
 use crate::ingest::dedup::Dedup;
 use crate::ingest::{Ingest, IngestStats};
+use crate::notify::{AlertmanagerTarget, Notifier};
 use crate::promql::{Engine, Limits};
+use crate::rules::{ApplyError, EvalContext, ManagerOptions, RuleManager};
 use crate::store::{MemStore, Storage};
 use crate::store::{Sample, SeriesRef};
 use crate::wal::{self, Wal, WalError, WalRecord};
@@ -39,6 +41,8 @@ pub enum StartError {
     Http { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Wal(#[from] WalError),
+    #[error("cannot load the rule files: {0}")]
+    Rules(#[from] ApplyError),
 }
 
 /// Replays the WAL into `store` and `dedup`; returns the bytes replayed.
@@ -80,6 +84,8 @@ pub struct Running {
     pub store: Arc<dyn Storage>,
     pub fleet: Arc<Fleet>,
     pub ingest: Arc<IngestStats>,
+    pub rules: Arc<RuleManager>,
+    pub notifier: Arc<Notifier>,
     tasks: JoinSet<()>,
 }
 
@@ -141,6 +147,7 @@ pub async fn start(
     );
 
     let mut tasks = JoinSet::new();
+    let (notifier, rules) = start_rules(config, &store, query_limits, http_addr, &shutdown, &mut tasks).await?;
     tasks.spawn(ingest.run(endpoint, shutdown.child_token()));
     let monitor = crate::selfmon::SelfMonitor {
         store: Arc::clone(&store),
@@ -161,5 +168,77 @@ pub async fn start(
     });
     ready.store(true, Ordering::Release);
     info!(%quic_addr, %http_addr, "aggregator listening");
-    Ok(Running { quic_addr, http_addr, store, fleet, ingest: stats, tasks })
+    Ok(Running { quic_addr, http_addr, store, fleet, ingest: stats, rules, notifier, tasks })
+}
+
+/// Starts the notifier and the rule manager (rules evaluate through their own
+/// engine, so a slow rule never waits for API queries' concurrency slots), and
+/// reloads the rule files on SIGHUP.
+async fn start_rules(
+    config: &AggregatorConfig,
+    store: &Arc<dyn Storage>,
+    query_limits: Limits,
+    http_addr: SocketAddr,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<(Arc<Notifier>, Arc<RuleManager>), StartError> {
+    let targets = config
+        .alerting
+        .alertmanagers
+        .iter()
+        .map(|am| AlertmanagerTarget { url: am.url.clone(), timeout: am.timeout })
+        .collect();
+    let notifier = Arc::new(Notifier::new(targets));
+    tasks.spawn(Arc::clone(&notifier).run(shutdown.child_token()));
+    let engine = Engine::new(Arc::clone(store), config.lookback_delta, MAX_QUERY_SERIES)
+        .with_limits(query_limits)
+        .with_default_subquery_step(config.rules.evaluation_interval);
+    let external_url = config
+        .alerting
+        .external_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}:{}", crate::selfmon::hostname(), http_addr.port()));
+    let options = ManagerOptions {
+        files: config.rules.files.clone(),
+        default_interval: config.rules.evaluation_interval,
+        state_path: config.state_dir.join("alerts.json"),
+        context: EvalContext {
+            external_labels: herd_common::metric::Labels::from_pairs(config.rules.external_labels.clone()),
+            external_url,
+            resend_delay: config.alerting.resend_delay,
+        },
+    };
+    let rules = Arc::new(RuleManager::new(
+        Arc::new(engine),
+        Arc::clone(store),
+        Some(Arc::clone(&notifier)),
+        options,
+        shutdown.child_token(),
+    ));
+    rules.apply_config().await?;
+    let (manager, stop) = (Arc::clone(&rules), shutdown.child_token());
+    tasks.spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(hangup) => Some(hangup),
+            Err(err) => {
+                tracing::warn!(error = %err, "SIGHUP handler not installed: rule files reload only on restart");
+                None
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    info!("SIGHUP: reloading rule files");
+                    // A broken file is refused whole; the running rules keep going.
+                    if let Err(err) = manager.apply_config().await {
+                        tracing::error!(error = %err, "rule reload refused, previous rules keep running");
+                    }
+                }
+            }
+        }
+        manager.stop().await;
+    });
+    Ok((notifier, rules))
 }

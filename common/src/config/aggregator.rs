@@ -16,6 +16,12 @@ pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:7401";
 const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_LOOKBACK_DELTA: Duration = Duration::from_secs(300);
 const DEFAULT_MAX_SERIES_PER_AGENT: u32 = 1_000_000;
+/// Prometheus's `global.evaluation_interval` default.
+const DEFAULT_EVALUATION_INTERVAL: Duration = Duration::from_secs(60);
+/// Prometheus's `--rules.alert.resend-delay` default.
+const DEFAULT_RESEND_DELAY: Duration = Duration::from_secs(60);
+/// Prometheus's default Alertmanager timeout.
+const DEFAULT_ALERTMANAGER_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +32,65 @@ pub struct RawAggregatorConfig {
     pub tls: RawTls,
     #[serde(default)]
     pub query: RawQuery,
+    #[serde(default)]
+    pub rules: RawRules,
+    #[serde(default)]
+    pub alerting: RawAlerting,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRules {
+    /// Prometheus rule files: paths or globs, relative to this file.
+    #[serde(default)]
+    pub files: Vec<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub evaluation_interval: Option<Duration>,
+    /// Added to alerts sent to Alertmanager and available as `$externalLabels`.
+    #[serde(default)]
+    pub external_labels: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerting {
+    #[serde(default, with = "humantime_serde")]
+    pub resend_delay: Option<Duration>,
+    /// The URL alerts link back to (`generatorURL`, `$externalURL`).
+    pub external_url: Option<String>,
+    #[serde(default)]
+    pub alertmanagers: Vec<RawAlertmanager>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlertmanager {
+    pub url: String,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+}
+
+/// Rule evaluation: `[rules]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RulesConfig {
+    /// Paths or globs, made absolute.
+    pub files: Vec<String>,
+    pub evaluation_interval: Duration,
+    pub external_labels: Vec<(String, String)>,
+}
+
+/// Where alerts go: `[alerting]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertingConfig {
+    pub resend_delay: Duration,
+    pub external_url: Option<String>,
+    pub alertmanagers: Vec<AlertmanagerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertmanagerConfig {
+    pub url: String,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -65,6 +130,8 @@ pub struct AggregatorConfig {
     pub max_series_per_agent: u32,
     pub tls: TlsFiles,
     pub lookback_delta: Duration,
+    pub rules: RulesConfig,
+    pub alerting: AlertingConfig,
 }
 
 impl AggregatorConfig {
@@ -115,6 +182,43 @@ impl RawAggregatorConfig {
         if lookback_delta.is_zero() {
             problems.push("query.lookback_delta", "must be above zero");
         }
+        let rules = RulesConfig {
+            files: self.rules.files.iter().map(|f| resolve(base_dir, Path::new(f)).display().to_string()).collect(),
+            evaluation_interval: self.rules.evaluation_interval.unwrap_or(DEFAULT_EVALUATION_INTERVAL),
+            external_labels: self.rules.external_labels.into_iter().collect(),
+        };
+        if rules.evaluation_interval.is_zero() {
+            problems.push("rules.evaluation_interval", "must be above zero");
+        }
+        for (name, _) in &rules.external_labels {
+            let mut chars = name.chars();
+            let valid = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                problems.push("rules.external_labels", format!("{name:?} is not a valid label name"));
+            }
+        }
+        let resend_delay = self.alerting.resend_delay.unwrap_or(DEFAULT_RESEND_DELAY);
+        if resend_delay.is_zero() {
+            problems.push("alerting.resend_delay", "must be above zero");
+        }
+        let mut alertmanagers = Vec::new();
+        for (i, raw) in self.alerting.alertmanagers.into_iter().enumerate() {
+            if !(raw.url.starts_with("http://") || raw.url.starts_with("https://")) {
+                problems.push(
+                    &format!("alerting.alertmanagers[{i}].url"),
+                    format!(
+                        "{:?} is not an http:// or https:// URL (expected e.g. \"http://127.0.0.1:9093\")",
+                        raw.url
+                    ),
+                );
+            }
+            alertmanagers.push(AlertmanagerConfig {
+                url: raw.url,
+                timeout: raw.timeout.unwrap_or(DEFAULT_ALERTMANAGER_TIMEOUT),
+            });
+        }
+        let alerting = AlertingConfig { resend_delay, external_url: self.alerting.external_url, alertmanagers };
         let config = AggregatorConfig {
             quic_listen,
             http_listen,
@@ -124,6 +228,8 @@ impl RawAggregatorConfig {
             max_series_per_agent,
             tls,
             lookback_delta,
+            rules,
+            alerting,
         };
         problems.finish(source_name, config)
     }
@@ -140,6 +246,30 @@ mod tests {
         assert_eq!(config.http_listen, DEFAULT_HTTP_LISTEN.parse().unwrap());
         assert_eq!(config.tls.ca_file, PathBuf::from("/var/lib/herd-aggregator/pki/ca.pem"));
         assert_eq!(config.lookback_delta, Duration::from_secs(300));
+        assert_eq!(config.rules.evaluation_interval, Duration::from_secs(60));
+        assert_eq!(config.alerting.resend_delay, Duration::from_secs(60));
+        assert!(config.rules.files.is_empty() && config.alerting.alertmanagers.is_empty());
+    }
+
+    #[test]
+    fn rules_and_alerting() {
+        let config = AggregatorConfig::from_toml(
+            "aggregator.toml",
+            "[rules]\nfiles = [\"rules/*.yml\", \"/abs.yml\"]\nevaluation_interval = \"15s\"\n\n[alerting]\nresend_delay = \"30s\"\n[[alerting.alertmanagers]]\nurl = \"http://127.0.0.1:9093\"\n",
+            Some(Path::new("/etc/herd")),
+        )
+        .unwrap();
+        assert_eq!(config.rules.files, ["/etc/herd/rules/*.yml", "/abs.yml"]);
+        assert_eq!(config.rules.evaluation_interval, Duration::from_secs(15));
+        assert_eq!(config.alerting.resend_delay, Duration::from_secs(30));
+        assert_eq!(
+            config.alerting.alertmanagers,
+            [AlertmanagerConfig { url: "http://127.0.0.1:9093".into(), timeout: Duration::from_secs(10) }]
+        );
+        let err = AggregatorConfig::from_toml("a.toml", "[[alerting.alertmanagers]]\nurl = \"am:9093\"\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a.toml: alerting.alertmanagers[0].url"), "{err}");
     }
 
     #[test]
