@@ -57,6 +57,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     if let Some(host) = &config.collect.host {
         collectors.push(Arc::new(collect::host::HostCollector::from_config(host, config.collect.timeout)?));
     }
+    if let Some(containers) = &config.collect.containers {
+        collectors.push(Arc::new(collect::containers::ContainersCollector::start(containers, shutdown.child_token())));
+    }
     let mut common_labels: Vec<(String, String)> = config.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     common_labels.push(("instance".into(), config.instance.clone()));
     collectors.push(Arc::new(collect::herd::SelfCollector::new(buffer_stats, uplink.stats())));

@@ -8,6 +8,7 @@
 //! to the uplink. Collectors are built from config values and own no global
 //! state, so a new configuration can replace them while the agent runs.
 
+pub mod containers;
 pub mod herd;
 pub mod host;
 
@@ -31,6 +32,9 @@ pub enum CollectError {
     Parse { path: String, detail: String },
     #[error("timed out after {timeout_ms} ms")]
     Timeout { timeout_ms: u128 },
+    /// The source cannot be reached at all; `detail` says what to do about it.
+    #[error("{source_name} unavailable: {detail}")]
+    Unavailable { source_name: &'static str, detail: String },
 }
 
 #[async_trait]

@@ -33,6 +33,12 @@ hugetlbfs|iso9660|mqueue|nsfs|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|s
 pub const DEFAULT_DISK_DEVICES_EXCLUDE: &str = r"^(z?ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\d+n\d+p)\d+$";
 /// node_exporter excludes no network device by default (Debian's package patches in `^lo$`).
 pub const DEFAULT_NET_DEVICES_EXCLUDE: &str = "";
+/// The containers collector (cAdvisor's metrics) is off unless asked for: a Docker socket on a host is not consent.
+pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
+pub const DEFAULT_SYSFS_ROOT: &str = "/sys";
+/// Container labels copied onto series, at most: each becomes one more label on every container series.
+pub const MAX_CONTAINER_LABELS: usize = 16;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,6 +103,20 @@ pub struct RawCollect {
     pub timeout: Option<Duration>,
     #[serde(default)]
     pub host: RawHost,
+    #[serde(default)]
+    pub containers: RawContainers,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawContainers {
+    pub enabled: Option<bool>,
+    pub docker_socket: Option<PathBuf>,
+    pub cgroup_root: Option<PathBuf>,
+    pub sysfs_root: Option<PathBuf>,
+    pub procfs_root: Option<PathBuf>,
+    #[serde(default)]
+    pub label_allowlist: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -158,6 +178,21 @@ pub struct CollectConfig {
     /// Per collector, per cycle.
     pub timeout: Duration,
     pub host: Option<HostConfig>,
+    pub containers: Option<ContainersConfig>,
+}
+
+/// `[collect.containers]`: cAdvisor's per-container metrics from Docker and cgroups.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainersConfig {
+    pub docker_socket: PathBuf,
+    /// Where the cgroup hierarchies are mounted (v2: the unified one; v1: the directory holding `cpuacct`, `memory`, `blkio`).
+    pub cgroup_root: PathBuf,
+    /// For block device names (`dev/block/<major>:<minor>/uevent`).
+    pub sysfs_root: PathBuf,
+    /// For each container's `<pid>/cgroup` and `<pid>/net/dev`.
+    pub procfs_root: PathBuf,
+    /// Container label keys copied as `container_label_<key with non-alphanumerics as _>`.
+    pub label_allowlist: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -310,6 +345,26 @@ impl RawAgentConfig {
             net_devices_exclude,
         });
 
+        let containers = self.collect.containers;
+        if containers.label_allowlist.len() > MAX_CONTAINER_LABELS {
+            problems.push("collect.containers.label_allowlist", format!("has more than {MAX_CONTAINER_LABELS} keys"));
+        }
+        if containers.label_allowlist.iter().any(|key| key.is_empty()) {
+            problems.push("collect.containers.label_allowlist", "has an empty key");
+        }
+        let containers = containers.enabled.unwrap_or(false).then(|| {
+            let path = |value: Option<PathBuf>, default: &str| {
+                value.map_or_else(|| PathBuf::from(default), |p| resolve(base_dir, &p))
+            };
+            ContainersConfig {
+                docker_socket: path(containers.docker_socket, DEFAULT_DOCKER_SOCKET),
+                cgroup_root: path(containers.cgroup_root, DEFAULT_CGROUP_ROOT),
+                sysfs_root: path(containers.sysfs_root, DEFAULT_SYSFS_ROOT),
+                procfs_root: path(containers.procfs_root, "/proc"),
+                label_allowlist: containers.label_allowlist,
+            }
+        });
+
         let config = AgentConfig {
             id,
             instance,
@@ -328,7 +383,7 @@ impl RawAgentConfig {
                 backfill_batches_per_second,
                 failback_interval,
             },
-            collect: CollectConfig { interval, timeout, host },
+            collect: CollectConfig { interval, timeout, host, containers },
             buffer,
         };
         problems.finish(source_name, config)
@@ -399,6 +454,21 @@ mod tests {
     fn bad_host_patterns_are_reported_with_their_key() {
         let err = check(&format!("{MINIMAL}\n[collect.host]\nfs_types_exclude = \"^(nfs\"\n")).unwrap_err();
         assert!(err.contains("collect.host.fs_types_exclude: is not a valid regular expression"), "{err}");
+    }
+
+    #[test]
+    fn containers_are_off_by_default_and_take_paths_and_an_allowlist() {
+        assert_eq!(check(MINIMAL).unwrap().collect.containers, None);
+        let text = format!(
+            "{MINIMAL}\n[collect.containers]\nenabled = true\ncgroup_root = \"fixtures/cgroup\"\nlabel_allowlist = [\"com.example.team\"]\n"
+        );
+        let containers = check(&text).unwrap().collect.containers.unwrap();
+        assert_eq!(containers.docker_socket, PathBuf::from(DEFAULT_DOCKER_SOCKET));
+        assert_eq!(containers.cgroup_root, PathBuf::from("/etc/herd/fixtures/cgroup"));
+        assert_eq!(containers.sysfs_root, PathBuf::from("/sys"));
+        assert_eq!(containers.label_allowlist, vec!["com.example.team".to_string()]);
+        let err = check(&format!("{MINIMAL}\n[collect.containers]\nlabel_allowlist = [\"\"]\n")).unwrap_err();
+        assert!(err.contains("collect.containers.label_allowlist: has an empty key"), "{err}");
     }
 
     #[test]
