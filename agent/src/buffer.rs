@@ -280,6 +280,11 @@ impl Buffer {
             if self.disk_short && self.pushed_since_shrink < self.freed_by_shrink {
                 return; // The last cut has not been rewritten yet.
             }
+            if self.disk_short && self.stored_bytes + incoming <= self.budget {
+                // Below the lowered budget (acknowledgements are draining it):
+                // sled reuses that space, so cutting more would only lose data.
+                return;
+            }
             // Cut a quarter; sled reuses freed space as new batches arrive.
             self.budget = (self.stored_bytes * 3 / 4).max(incoming);
             self.freed_by_shrink = self.stored_bytes - self.budget.min(self.stored_bytes);

@@ -301,6 +301,31 @@ pub fn sample_times(aggregator: &Aggregator, selector: &str, range: &str) -> Vec
         .collect()
 }
 
+/// (timestamp ms, value) of every sample of one series over the last 30 minutes.
+pub fn series_samples(aggregator: &Aggregator, selector: &str) -> Vec<(i64, f64)> {
+    let response = aggregator.query(&format!("{selector}[30m]"));
+    let result = response["data"]["result"].as_array().cloned().unwrap_or_default();
+    result
+        .first()
+        .and_then(|series| series["values"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|pair| Some(((pair[0].as_f64()? * 1000.0).round() as i64, pair[1].as_str()?.parse().ok()?)))
+        .collect()
+}
+
+/// Whether `times` covers `from..=to` with no gap larger than `max_gap_ms`,
+/// including at both ends (a missing head or tail is a gap too).
+pub fn covers(times: &[i64], from: i64, to: i64, max_gap_ms: i64) -> bool {
+    let window: Vec<i64> = times.iter().copied().filter(|&t| t >= from && t <= to).collect();
+    match (window.first(), window.last()) {
+        (Some(&first), Some(&last)) => {
+            first - from <= max_gap_ms && to - last <= max_gap_ms && gaps(&window, max_gap_ms).is_empty()
+        }
+        _ => false,
+    }
+}
+
 /// Gaps between consecutive timestamps larger than `max_gap_ms`, as (before, after).
 pub fn gaps(times: &[i64], max_gap_ms: i64) -> Vec<(i64, i64)> {
     times.windows(2).filter(|w| w[1] - w[0] > max_gap_ms).map(|w| (w[0], w[1])).collect()
