@@ -284,7 +284,7 @@ fn a_full_buffer_filesystem_drops_the_oldest_batches_and_counts_them() {
     let arrived_before = per_batch.iter().filter(|&&(t, _)| t < at).count() as f64;
     // A batch dropped after the reconnect may already have been sent, so it
     // can arrive and be counted as dropped; before the reconnect nothing was sent.
-    let dropped_before_reconnect = dropped.iter().filter(|(t, _)| *t < stop_at).map(|&(_, v)| v).last().unwrap_or(0.0);
+    let dropped_before_reconnect = dropped.iter().rev().find(|(t, _)| *t < stop_at).map_or(0.0, |&(_, v)| v);
     let in_flight_allowance = dropped_at - dropped_before_reconnect;
     let unaccounted = pushed_at - arrived_before - dropped_at - held_at;
     eprintln!(
