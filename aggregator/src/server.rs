@@ -159,8 +159,9 @@ pub async fn start(
     };
     tasks.spawn(monitor.run(shutdown.child_token()));
     let http_shutdown = shutdown.child_token();
+    let http_rules = Arc::clone(&rules);
     tasks.spawn(async move {
-        let serve = axum::serve(listener, api::router(state))
+        let serve = axum::serve(listener, api::router(state).merge(api::rules::routes(http_rules)))
             .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
         if let Err(err) = serve.await {
             tracing::error!(error = %err, "HTTP server failed");

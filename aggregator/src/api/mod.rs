@@ -6,11 +6,13 @@
 //! - `query`: `/api/v1/query`, `/api/v1/query_range`.
 //! - `series`: `/api/v1/series`, `/labels`, `/label/<name>/values`, `/metadata`.
 //! - `status`: `/api/v1/status/buildinfo`, `/runtimeinfo`.
+//! - `rules`: `/api/v1/rules`, `/api/v1/alerts` (routes of their own, merged in by `server`).
 //! - `params`: parameters, times, durations, the error envelope; `json`: result encoding.
 
 mod json;
 mod params;
 mod query;
+pub mod rules;
 mod series;
 mod status;
 

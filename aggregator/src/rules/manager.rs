@@ -207,15 +207,17 @@ impl RuleManager {
                 let (group, engine, store, state, context) =
                     (Arc::clone(&group), Arc::clone(&engine), Arc::clone(&store), Arc::clone(&state), context.clone());
                 let evaluated = tokio::task::spawn_blocking(move || {
-                    let mut group = group.lock().expect("group lock is not poisoned");
-                    let outcome = group.eval(&engine, store.as_ref(), ts_ms, &context);
+                    // Evaluate a copy so that readers (the API) never wait for an evaluation.
+                    let mut evaluating = group.lock().expect("group lock is not poisoned").clone();
+                    let outcome = evaluating.eval(&engine, store.as_ref(), ts_ms, &context);
                     if outcome.state_changed {
                         let mut state = state.lock().expect("alert state lock is not poisoned");
-                        state.update(&group);
+                        state.update(&evaluating);
                         if let Err(err) = state.save() {
                             error!(error = %err, "alert state not saved");
                         }
                     }
+                    *group.lock().expect("group lock is not poisoned") = evaluating;
                     outcome.to_send
                 })
                 .await;

@@ -40,6 +40,7 @@ pub struct TemplateData<'a> {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template {
+    source: String,
     parts: Vec<Part>,
 }
 
@@ -104,7 +105,12 @@ impl Template {
             }
             rest = &rest[close + 2..];
         }
-        Ok(Template { parts })
+        Ok(Template { source: text.to_owned(), parts })
+    }
+
+    /// The text the template was parsed from.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Renders the template. Like Prometheus, a failing function renders the
