@@ -485,6 +485,11 @@ const EXPRESSIONS: &[&str] = &[
     "max_over_time((node_load1 > 1)[10m:1m])",
     "avg_over_time(max_over_time(node_load1[5m:1m])[20m:5m])",
     "histogram_quantile(0.99, rate(request_duration_seconds_bucket[1m]))",
+    // Range vectors (instant queries only; as range queries they are errors on both sides).
+    "node_load1[2m]",
+    "http_requests_total[1m] offset 30s",
+    "rate(http_requests_total[5m])[10m:1m]",
+    "node_load1[5m:2m] @ 3600",
     // Errors must have the same type.
     "rate(node_load1)",
     "holt_winters(node_load1[10m], 2, 0.5)",

@@ -550,6 +550,8 @@ pub(crate) fn is_step_invariant(expr: &Expr) -> bool {
         Expr::Paren(paren) => is_step_invariant(&paren.expr),
         Expr::Unary(unary) => is_step_invariant(&unary.expr),
         Expr::Binary(binary) => is_step_invariant(&binary.lhs) && is_step_invariant(&binary.rhs),
+        // Prometheus 2.42 ignores the parameter here, so `topk(scalar(x), y @ 5)`
+        // would use the first step's k at every step; Herd takes k per step.
         Expr::Aggregate(aggregate) => {
             is_step_invariant(&aggregate.expr) && aggregate.param.as_deref().is_none_or(is_step_invariant)
         }
