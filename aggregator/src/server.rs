@@ -137,6 +137,7 @@ pub async fn start(
     // `--query.timeout`, `--query.max-concurrency`) until the config has keys for them.
     let query_limits = Limits {
         max_samples: 50_000_000,
+        max_samples_read: 1_000_000_000,
         max_series: MAX_QUERY_SERIES,
         timeout: Some(std::time::Duration::from_secs(120)),
     };

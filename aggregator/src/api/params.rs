@@ -49,6 +49,7 @@ impl ApiError {
             QueryError::Unsupported(_)
             | QueryError::Execution(_)
             | QueryError::TooManySamples { .. }
+            | QueryError::TooManySamplesRead { .. }
             | QueryError::TooManySeries { .. } => {
                 Self { status: StatusCode::UNPROCESSABLE_ENTITY, error_type: "execution", message: err.to_string() }
             }

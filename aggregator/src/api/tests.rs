@@ -225,6 +225,21 @@ async fn cost_limits_give_prometheus_errors() {
     )
     .await;
 
+    // Each series is read once for the whole range: 3 series x 41 samples = 123.
+    let little_reading = state_with(Limits { max_samples_read: 100, ..Limits::default() });
+    let request = get("/api/v1/query_range?query=rate(up%5B5m%5D)&start=0&end=600&step=15");
+    check_error(
+        little_reading,
+        request,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "execution",
+        "query would read more than 100 samples",
+    )
+    .await;
+    let enough = state_with(Limits { max_samples_read: 123, ..Limits::default() });
+    let (status, _) = call(enough, get("/api/v1/query_range?query=rate(up%5B5m%5D)&start=0&end=600&step=15")).await;
+    assert_eq!(status, StatusCode::OK, "one read per series, not one per step");
+
     let few_series = state_with(Limits { max_series: 2, ..Limits::default() });
     check_error(
         few_series,

@@ -274,7 +274,7 @@ impl<'a> Evaluator<'a> {
             self.ctx.budget.check_deadline()?;
             raw.clear();
             self.ctx.store.read(series, first.saturating_sub(lookback), last, &mut raw);
-            self.ctx.budget.note_read(raw.len());
+            self.ctx.budget.note_read(raw.len())?;
             self.ctx.budget.take(raw.len())?;
             let mut points = Vec::with_capacity(self.points_hint());
             let mut next = 0; // index of the first raw sample after the reference time
@@ -313,7 +313,7 @@ impl<'a> Evaluator<'a> {
             self.ctx.budget.check_deadline()?;
             let mut points = Vec::new();
             self.ctx.store.read(series, reference.saturating_sub(range), reference, &mut points);
-            self.ctx.budget.note_read(points.len());
+            self.ctx.budget.note_read(points.len())?;
             points.retain(|s| !is_stale(s.value));
             self.ctx.budget.take(points.len())?;
             if !points.is_empty() {

@@ -661,7 +661,7 @@ fn eval_range_function(ev: &Evaluator<'_>, call: &Call, function: RangeFunction)
                 ev.budget().check_deadline()?;
                 raw.clear();
                 ev.ctx.store.read(series, first, last, &mut raw);
-                ev.budget().note_read(raw.len());
+                ev.budget().note_read(raw.len())?;
                 raw.retain(|s| !is_stale(s.value));
                 ev.budget().take(raw.len())?;
                 per_series(&labels, &raw, window)?;

@@ -1,5 +1,5 @@
-//! What one query may cost: samples held in memory at once, series one
-//! selector may select, and wall-clock time. The evaluator asks here before it
+//! What one query may cost: samples held in memory at once, samples read in
+//! all, series one selector may select, and wall-clock time. The evaluator asks here before it
 //! grows; nothing here allocates or knows about expressions.
 
 use std::cell::Cell;
@@ -13,6 +13,9 @@ use super::QueryError;
 pub struct Limits {
     /// Samples (raw samples being read plus result points) one query may hold in memory at once.
     pub max_samples: usize,
+    /// Samples one query may read from the store in all: a month of every
+    /// series streams through little memory but costs its time.
+    pub max_samples_read: u64,
     /// Series one selector may select.
     pub max_series: usize,
     /// Wall-clock time one query may take; `None` for no limit.
@@ -21,7 +24,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_samples: 50_000_000, max_series: 500_000, timeout: Some(Duration::from_secs(120)) }
+        Self {
+            max_samples: 50_000_000,
+            max_samples_read: 1_000_000_000,
+            max_series: 500_000,
+            timeout: Some(Duration::from_secs(120)),
+        }
     }
 }
 
@@ -39,6 +47,7 @@ pub struct QueryStats {
 #[derive(Debug)]
 pub(crate) struct Budget {
     max_samples: usize,
+    max_samples_read: u64,
     current: Cell<usize>,
     peak: Cell<usize>,
     read: Cell<u64>,
@@ -50,6 +59,7 @@ impl Budget {
     pub(crate) fn new(limits: &Limits) -> Self {
         Self {
             max_samples: limits.max_samples,
+            max_samples_read: limits.max_samples_read,
             current: Cell::new(0),
             peak: Cell::new(0),
             read: Cell::new(0),
@@ -85,9 +95,14 @@ impl Budget {
         self.current.set(n);
     }
 
-    /// Counts samples read from the store.
-    pub(crate) fn note_read(&self, n: usize) {
-        self.read.set(self.read.get().saturating_add(n as u64));
+    /// Counts samples read from the store, refusing past the limit.
+    pub(crate) fn note_read(&self, n: usize) -> Result<(), QueryError> {
+        let read = self.read.get().saturating_add(n as u64);
+        self.read.set(read);
+        if read > self.max_samples_read {
+            return Err(QueryError::TooManySamplesRead { limit: self.max_samples_read });
+        }
+        Ok(())
     }
 
     /// Fails once the query has run out of time. Cheap enough to call per
@@ -119,6 +134,9 @@ mod tests {
         budget.take(8).unwrap();
         assert_eq!(budget.take(1), Err(QueryError::TooManySamples { limit: 10 }));
         assert_eq!(budget.stats().peak_samples, 10);
+        let reader = Budget::new(&Limits { max_samples_read: 5, ..Limits::default() });
+        reader.note_read(5).unwrap();
+        assert_eq!(reader.note_read(1), Err(QueryError::TooManySamplesRead { limit: 5 }));
     }
 
     #[test]

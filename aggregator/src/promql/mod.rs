@@ -72,6 +72,8 @@ pub enum QueryError {
     Execution(String),
     #[error("query processing would load too many samples into memory in query execution (limit {limit})")]
     TooManySamples { limit: usize },
+    #[error("query would read more than {limit} samples: narrow its time range or its selectors")]
+    TooManySamplesRead { limit: u64 },
     #[error("query selects {found} series, more than the limit of {limit}: add label matchers to narrow it")]
     TooManySeries { found: usize, limit: usize },
     #[error("query timed out in expression evaluation (limit {timeout:?})")]
