@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*" >&2; }
 
 # Debian packages the tests run for real (peers to compare against).
-packages=(prometheus-node-exporter prometheus-alertmanager busybox-static)
+packages=(prometheus-node-exporter postgresql redis-server prometheus-alertmanager busybox-static)
 
 missing=()
 for package in "${packages[@]}"; do

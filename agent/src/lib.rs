@@ -32,6 +32,8 @@ pub enum StartError {
     #[error(transparent)]
     HostSettings(#[from] collect::host::HostSettingsError),
     #[error(transparent)]
+    PostgresSettings(#[from] collect::postgres::PostgresSettingsError),
+    #[error(transparent)]
     Buffer(#[from] buffer::BufferError),
 }
 
@@ -59,6 +61,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     }
     if let Some(containers) = &config.collect.containers {
         collectors.push(Arc::new(collect::containers::ContainersCollector::start(containers, shutdown.child_token())));
+    }
+    for (index, postgres) in config.collect.postgres.iter().enumerate() {
+        collectors.push(Arc::new(collect::postgres::PostgresCollector::from_config(index, postgres)?));
+    }
+    for redis in &config.collect.redis {
+        collectors.push(Arc::new(collect::redis::RedisCollector::from_config(redis)));
     }
     let mut common_labels: Vec<(String, String)> = config.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     common_labels.push(("instance".into(), config.instance.clone()));

@@ -11,6 +11,8 @@
 pub mod containers;
 pub mod herd;
 pub mod host;
+pub mod postgres;
+pub mod redis;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,6 +34,10 @@ pub enum CollectError {
     Parse { path: String, detail: String },
     #[error("timed out after {timeout_ms} ms")]
     Timeout { timeout_ms: u128 },
+    /// A server the collector queries (PostgreSQL, Redis) is down, slow or
+    /// refused it; `detail` never holds credentials.
+    #[error("{server}: {detail}")]
+    Server { server: String, detail: String },
     /// The source cannot be reached at all; `detail` says what to do about it.
     #[error("{source_name} unavailable: {detail}")]
     Unavailable { source_name: &'static str, detail: String },

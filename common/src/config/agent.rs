@@ -33,6 +33,16 @@ hugetlbfs|iso9660|mqueue|nsfs|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|s
 pub const DEFAULT_DISK_DEVICES_EXCLUDE: &str = r"^(z?ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\d+n\d+p)\d+$";
 /// node_exporter excludes no network device by default (Debian's package patches in `^lo$`).
 pub const DEFAULT_NET_DEVICES_EXCLUDE: &str = "";
+/// Per PostgreSQL or Redis server; kept below `collect.timeout` so that a
+/// slow server is reported as `pg_up 0` / `redis_up 0` rather than dropped.
+const DEFAULT_SERVICE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Top statements by total time exported from pg_stat_statements; bounds the series count.
+const DEFAULT_STATEMENTS_LIMIT: usize = 20;
+const MAX_STATEMENTS_LIMIT: usize = 1000;
+/// postgres_exporter's `--collector.stat_statements.query_length`.
+const DEFAULT_STATEMENT_TEXT_MAX_CHARS: usize = 120;
+/// The seed's SlowQueries rule fires on a mean execution time above 500ms.
+const DEFAULT_SLOW_STATEMENT_THRESHOLD: Duration = Duration::from_millis(500);
 /// The containers collector (cAdvisor's metrics) is off unless asked for: a Docker socket on a host is not consent.
 pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
 pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -103,6 +113,12 @@ pub struct RawCollect {
     pub timeout: Option<Duration>,
     #[serde(default)]
     pub host: RawHost,
+    /// `[[collect.postgres]]`: one entry per PostgreSQL server.
+    #[serde(default)]
+    pub postgres: Vec<RawPostgres>,
+    /// `[[collect.redis]]`: one entry per Redis server.
+    #[serde(default)]
+    pub redis: Vec<RawRedis>,
     #[serde(default)]
     pub containers: RawContainers,
 }
@@ -128,6 +144,39 @@ pub struct RawHost {
     pub fs_types_exclude: Option<String>,
     pub disk_devices_exclude: Option<String>,
     pub net_devices_exclude: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPostgres {
+    /// Value of the `server` label; defaults to the DSN's host:port.
+    pub name: Option<String>,
+    pub dsn: Option<super::Secret>,
+    pub dsn_file: Option<PathBuf>,
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    pub statements_limit: Option<usize>,
+    pub statement_text_max_chars: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub slow_statement_threshold: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// Value of the `server` label; defaults to `address`.
+    pub name: Option<String>,
+    /// `host:port`.
+    pub address: Option<String>,
+    /// ACL user (Redis 6+); without it AUTH sends the password alone.
+    pub username: Option<String>,
+    pub password: Option<super::Secret>,
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
 }
 
 /// A validated agent configuration.
@@ -178,6 +227,8 @@ pub struct CollectConfig {
     /// Per collector, per cycle.
     pub timeout: Duration,
     pub host: Option<HostConfig>,
+    pub postgres: Vec<PostgresConfig>,
+    pub redis: Vec<RedisConfig>,
     pub containers: Option<ContainersConfig>,
 }
 
@@ -206,11 +257,59 @@ pub struct HostConfig {
     pub net_devices_exclude: String,
 }
 
+/// Where a password comes from. Files and variables are read at each
+/// connection attempt, so a rotated password is picked up without a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PasswordSource {
+    None,
+    /// Written in the config file itself (refused if the file is readable by others).
+    Inline(super::Secret),
+    File(PathBuf),
+    Env(String),
+}
+
+/// Where a PostgreSQL connection string comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DsnSource {
+    Inline(super::Secret),
+    /// Read at each connection attempt.
+    File(PathBuf),
+}
+
+/// `[[collect.postgres]]`: one PostgreSQL server, as postgres_exporter sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostgresConfig {
+    /// `server` label; `None` means the DSN's host:port.
+    pub name: Option<String>,
+    pub dsn: DsnSource,
+    /// Overrides a password in the DSN.
+    pub password: PasswordSource,
+    /// Connecting plus all queries of one cycle.
+    pub timeout: Duration,
+    /// Top statements by total time; 0 turns pg_stat_statements off.
+    pub statements_limit: usize,
+    pub statement_text_max_chars: usize,
+    pub slow_statement_threshold: Duration,
+}
+
+/// `[[collect.redis]]`: one Redis server, as redis_exporter sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConfig {
+    /// `server` label.
+    pub name: String,
+    pub address: Endpoint,
+    pub username: Option<String>,
+    pub password: PasswordSource,
+    pub timeout: Duration,
+}
+
 impl AgentConfig {
     /// Loads and validates a file; relative paths in it are taken from its directory.
     pub fn load(path: &Path, hostname: &str) -> Result<Self, ConfigError> {
         let text = read_file(path)?;
-        Self::from_toml(&path.display().to_string(), &text, path.parent(), hostname)
+        let config = Self::from_toml(&path.display().to_string(), &text, path.parent(), hostname)?;
+        refuse_readable_secrets(path, &config)?;
+        Ok(config)
     }
 
     /// Validates TOML text; `source_name` names it in errors.
@@ -365,6 +464,9 @@ impl RawAgentConfig {
             }
         });
 
+        let postgres = validate_postgres(self.collect.postgres, timeout, base_dir, &mut problems);
+        let redis = validate_redis(self.collect.redis, timeout, base_dir, &mut problems);
+
         let config = AgentConfig {
             id,
             instance,
@@ -383,10 +485,201 @@ impl RawAgentConfig {
                 backfill_batches_per_second,
                 failback_interval,
             },
-            collect: CollectConfig { interval, timeout, host, containers },
+            collect: CollectConfig { interval, timeout, host, containers, postgres, redis },
             buffer,
         };
         problems.finish(source_name, config)
+    }
+}
+
+fn service_timeout(key: &str, value: Option<Duration>, collect_timeout: Duration, problems: &mut Problems) -> Duration {
+    let timeout = value.unwrap_or_else(|| DEFAULT_SERVICE_TIMEOUT.min(collect_timeout * 4 / 5));
+    if timeout.is_zero() || timeout >= collect_timeout {
+        problems.push(key, "must be above zero and below collect.timeout (so a slow server is reported as down)");
+    }
+    timeout
+}
+
+/// At most one of `password`, `password_file`, `password_env`.
+fn password_source(
+    key: &str,
+    inline: Option<super::Secret>,
+    file: Option<PathBuf>,
+    env: Option<String>,
+    base_dir: Option<&Path>,
+    problems: &mut Problems,
+) -> PasswordSource {
+    match (inline, file, env) {
+        (None, None, None) => PasswordSource::None,
+        (Some(secret), None, None) => PasswordSource::Inline(secret),
+        (None, Some(path), None) => PasswordSource::File(resolve(base_dir, &path)),
+        (None, None, Some(var)) if !var.is_empty() => PasswordSource::Env(var),
+        (None, None, Some(_)) => {
+            problems.push(&format!("{key}.password_env"), "is empty (expected an environment variable name)");
+            PasswordSource::None
+        }
+        _ => {
+            problems.push(key, "sets more than one of password, password_file, password_env (keep one)");
+            PasswordSource::None
+        }
+    }
+}
+
+fn check_server_name(key: &str, name: &Option<String>, problems: &mut Problems) {
+    if name.as_deref().is_some_and(str::is_empty) {
+        problems.push(&format!("{key}.name"), "is empty (it becomes the `server` label; leave it out for host:port)");
+    }
+}
+
+fn validate_postgres(
+    raw: Vec<RawPostgres>,
+    collect_timeout: Duration,
+    base_dir: Option<&Path>,
+    problems: &mut Problems,
+) -> Vec<PostgresConfig> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, entry) in raw.into_iter().enumerate() {
+        let key = format!("collect.postgres[{i}]");
+        check_server_name(&key, &entry.name, problems);
+        let dsn = match (entry.dsn, entry.dsn_file) {
+            (Some(dsn), None) => {
+                if !looks_like_postgres_dsn(dsn.expose()) {
+                    problems.push(
+                        &format!("{key}.dsn"),
+                        "is not a connection string (expected \"postgres://user@host:port/db\" or \"host=... user=...\")",
+                    );
+                }
+                DsnSource::Inline(dsn)
+            }
+            (None, Some(path)) => DsnSource::File(resolve(base_dir, &path)),
+            (None, None) => {
+                problems
+                    .push(&format!("{key}.dsn"), "is missing (expected \"postgres://user@host:port/db\" or dsn_file)");
+                continue;
+            }
+            (Some(_), Some(_)) => {
+                problems.push(&key, "sets both dsn and dsn_file (keep one)");
+                continue;
+            }
+        };
+        let password = password_source(&key, None, entry.password_file, entry.password_env, base_dir, problems);
+        let timeout = service_timeout(&format!("{key}.timeout"), entry.timeout, collect_timeout, problems);
+        let statements_limit = entry.statements_limit.unwrap_or(DEFAULT_STATEMENTS_LIMIT);
+        if statements_limit > MAX_STATEMENTS_LIMIT {
+            problems.push(&format!("{key}.statements_limit"), format!("must be at most {MAX_STATEMENTS_LIMIT}"));
+        }
+        let statement_text_max_chars = entry.statement_text_max_chars.unwrap_or(DEFAULT_STATEMENT_TEXT_MAX_CHARS);
+        if statement_text_max_chars == 0 {
+            problems.push(&format!("{key}.statement_text_max_chars"), "must be at least 1");
+        }
+        out.push(PostgresConfig {
+            name: entry.name,
+            dsn,
+            password,
+            timeout,
+            statements_limit,
+            statement_text_max_chars,
+            slow_statement_threshold: entry.slow_statement_threshold.unwrap_or(DEFAULT_SLOW_STATEMENT_THRESHOLD),
+        });
+    }
+    out
+}
+
+fn validate_redis(
+    raw: Vec<RawRedis>,
+    collect_timeout: Duration,
+    base_dir: Option<&Path>,
+    problems: &mut Problems,
+) -> Vec<RedisConfig> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, entry) in raw.into_iter().enumerate() {
+        let key = format!("collect.redis[{i}]");
+        check_server_name(&key, &entry.name, problems);
+        let address = match entry.address.as_deref().map(Endpoint::parse) {
+            Some(Ok(address)) => address,
+            Some(Err(err)) => {
+                problems.push(&format!("{key}.address"), err);
+                continue;
+            }
+            None => {
+                problems.push(&format!("{key}.address"), "is missing (expected \"127.0.0.1:6379\")");
+                continue;
+            }
+        };
+        let password =
+            password_source(&key, entry.password, entry.password_file, entry.password_env, base_dir, problems);
+        let timeout = service_timeout(&format!("{key}.timeout"), entry.timeout, collect_timeout, problems);
+        out.push(RedisConfig {
+            name: entry.name.unwrap_or_else(|| address.to_string()),
+            address,
+            username: entry.username,
+            password,
+            timeout,
+        });
+    }
+    out
+}
+
+/// A URL (`postgres://`, `postgresql://`) or libpq's `key=value` form; the
+/// collector parses it fully.
+fn looks_like_postgres_dsn(dsn: &str) -> bool {
+    dsn.starts_with("postgres://") || dsn.starts_with("postgresql://") || dsn.contains('=')
+}
+
+/// Whether a connection string carries a password: `user:password@` or
+/// `?password=` in a URL, or a `password=` pair.
+pub fn dsn_has_password(dsn: &str) -> bool {
+    if let Some(rest) = dsn.strip_prefix("postgres://").or_else(|| dsn.strip_prefix("postgresql://")) {
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        let in_userinfo = authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':'));
+        let query = rest.split_once('?').map_or("", |(_, query)| query);
+        in_userinfo || query.split('&').any(|pair| pair.starts_with("password="))
+    } else {
+        dsn.split_whitespace().any(|pair| pair.starts_with("password"))
+    }
+}
+
+/// Refuses a config file that others can read when it holds a password.
+fn refuse_readable_secrets(path: &Path, config: &AgentConfig) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = config.inline_secret_keys();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mode = std::fs::metadata(path).map_or(0, |m| m.permissions().mode());
+    if mode & 0o004 == 0 {
+        return Ok(());
+    }
+    Err(ConfigError {
+        source_name: path.display().to_string(),
+        problems: keys
+            .into_iter()
+            .map(|key| {
+                format!(
+                    "{key}: holds a password but the file is readable by others (mode {:o}): \
+                     chmod o-r it, or move the password to a *_file key",
+                    mode & 0o777
+                )
+            })
+            .collect(),
+    })
+}
+
+impl AgentConfig {
+    /// Keys that hold a password written in the configuration itself.
+    pub fn inline_secret_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        for (i, pg) in self.collect.postgres.iter().enumerate() {
+            if matches!(&pg.dsn, DsnSource::Inline(dsn) if dsn_has_password(dsn.expose())) {
+                keys.push(format!("collect.postgres[{i}].dsn"));
+            }
+        }
+        for (i, redis) in self.collect.redis.iter().enumerate() {
+            if matches!(redis.password, PasswordSource::Inline(_)) {
+                keys.push(format!("collect.redis[{i}].password"));
+            }
+        }
+        keys
     }
 }
 
@@ -469,6 +762,40 @@ mod tests {
         assert_eq!(containers.label_allowlist, vec!["com.example.team".to_string()]);
         let err = check(&format!("{MINIMAL}\n[collect.containers]\nlabel_allowlist = [\"\"]\n")).unwrap_err();
         assert!(err.contains("collect.containers.label_allowlist: has an empty key"), "{err}");
+    }
+
+    #[test]
+    fn postgres_and_redis_entries_are_checked_with_their_keys() {
+        let err = check(&format!(
+            "{MINIMAL}\n[[collect.postgres]]\ndsn = \"db.example\"\n[[collect.postgres]]\n\
+             dsn = \"postgres://herd@db/x\"\ndsn_file = \"x\"\n[[collect.postgres]]\ndsn = \"host=db\"\n\
+             timeout = \"9s\"\nstatements_limit = 5000\n[[collect.redis]]\naddress = \"cache\"\n\
+             [[collect.redis]]\naddress = \"cache:6379\"\npassword = \"p\"\npassword_env = \"P\"\n"
+        ))
+        .unwrap_err();
+        for needle in [
+            "collect.postgres[0].dsn: is not a connection string",
+            "collect.postgres[1]: sets both dsn and dsn_file",
+            "collect.postgres[2].timeout: must be above zero and below collect.timeout",
+            "collect.postgres[2].statements_limit: must be at most 1000",
+            "collect.redis[0].address: \"cache\" has no port",
+            "collect.redis[1]: sets more than one of password, password_file, password_env",
+        ] {
+            assert!(err.contains(needle), "{needle:?} in:\n{err}");
+        }
+        let config = check(&format!(
+            "{MINIMAL}\n[[collect.postgres]]\ndsn = \"postgres://herd:pw@db/x\"\n[[collect.redis]]\n\
+             address = \"cache:6379\"\npassword_file = \"redis.pw\"\n"
+        ))
+        .unwrap();
+        let postgres = &config.collect.postgres[0];
+        assert_eq!(postgres.timeout, Duration::from_secs(3));
+        assert_eq!((postgres.statements_limit, postgres.statement_text_max_chars), (20, 120));
+        assert!(!format!("{config:?}").contains("pw@db"), "the DSN is a Secret");
+        assert_eq!(config.collect.redis[0].name, "cache:6379");
+        assert_eq!(config.collect.redis[0].password, PasswordSource::File(PathBuf::from("/etc/herd/redis.pw")));
+        assert_eq!(config.inline_secret_keys(), vec!["collect.postgres[0].dsn".to_owned()]);
+        assert!(dsn_has_password("host=db password=x") && !dsn_has_password("postgres://herd@db:5432/x"));
     }
 
     #[test]

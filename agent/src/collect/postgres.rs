@@ -1,0 +1,566 @@
+//! The PostgreSQL collector: one server per collector, with
+//! postgres_exporter's metric and label names (`pg_up`, `pg_stat_database_*`,
+//! `pg_settings_*`, `pg_database_size_bytes`, `pg_locks_count`,
+//! `pg_stat_activity_count`), Herd's `pg_replication_lag_seconds` (the name
+//! the seed's rules use), and the top statements of `pg_stat_statements`
+//! when the extension is installed in the database the DSN names.
+//!
+//! One connection is kept between cycles and dropped on any error or timeout,
+//! so the next cycle reconnects by itself. Every cycle runs under the
+//! instance's own timeout, below the scheduler's, so a down, slow or
+//! misconfigured server is reported as `pg_up 0` instead of going silent.
+//! Samples are pushed only once a cycle has fully succeeded, never half.
+//!
+//! Must not: log or label anything from the DSN but host and port (the
+//! `server` label), keep a password in memory beyond one connection attempt
+//! when it comes from a file or a variable, or run anything but read-only
+//! queries.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use herd_common::config::agent::{DsnSource, PasswordSource, PostgresConfig};
+use tokio::sync::Mutex;
+use tokio_postgres::config::Host;
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage, SimpleQueryRow};
+
+use super::{Batch, CollectError, Collector};
+
+/// A `[[collect.postgres]]` entry that cannot be used as written.
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresSettingsError {
+    #[error("collect.postgres[{index}].dsn: {detail} (expected \"postgres://user@host:port/db\")")]
+    Dsn { index: usize, detail: String },
+    #[error("collect.postgres[{index}].dsn_file: cannot read {path}: {source} (is it readable by the herd user?)")]
+    DsnFile {
+        index: usize,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// postgres_exporter's lock modes, lower-cased: every database gets a
+/// `pg_locks_count` series for each, zero when no lock is held.
+const LOCK_MODES_SQL: &str = "('accesssharelock'), ('rowsharelock'), ('rowexclusivelock'), \
+    ('shareupdateexclusivelock'), ('sharelock'), ('sharerowexclusivelock'), ('exclusivelock'), \
+    ('accessexclusivelock'), ('sireadlock')";
+
+/// postgres_exporter's connection states; every database gets each.
+const ACTIVITY_STATES_SQL: &str = "('active'), ('idle'), ('idle in transaction'), \
+    ('idle in transaction (aborted)'), ('fastpath function call'), ('disabled')";
+
+/// The `pg_stat_database` columns exported, with postgres_exporter's names
+/// (counters keep the column name, without `_total`, as it does).
+const STAT_DATABASE_COLUMNS: [&str; 17] = [
+    "numbackends",
+    "xact_commit",
+    "xact_rollback",
+    "blks_read",
+    "blks_hit",
+    "tup_returned",
+    "tup_fetched",
+    "tup_inserted",
+    "tup_updated",
+    "tup_deleted",
+    "conflicts",
+    "temp_files",
+    "temp_bytes",
+    "deadlocks",
+    "blk_read_time",
+    "blk_write_time",
+    "stats_reset",
+];
+
+/// One sample waiting for the cycle to succeed.
+struct Pending {
+    name: String,
+    labels: Vec<(&'static str, String)>,
+    value: f64,
+}
+
+#[derive(Default)]
+struct Samples(Vec<Pending>);
+
+impl Samples {
+    fn push(&mut self, name: impl Into<String>, labels: Vec<(&'static str, String)>, value: f64) {
+        self.0.push(Pending { name: name.into(), labels, value });
+    }
+}
+
+pub struct PostgresCollector {
+    /// `herd_collector_success{collector=...}`: "postgres:" and the server.
+    collector_name: String,
+    /// `server` label: the configured name, or the DSN's host:port.
+    server: String,
+    dsn: DsnSource,
+    password: PasswordSource,
+    timeout: Duration,
+    statements_limit: usize,
+    statement_text_max_chars: usize,
+    slow_statement_threshold_ms: f64,
+    client: Mutex<Option<Client>>,
+}
+
+impl PostgresCollector {
+    /// `index` is the entry's position in `[[collect.postgres]]`, for errors.
+    pub fn from_config(index: usize, config: &PostgresConfig) -> Result<Self, PostgresSettingsError> {
+        let server = match &config.name {
+            Some(name) => name.clone(),
+            None => {
+                let text = match &config.dsn {
+                    DsnSource::Inline(dsn) => dsn.expose().to_owned(),
+                    DsnSource::File(path) => std::fs::read_to_string(path).map_err(|source| {
+                        PostgresSettingsError::DsnFile { index, path: path.display().to_string(), source }
+                    })?,
+                };
+                let parsed = parse_dsn(&text).map_err(|detail| PostgresSettingsError::Dsn { index, detail })?;
+                host_port(&parsed)
+            }
+        };
+        if let DsnSource::Inline(dsn) = &config.dsn {
+            parse_dsn(dsn.expose()).map_err(|detail| PostgresSettingsError::Dsn { index, detail })?;
+        }
+        Ok(Self {
+            collector_name: format!("postgres:{server}"),
+            server,
+            dsn: config.dsn.clone(),
+            password: config.password.clone(),
+            timeout: config.timeout,
+            statements_limit: config.statements_limit,
+            statement_text_max_chars: config.statement_text_max_chars,
+            slow_statement_threshold_ms: config.slow_statement_threshold.as_secs_f64() * 1000.0,
+            client: Mutex::new(None),
+        })
+    }
+
+    fn error(&self, detail: impl Into<String>) -> CollectError {
+        CollectError::Server { server: self.server.clone(), detail: detail.into() }
+    }
+
+    async fn connect(&self) -> Result<Client, CollectError> {
+        let text = match &self.dsn {
+            DsnSource::Inline(dsn) => dsn.expose().to_owned(),
+            DsnSource::File(path) => std::fs::read_to_string(path)
+                .map_err(|err| self.error(format!("cannot read dsn_file {}: {err}", path.display())))?,
+        };
+        let mut config = parse_dsn(&text).map_err(|detail| self.error(format!("invalid DSN: {detail}")))?;
+        match &self.password {
+            PasswordSource::None => {}
+            PasswordSource::Inline(secret) => {
+                config.password(secret.expose());
+            }
+            PasswordSource::File(path) => {
+                let password = std::fs::read_to_string(path)
+                    .map_err(|err| self.error(format!("cannot read password_file {}: {err}", path.display())))?;
+                config.password(password.trim_end_matches(['\n', '\r']));
+            }
+            PasswordSource::Env(var) => {
+                let password =
+                    std::env::var(var).map_err(|_| self.error(format!("password_env: variable {var} is not set")))?;
+                config.password(password);
+            }
+        }
+        config.connect_timeout(self.timeout);
+        config.application_name("herd-agent");
+        let (client, connection) = config.connect(NoTls).await.map_err(|err| self.error(describe(&err)))?;
+        // The connection task ends when the client is dropped or the server goes away.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    /// Connects if needed and runs every query; pushes nothing on failure.
+    async fn scrape(&self, out: &mut Samples) -> Result<(), CollectError> {
+        let mut slot = self.client.lock().await;
+        if slot.as_ref().is_none_or(Client::is_closed) {
+            *slot = Some(self.connect().await?);
+        }
+        let client = slot.as_ref().expect("set just above");
+        let result = self.query_all(client, out).await;
+        if result.is_err() {
+            // A broken or confused connection is not reused: the next cycle starts afresh.
+            *slot = None;
+        }
+        result
+    }
+
+    async fn query_all(&self, client: &Client, out: &mut Samples) -> Result<(), CollectError> {
+        self.stat_database(client, out).await?;
+        self.settings(client, out).await?;
+        self.database_sizes(client, out).await?;
+        self.locks(client, out).await?;
+        self.activity(client, out).await?;
+        self.replication(client, out).await?;
+        self.statements(client, out).await
+    }
+
+    async fn rows(&self, client: &Client, sql: &str) -> Result<Vec<SimpleQueryRow>, CollectError> {
+        let messages = client.simple_query(sql).await.map_err(|err| self.error(describe(&err)))?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|message| match message {
+                SimpleQueryMessage::Row(row) => Some(row),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn stat_database(&self, client: &Client, out: &mut Samples) -> Result<(), CollectError> {
+        let sql = format!(
+            "SELECT datid, datname, {} FROM pg_stat_database WHERE datname IS NOT NULL",
+            STAT_DATABASE_COLUMNS
+                .iter()
+                .map(|column| {
+                    if *column == "stats_reset" {
+                        "COALESCE(EXTRACT(EPOCH FROM stats_reset), 0)".to_owned()
+                    } else {
+                        (*column).to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for row in self.rows(client, &sql).await? {
+            let labels = vec![("datid", text(&row, 0)), ("datname", text(&row, 1))];
+            for (i, column) in STAT_DATABASE_COLUMNS.iter().enumerate() {
+                if let Some(value) = number(&row, i + 2) {
+                    out.push(format!("pg_stat_database_{column}"), labels.clone(), value);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn settings(&self, client: &Client, out: &mut Samples) -> Result<(), CollectError> {
+        let sql = "SELECT name, setting, COALESCE(unit, ''), vartype FROM pg_settings \
+                   WHERE vartype IN ('bool', 'integer', 'real') AND name != 'sync_commit_cancel_wait'";
+        for row in self.rows(client, sql).await? {
+            let (name, setting, unit, vartype) = (text(&row, 0), text(&row, 1), text(&row, 2), text(&row, 3));
+            if let Some((metric, value)) = setting_sample(&name, &setting, &unit, &vartype) {
+                out.push(metric, Vec::new(), value);
+            }
+        }
+        Ok(())
+    }
+
+    async fn database_sizes(&self, client: &Client, out: &mut Samples) -> Result<(), CollectError> {
+        let sql = "SELECT datname, pg_database_size(oid) FROM pg_database \
+                   WHERE has_database_privilege(oid, 'CONNECT')";
+        for row in self.rows(client, sql).await? {
+            if let Some(size) = number(&row, 1) {
+                out.push("pg_database_size_bytes", vec![("datname", text(&row, 0))], size);
+            }
+        }
+        Ok(())
+    }
+
+    async fn locks(&self, client: &Client, out: &mut Samples) -> Result<(), CollectError> {
+        let sql = format!(
+            "SELECT pg_database.datname, tmp.mode, COALESCE(count, 0) FROM (VALUES {LOCK_MODES_SQL}) AS tmp(mode) \
+             CROSS JOIN pg_database LEFT JOIN (SELECT database, lower(mode) AS mode, count(*) AS count \
+             FROM pg_locks WHERE database IS NOT NULL GROUP BY database, lower(mode)) AS tmp2 \
+             ON tmp.mode = tmp2.mode AND pg_database.oid = tmp2.database"
+        );
+        for row in self.rows(client, &sql).await? {
+            if let Some(count) = number(&row, 2) {
+                out.push("pg_locks_count", vec![("datname", text(&row, 0)), ("mode", text(&row, 1))], count);
+            }
+        }
+        Ok(())
+    }
+
+    async fn activity(&self, client: &Client, out: &mut Samples) -> Result<(), CollectError> {
+        let sql = format!(
+            "SELECT pg_database.datname, tmp.state, COALESCE(count, 0), COALESCE(max_tx_duration, 0) \
+             FROM (VALUES {ACTIVITY_STATES_SQL}) AS tmp(state) CROSS JOIN pg_database LEFT JOIN \
+             (SELECT datname, state, count(*) AS count, \
+             MAX(EXTRACT(EPOCH FROM now() - xact_start))::float8 AS max_tx_duration \
+             FROM pg_stat_activity GROUP BY datname, state) AS tmp2 \
+             ON tmp.state = tmp2.state AND pg_database.datname = tmp2.datname"
+        );
+        for row in self.rows(client, &sql).await? {
+            let labels = vec![("datname", text(&row, 0)), ("state", text(&row, 1))];
+            if let Some(count) = number(&row, 2) {
+                out.push("pg_stat_activity_count", labels.clone(), count);
+            }
+            if let Some(seconds) = number(&row, 3) {
+                out.push("pg_stat_activity_max_tx_duration", labels, seconds);
+            }
+        }
+        Ok(())
+    }
+
+    /// On a standby, the time since the last replayed transaction (0 when
+    /// replay has caught up with what was received, so an idle primary does
+    /// not look like lag); on a primary, 0, plus one series per replica.
+    async fn replication(&self, client: &Client, out: &mut Samples) -> Result<(), CollectError> {
+        let sql = "SELECT pg_is_in_recovery(), CASE WHEN NOT pg_is_in_recovery() THEN 0 \
+                   WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
+                   ELSE GREATEST(0, EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp()))) END";
+        let rows = self.rows(client, sql).await?;
+        let Some(row) = rows.first() else {
+            return Err(self.error("pg_is_in_recovery() returned no row"));
+        };
+        let standby = text(row, 0) == "t";
+        out.push("pg_replication_is_replica", Vec::new(), if standby { 1.0 } else { 0.0 });
+        out.push("pg_replication_lag_seconds", Vec::new(), number(row, 1).unwrap_or(0.0));
+        if standby {
+            return Ok(());
+        }
+        let sql = "SELECT COALESCE(application_name, ''), COALESCE(client_addr::text, ''), COALESCE(state, ''), \
+                   COALESCE(EXTRACT(EPOCH FROM replay_lag), 0), \
+                   COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0) FROM pg_stat_replication";
+        for row in self.rows(client, sql).await? {
+            let labels =
+                vec![("application_name", text(&row, 0)), ("client_addr", text(&row, 1)), ("state", text(&row, 2))];
+            if let Some(seconds) = number(&row, 3) {
+                out.push("pg_stat_replication_replay_lag_seconds", labels.clone(), seconds);
+            }
+            if let Some(bytes) = number(&row, 4) {
+                out.push("pg_stat_replication_pg_wal_lsn_diff", labels, bytes);
+            }
+        }
+        Ok(())
+    }
+
+    /// The top statements by total execution time, and how many statements
+    /// have a mean above the slow threshold. Skipped without the extension.
+    async fn statements(&self, client: &Client, out: &mut Samples) -> Result<(), CollectError> {
+        if self.statements_limit == 0 {
+            return Ok(());
+        }
+        let installed = self.rows(client, "SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'").await?;
+        if installed.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "SELECT COALESCE(s.queryid::text, ''), COALESCE(d.datname, ''), COALESCE(r.rolname, ''), \
+             COALESCE(s.query, ''), s.calls, s.total_exec_time, s.mean_exec_time, s.max_exec_time, s.rows \
+             FROM pg_stat_statements s LEFT JOIN pg_database d ON d.oid = s.dbid \
+             LEFT JOIN pg_roles r ON r.oid = s.userid ORDER BY s.total_exec_time DESC LIMIT {}",
+            self.statements_limit
+        );
+        for row in self.rows(client, &sql).await? {
+            let labels = vec![
+                ("datname", text(&row, 1)),
+                ("user", text(&row, 2)),
+                ("queryid", text(&row, 0)),
+                ("query", shorten_statement(&text(&row, 3), self.statement_text_max_chars)),
+            ];
+            let values = [
+                ("pg_stat_statements_calls_total", number(&row, 4)),
+                ("pg_stat_statements_seconds_total", number(&row, 5).map(|ms| ms / 1000.0)),
+                ("pg_stat_statements_mean_exec_time_ms", number(&row, 6)),
+                ("pg_stat_statements_max_exec_time_ms", number(&row, 7)),
+                ("pg_stat_statements_rows_total", number(&row, 8)),
+            ];
+            for (name, value) in values {
+                if let Some(value) = value {
+                    out.push(name, labels.clone(), value);
+                }
+            }
+        }
+        let sql = format!(
+            "SELECT count(*) FROM pg_stat_statements WHERE mean_exec_time > {}",
+            self.slow_statement_threshold_ms
+        );
+        let rows = self.rows(client, &sql).await?;
+        if let Some(count) = rows.first().and_then(|row| number(row, 0)) {
+            out.push("pg_stat_statements_slow_statements", Vec::new(), count);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Collector for PostgresCollector {
+    fn name(&self) -> &str {
+        &self.collector_name
+    }
+
+    fn job(&self) -> &str {
+        "postgres"
+    }
+
+    async fn collect(&self, out: &mut Batch) -> Result<(), CollectError> {
+        let mut samples = Samples::default();
+        let result = match tokio::time::timeout(self.timeout, self.scrape(&mut samples)).await {
+            Ok(result) => result,
+            Err(_) => {
+                // The half-done cycle's connection may be stuck mid-query: drop it.
+                *self.client.lock().await = None;
+                Err(self.error(format!("no answer within {} ms", self.timeout.as_millis())))
+            }
+        };
+        let server = ("server", self.server.as_str());
+        out.push("pg_up", &[server], if result.is_ok() { 1.0 } else { 0.0 });
+        if result.is_ok() {
+            let mut labels: Vec<(&str, &str)> = Vec::new();
+            for sample in &samples.0 {
+                labels.clear();
+                labels.push(server);
+                labels.extend(sample.labels.iter().map(|(k, v)| (*k, v.as_str())));
+                out.push(&sample.name, &labels, sample.value);
+            }
+        }
+        result
+    }
+}
+
+/// tokio-postgres's `Display` says only "db error" or "error connecting to
+/// server"; the cause is what an operator needs ("password authentication
+/// failed for user ...", "Connection refused"). Neither holds the password.
+fn describe(err: &tokio_postgres::Error) -> String {
+    if let Some(db) = err.as_db_error() {
+        return format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
+    }
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn parse_dsn(text: &str) -> Result<tokio_postgres::Config, String> {
+    let config: tokio_postgres::Config = text.trim().parse().map_err(|err: tokio_postgres::Error| err.to_string())?;
+    if config.get_hosts().is_empty() {
+        return Err("names no host".to_owned());
+    }
+    Ok(config)
+}
+
+/// The `server` label for a parsed DSN: its first host and port.
+fn host_port(config: &tokio_postgres::Config) -> String {
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    match config.get_hosts().first() {
+        Some(Host::Tcp(host)) if host.contains(':') => format!("[{host}]:{port}"),
+        Some(Host::Tcp(host)) => format!("{host}:{port}"),
+        Some(Host::Unix(dir)) => format!("{}:{port}", dir.display()),
+        None => format!("localhost:{port}"),
+    }
+}
+
+/// Column `index` as text; NULL and a missing column are "".
+fn text(row: &SimpleQueryRow, index: usize) -> String {
+    row.try_get(index).ok().flatten().unwrap_or("").to_owned()
+}
+
+/// Column `index` as a number; NULL, a missing column or non-numeric text is `None`.
+fn number(row: &SimpleQueryRow, index: usize) -> Option<f64> {
+    row.try_get(index).ok().flatten()?.parse().ok()
+}
+
+/// postgres_exporter's `pg_settings_*`: the name with dots as underscores,
+/// the value in base units (seconds, bytes) with the unit as a suffix; -1
+/// ("disabled") is kept as is.
+fn setting_sample(name: &str, setting: &str, unit: &str, vartype: &str) -> Option<(String, f64)> {
+    let metric_base = format!("pg_settings_{}", name.replace(['.', '-'], "_"));
+    if vartype == "bool" {
+        return Some((metric_base, if setting == "on" { 1.0 } else { 0.0 }));
+    }
+    let value: f64 = setting.parse().ok()?;
+    let (suffix, factor) = match unit {
+        "" => return Some((metric_base, value)),
+        "ms" => ("seconds", 1e-3),
+        "s" => ("seconds", 1.0),
+        "min" => ("seconds", 60.0),
+        "h" => ("seconds", 3600.0),
+        "d" => ("seconds", 86400.0),
+        "B" => ("bytes", 1.0),
+        "kB" | "1kB" => ("bytes", 1024.0),
+        "2kB" => ("bytes", 2048.0),
+        "4kB" => ("bytes", 4096.0),
+        "8kB" => ("bytes", 8192.0),
+        "16kB" => ("bytes", 16384.0),
+        "32kB" => ("bytes", 32768.0),
+        "64kB" => ("bytes", 65536.0),
+        "MB" => ("bytes", 1048576.0),
+        "16MB" => ("bytes", 16.0 * 1048576.0),
+        "32MB" => ("bytes", 32.0 * 1048576.0),
+        "64MB" => ("bytes", 64.0 * 1048576.0),
+        "GB" => ("bytes", 1073741824.0),
+        "TB" => ("bytes", 1099511627776.0),
+        _ => return None, // A unit postgres_exporter does not know either.
+    };
+    let value = if value == -1.0 { value } else { value * factor };
+    Some((format!("{metric_base}_{suffix}"), value))
+}
+
+/// A statement's text as a label value: whitespace runs collapsed to one
+/// space, cut at `max_chars` characters with "..." appended.
+fn shorten_statement(query: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(query.len().min(max_chars + 3));
+    let mut chars = 0;
+    for word in query.split_whitespace() {
+        for c in (!out.is_empty()).then_some(' ').into_iter().chain(word.chars()) {
+            if chars == max_chars {
+                out.push_str("...");
+                return out;
+            }
+            out.push(c);
+            chars += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_setting(name: &str, setting: &str, unit: &str, vartype: &str, expected: Option<(&str, f64)>) {
+        let got = setting_sample(name, setting, unit, vartype);
+        assert_eq!(got.as_ref().map(|(n, v)| (n.as_str(), *v)), expected, "{name}={setting}{unit}");
+    }
+
+    #[test]
+    fn settings_in_base_units_with_exporter_names() {
+        check_setting("max_connections", "100", "", "integer", Some(("pg_settings_max_connections", 100.0)));
+        check_setting(
+            "shared_buffers",
+            "16384",
+            "8kB",
+            "integer",
+            Some(("pg_settings_shared_buffers_bytes", 134217728.0)),
+        );
+        check_setting(
+            "statement_timeout",
+            "1500",
+            "ms",
+            "integer",
+            Some(("pg_settings_statement_timeout_seconds", 1.5)),
+        );
+        check_setting(
+            "log_min_duration_statement",
+            "-1",
+            "ms",
+            "integer",
+            Some(("pg_settings_log_min_duration_statement_seconds", -1.0)),
+        );
+        check_setting("fsync", "on", "", "bool", Some(("pg_settings_fsync", 1.0)));
+        check_setting("pg_stat_statements.save", "off", "", "bool", Some(("pg_settings_pg_stat_statements_save", 0.0)));
+        check_setting("odd", "1", "parsecs", "integer", None);
+        check_setting("broken", "x", "", "integer", None);
+    }
+
+    #[test]
+    fn statements_are_shortened_on_characters() {
+        assert_eq!(shorten_statement("SELECT  *\n  FROM t", 120), "SELECT * FROM t");
+        assert_eq!(shorten_statement("SELECT é FROM t", 8), "SELECT é...");
+        assert_eq!(shorten_statement("", 8), "");
+    }
+
+    #[test]
+    fn server_label_is_host_and_port_only() {
+        let config = parse_dsn("postgres://herd:hunter2@db.example:6543/app").unwrap();
+        assert_eq!(host_port(&config), "db.example:6543");
+        let config = parse_dsn("host=127.0.0.1 user=herd password=hunter2").unwrap();
+        assert_eq!(host_port(&config), "127.0.0.1:5432");
+        assert!(parse_dsn("user=herd").is_err());
+    }
+}
