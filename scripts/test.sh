@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*" >&2; }
 
 # Debian packages the tests run for real (peers to compare against).
-packages=(prometheus-node-exporter postgresql redis-server prometheus-alertmanager busybox-static)
+packages=(prometheus-node-exporter postgresql redis-server prometheus-alertmanager busybox-static prometheus)
 
 missing=()
 for package in "${packages[@]}"; do
@@ -44,6 +44,8 @@ step "cargo build (binaries used by the end-to-end tests)"
 cargo build --workspace --bins --locked
 
 step "tests"
+# Tests that compare with a real peer fail, rather than pass with a note, when it is missing.
+export HERD_REQUIRE_PEERS=1
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast "$@"
 else
