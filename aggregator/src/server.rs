@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use herd_common::config::aggregator::AggregatorConfig;
 use herd_common::tls::{TlsError, TlsMaterial};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -219,15 +220,16 @@ async fn start_rules(
     ));
     rules.apply_config().await?;
     let (manager, stop) = (Arc::clone(&rules), shutdown.child_token());
+    // Installed before `start` returns: a SIGHUP that arrived before the
+    // handler would end the process (the default action).
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => Some(hangup),
+        Err(err) => {
+            tracing::warn!(error = %err, "SIGHUP handler not installed: rule files reload only on restart");
+            None
+        }
+    };
     tasks.spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hangup = match signal(SignalKind::hangup()) {
-            Ok(hangup) => Some(hangup),
-            Err(err) => {
-                tracing::warn!(error = %err, "SIGHUP handler not installed: rule files reload only on restart");
-                None
-            }
-        };
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
