@@ -193,3 +193,28 @@ async fn reload_refuses_a_broken_file_and_keeps_the_old_rules() {
     assert_eq!(manager.apply_config().await.expect("fixed rules apply"), 2);
     manager.stop().await;
 }
+
+#[test]
+fn a_failing_rule_reports_its_error_and_keeps_its_series() {
+    let rules = "groups:\n- name: g\n  rules:\n  - alert: Clash\n    expr: label_replace(up, \"instance\", \"same\", \"\", \"\") == 0\n";
+    let store: Arc<dyn Storage> = Arc::new(MemStore::new());
+    let engine = Engine::new(Arc::clone(&store), Duration::from_secs(300), 10_000);
+    let groups = parse_rule_file(Path::new("clash.yml"), rules).expect("rules parse");
+    let mut group = Group::new(groups.into_iter().next().expect("one group"), Duration::from_secs(60));
+    let ctx = EvalContext::default();
+    up(store.as_ref(), "a", 0, 0.0);
+    group.eval(&engine, store.as_ref(), 0, &ctx);
+    assert_eq!(group.rules[0].health, herd_aggregator::rules::Health::Ok);
+    assert_eq!(query(&engine, "ALERTS", 0).len(), 1);
+
+    // A second instance makes both series share one label set: an error, as in Prometheus.
+    up(store.as_ref(), "a", 60 * S, 0.0);
+    up(store.as_ref(), "b", 60 * S, 0.0);
+    let outcome = group.eval(&engine, store.as_ref(), 60 * S, &ctx);
+    assert_eq!(group.rules[0].health, herd_aggregator::rules::Health::Err);
+    let error = group.rules[0].last_error.clone().unwrap_or_default();
+    assert!(error.contains("same labelset"), "{error}");
+    assert!(outcome.to_send.is_empty());
+    // ALERTS is not marked stale for a failed evaluation: the last value stays visible.
+    assert_eq!(query(&engine, "ALERTS", 60 * S).len(), 1);
+}

@@ -180,7 +180,10 @@ impl Group {
                     let after: Vec<(Labels, AlertState)> =
                         state.active.iter().map(|(l, a)| (l.clone(), a.state)).collect();
                     outcome.state_changed |= before != after;
-                    outcome.to_send.extend(alerts_to_send(rule, &mut state.active, ts_ms, interval_ms, ctx));
+                    // As Prometheus: a failed evaluation sends nothing (its alerts did not change).
+                    if result.is_ok() {
+                        outcome.to_send.extend(alerts_to_send(rule, &mut state.active, ts_ms, interval_ms, ctx));
+                    }
                     result
                 }
             };
@@ -194,7 +197,10 @@ impl Group {
                     tracing::debug!(group = %self.name, rule = state.rule.name(), error = %err, "rule evaluation failed");
                     state.health = Health::Err;
                     state.last_error = Some(err);
-                    Vec::new()
+                    // As Prometheus: the series written last time are not marked stale for a failure.
+                    state.last_eval_ms = Some(ts_ms);
+                    state.last_eval_duration = rule_started.elapsed();
+                    continue;
                 }
             };
             let mut written = HashSet::with_capacity(samples.len());
@@ -212,6 +218,17 @@ impl Group {
         self.last_eval_ms = Some(ts_ms);
         self.last_eval_duration = started.elapsed();
         outcome
+    }
+}
+
+impl Group {
+    /// Marks every series the group wrote last as stale, for a group that a reload removed.
+    pub fn mark_stale(&self, store: &dyn Storage, ts_ms: i64) {
+        for rule in &self.rules {
+            for labels in &rule.written {
+                append(store, labels, ts_ms, stale_nan());
+            }
+        }
     }
 }
 

@@ -157,6 +157,14 @@ impl RuleManager {
             let mut state = self.state.lock().expect("alert state lock is not poisoned");
             state.retain_groups(&keys);
         }
+        // Series of removed groups go stale now rather than linger for the lookback delta.
+        let now = now_ms();
+        for old in &old_groups {
+            let old = old.lock().expect("group lock is not poisoned");
+            if !keys.contains(&old.key()) {
+                old.mark_stale(self.store.as_ref(), now);
+            }
+        }
         let count = new_groups.len();
         for group in new_groups {
             let group = Arc::new(Mutex::new(group));
