@@ -452,3 +452,175 @@ fn a_config_file_readable_by_others_may_not_hold_a_password() {
     let config = AgentConfig::load(&path, "db-1").unwrap();
     assert!(!format!("{config:?}").contains("herd@db"), "the DSN is kept as a Secret");
 }
+
+/// One exposition-format series: name and labels (sorted, empty values and
+/// the given `drop` names left out), as text, with its value.
+fn parse_series(line: &str, drop: &[&str]) -> Option<(String, String, f64)> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let (name, rest) = match line.find('{') {
+        Some(open) => (&line[..open], &line[open + 1..]),
+        None => {
+            let (name, value) = line.split_once(' ')?;
+            return Some((name.to_owned(), String::new(), value.trim().parse().ok()?));
+        }
+    };
+    let mut labels = Vec::new();
+    let mut chars = rest.char_indices().peekable();
+    let value_start = loop {
+        while chars.peek().is_some_and(|&(_, c)| c == ',' || c == ' ') {
+            chars.next();
+        }
+        let &(start, c) = chars.peek()?;
+        if c == '}' {
+            break start + 1;
+        }
+        let eq = rest[start..].find('=')? + start;
+        let key = rest[start..eq].to_owned();
+        while chars.peek().is_some_and(|&(i, _)| i <= eq + 1) {
+            chars.next(); // up to and including the opening quote
+        }
+        let mut text = String::new();
+        while let Some((_, c)) = chars.next() {
+            match c {
+                '\\' => match chars.next()?.1 {
+                    'n' => text.push('\n'),
+                    other => text.push(other),
+                },
+                '"' => break,
+                other => text.push(other),
+            }
+        }
+        if !text.is_empty() && !drop.contains(&key.as_str()) {
+            labels.push(format!("{key}={text:?}"));
+        }
+    };
+    labels.sort();
+    let value = rest[value_start..].trim().split(' ').next()?.parse().ok()?;
+    Some((name.to_owned(), labels.join(","), value))
+}
+
+/// Families: name → (label set → value).
+type Families = BTreeMap<String, BTreeMap<String, f64>>;
+
+fn families<'a>(lines: impl Iterator<Item = &'a str>, drop: &[&str]) -> Families {
+    let mut out = Families::new();
+    for (name, labels, value) in lines.filter_map(|line| parse_series(line, drop)) {
+        out.entry(name).or_default().insert(labels, value);
+    }
+    out
+}
+
+fn scrape(port: u16) -> String {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    ureq::get(&url).call().unwrap().into_body().read_to_string().unwrap()
+}
+
+/// Starts an exporter binary and waits for its /metrics to answer.
+fn start_exporter(binary: &str, args: &[String], env: &[(&str, String)], port: u16) -> Child {
+    let child = Command::new(binary)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot run {binary}: {err}"));
+    let deadline = Instant::now() + STARTUP_DEADLINE;
+    while ureq::get(&format!("http://127.0.0.1:{port}/metrics")).call().is_err() {
+        assert!(Instant::now() < deadline, "{binary} did not answer on port {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Herd's series as exposition lines (`name{k="v", ...} value`).
+fn herd_lines(series: &Series) -> Vec<String> {
+    series.0.iter().map(|(text, value)| format!("{text} {value}")).collect()
+}
+
+/// Families Herd and postgres_exporter both produce must have the same label
+/// sets (`server`, `instance` and `job` aside: the exporter's `pg_up` has no
+/// `server`), and the slow-moving ones the same values within 2% (a few
+/// counts of sessions and locks move by the scrapers' own queries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_series_as_postgres_exporter() {
+    let binary =
+        std::env::var("HERD_POSTGRES_EXPORTER").unwrap_or_else(|_| "/usr/bin/prometheus-postgres-exporter".to_owned());
+    assert!(
+        Path::new(&binary).exists(),
+        "{binary} is missing: apt-get install -y prometheus-postgres-exporter (or set HERD_POSTGRES_EXPORTER)"
+    );
+    let cluster = Cluster::new();
+    let admin = cluster.client("postgres").await;
+    admin.batch_execute("CREATE DATABASE app").await.unwrap();
+    let port = free_port();
+    let dsn = format!("postgresql://postgres:{PASSWORD}@127.0.0.1:{}/postgres?sslmode=disable", cluster.port);
+    let _exporter = KillOnDrop(start_exporter(
+        &binary,
+        &[format!("--web.listen-address=127.0.0.1:{port}")],
+        &[("DATA_SOURCE_NAME", dsn)],
+        port,
+    ));
+    let mut harness = Harness::new(collector(&format!(
+        "dsn = \"postgres://postgres:{PASSWORD}@127.0.0.1:{}/postgres\"",
+        cluster.port
+    )));
+    harness.cycle().await; // Both scrapers now hold a connection.
+    let herd = harness.cycle().await;
+    let exporter_text = tokio::task::spawn_blocking(move || scrape(port)).await.unwrap();
+    let drop = ["server", "instance", "job"];
+    let herd_lines = herd_lines(&herd);
+    let ours = families(herd_lines.iter().map(String::as_str), &drop);
+    let theirs = families(exporter_text.lines(), &drop);
+
+    let shared: Vec<&String> = ours.keys().filter(|name| theirs.contains_key(*name)).collect();
+    for family in [
+        "pg_up",
+        "pg_stat_database_numbackends",
+        "pg_stat_database_xact_commit",
+        "pg_stat_database_blks_hit",
+        "pg_settings_max_connections",
+        "pg_database_size_bytes",
+        "pg_locks_count",
+        "pg_stat_activity_count",
+    ] {
+        assert!(shared.iter().any(|name| *name == family), "{family} is not in both outputs");
+    }
+    let mut problems = Vec::new();
+    for name in &shared {
+        let (a, b) = (&ours[*name], &theirs[*name]);
+        let (a_sets, b_sets): (Vec<&String>, Vec<&String>) = (a.keys().collect(), b.keys().collect());
+        if a_sets != b_sets {
+            problems.push(format!("{name}: label sets differ\n  herd:     {a_sets:?}\n  exporter: {b_sets:?}"));
+            continue;
+        }
+        if name.as_str() == "pg_settings_extra_float_digits" {
+            continue; // A per-session setting: each scraper's driver sets its own.
+        }
+        let slack = match name.as_str() {
+            "pg_stat_database_numbackends" | "pg_stat_activity_count" => 1.0,
+            "pg_locks_count" => 3.0,
+            n if n.starts_with("pg_settings_") || n == "pg_database_size_bytes" || n == "pg_up" => 0.0,
+            _ => continue, // Counters and timestamps move between the two reads.
+        };
+        for (labels, ours) in a {
+            let theirs = b[labels];
+            if (ours - theirs).abs() > slack && (ours - theirs).abs() > theirs.abs() * 0.02 {
+                problems.push(format!("{name}{{{labels}}}: herd {ours}, exporter {theirs}"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{} differences:\n{}", problems.len(), problems.join("\n"));
+    assert!(shared.len() > 200, "only {} shared families", shared.len());
+}

@@ -354,3 +354,195 @@ async fn a_server_that_never_answers_is_down_within_the_timeout() {
     assert!(elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3), "{elapsed:?}");
     assert_eq!(series.get("redis_up", &[("server", &format!("127.0.0.1:{port}"))]), 0.0);
 }
+
+/// One exposition-format series: name and labels (sorted, empty values and
+/// the given `drop` names left out), as text, with its value.
+fn parse_series(line: &str, drop: &[&str]) -> Option<(String, String, f64)> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let (name, rest) = match line.find('{') {
+        Some(open) => (&line[..open], &line[open + 1..]),
+        None => {
+            let (name, value) = line.split_once(' ')?;
+            return Some((name.to_owned(), String::new(), value.trim().parse().ok()?));
+        }
+    };
+    let mut labels = Vec::new();
+    let mut chars = rest.char_indices().peekable();
+    let value_start = loop {
+        while chars.peek().is_some_and(|&(_, c)| c == ',' || c == ' ') {
+            chars.next();
+        }
+        let &(start, c) = chars.peek()?;
+        if c == '}' {
+            break start + 1;
+        }
+        let eq = rest[start..].find('=')? + start;
+        let key = rest[start..eq].to_owned();
+        while chars.peek().is_some_and(|&(i, _)| i <= eq + 1) {
+            chars.next(); // up to and including the opening quote
+        }
+        let mut text = String::new();
+        while let Some((_, c)) = chars.next() {
+            match c {
+                '\\' => match chars.next()?.1 {
+                    'n' => text.push('\n'),
+                    other => text.push(other),
+                },
+                '"' => break,
+                other => text.push(other),
+            }
+        }
+        if !text.is_empty() && !drop.contains(&key.as_str()) {
+            labels.push(format!("{key}={text:?}"));
+        }
+    };
+    labels.sort();
+    let value = rest[value_start..].trim().split(' ').next()?.parse().ok()?;
+    Some((name.to_owned(), labels.join(","), value))
+}
+
+/// Families: name → (label set → value).
+type Families = BTreeMap<String, BTreeMap<String, f64>>;
+
+fn families<'a>(lines: impl Iterator<Item = &'a str>, drop: &[&str]) -> Families {
+    let mut out = Families::new();
+    for (name, labels, value) in lines.filter_map(|line| parse_series(line, drop)) {
+        out.entry(name).or_default().insert(labels, value);
+    }
+    out
+}
+
+fn scrape(port: u16) -> String {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    ureq::get(&url).call().unwrap().into_body().read_to_string().unwrap()
+}
+
+/// Starts an exporter binary and waits for its /metrics to answer.
+fn start_exporter(binary: &str, args: &[String], env: &[(&str, String)], port: u16) -> Child {
+    let child = Command::new(binary)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot run {binary}: {err}"));
+    let deadline = Instant::now() + STARTUP_DEADLINE;
+    while ureq::get(&format!("http://127.0.0.1:{port}/metrics")).call().is_err() {
+        assert!(Instant::now() < deadline, "{binary} did not answer on port {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Families Herd and redis_exporter both produce must have the same label
+/// sets (`server`, `instance` and `job` aside), except that the exporter
+/// also lists empty databases (with 0) that `INFO` leaves out; slow-moving
+/// values must agree within 2%.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_series_as_redis_exporter() {
+    let binary =
+        std::env::var("HERD_REDIS_EXPORTER").unwrap_or_else(|_| "/usr/bin/prometheus-redis-exporter".to_owned());
+    assert!(
+        std::path::Path::new(&binary).exists(),
+        "{binary} is missing: apt-get install -y prometheus-redis-exporter (or set HERD_REDIS_EXPORTER)"
+    );
+    let server = Server::new();
+    let mut load = Client::connect(server.port);
+    for i in 0..100 {
+        load.command(&["SET", &format!("key:{i}"), "value", "EX", "3600"]);
+    }
+    let port = free_port();
+    let _exporter = KillOnDrop(start_exporter(
+        &binary,
+        &[
+            "-redis.addr".into(),
+            format!("redis://127.0.0.1:{}", server.port),
+            "-web.listen-address".into(),
+            format!("127.0.0.1:{port}"),
+        ],
+        &[("REDIS_PASSWORD", PASSWORD.to_owned())],
+        port,
+    ));
+    let mut harness =
+        Harness::new(collector(&format!("address = \"127.0.0.1:{}\"\npassword = \"{PASSWORD}\"", server.port)));
+    harness.cycle().await;
+    let herd = harness.cycle().await;
+    let exporter_text = tokio::task::spawn_blocking(move || scrape(port)).await.unwrap();
+    let drop = ["server", "instance", "job"];
+    let herd_lines: Vec<String> = herd.0.iter().map(|(text, value)| format!("{text} {value}")).collect();
+    let ours = families(herd_lines.iter().map(String::as_str), &drop);
+    let theirs = families(exporter_text.lines(), &drop);
+
+    let shared: Vec<&String> = ours.keys().filter(|name| theirs.contains_key(*name)).collect();
+    for family in [
+        "redis_up",
+        "redis_memory_used_bytes",
+        "redis_memory_max_bytes",
+        "redis_memory_used_peak_bytes",
+        "redis_memory_used_rss_bytes",
+        "redis_mem_fragmentation_ratio",
+        "redis_keyspace_hits_total",
+        "redis_keyspace_misses_total",
+        "redis_evicted_keys_total",
+        "redis_expired_keys_total",
+        "redis_connected_clients",
+        "redis_blocked_clients",
+        "redis_commands_processed_total",
+        "redis_db_keys",
+        "redis_rdb_last_save_timestamp_seconds",
+        "redis_rdb_last_bgsave_status",
+        "redis_aof_enabled",
+        "redis_instance_info",
+        "redis_connected_slaves",
+        "redis_master_repl_offset",
+    ] {
+        assert!(shared.iter().any(|name| *name == family), "{family} is not in both outputs");
+    }
+    let mut problems = Vec::new();
+    for name in &shared {
+        let (a, b) = (&ours[*name], &theirs[*name]);
+        for labels in b.keys().filter(|labels| !a.contains_key(*labels)) {
+            let empty_database = name.starts_with("redis_db_keys") && b[labels] == 0.0;
+            if !empty_database {
+                problems.push(format!("{name}{{{labels}}}: only the exporter has it"));
+            }
+        }
+        for labels in a.keys().filter(|labels| !b.contains_key(*labels)) {
+            problems.push(format!("{name}{{{labels}}}: only Herd has it"));
+        }
+        let slack = match name.as_str() {
+            "redis_connected_clients" => 1.0,
+            "redis_uptime_in_seconds" | "redis_start_time_seconds" => 2.0,
+            n if n.ends_with("_total") || n.contains("memory") || n.contains("mem_") => continue,
+            "redis_master_repl_offset" | "redis_instantaneous_ops_per_sec" => continue,
+            _ => 0.0,
+        };
+        for (labels, ours) in a {
+            let Some(&theirs) = b.get(labels) else { continue };
+            if (ours - theirs).abs() > slack && (ours - theirs).abs() > theirs.abs() * 0.02 {
+                problems.push(format!("{name}{{{labels}}}: herd {ours}, exporter {theirs}"));
+            }
+        }
+    }
+    // Memory moves with every client buffer: within 2% or 64 KiB.
+    for name in ["redis_memory_used_bytes", "redis_memory_used_rss_bytes", "redis_memory_used_peak_bytes"] {
+        let (ours, theirs) = (ours[name][""], theirs[name][""]);
+        if (ours - theirs).abs() > (theirs * 0.02).max(65536.0) {
+            problems.push(format!("{name}: herd {ours}, exporter {theirs}"));
+        }
+    }
+    assert!(problems.is_empty(), "{} differences:\n{}", problems.len(), problems.join("\n"));
+    assert!(shared.len() >= 40, "only {} shared families: {shared:?}", shared.len());
+}

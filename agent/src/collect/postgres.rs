@@ -209,7 +209,8 @@ impl PostgresCollector {
 
     async fn stat_database(&self, client: &Client, out: &mut Samples) -> Result<(), CollectError> {
         let sql = format!(
-            "SELECT datid, datname, {} FROM pg_stat_database WHERE datname IS NOT NULL",
+            // datid 0 (shared catalogs, no datname) is kept, as postgres_exporter does.
+            "SELECT datid, COALESCE(datname, ''), {} FROM pg_stat_database",
             STAT_DATABASE_COLUMNS
                 .iter()
                 .map(|column| {

@@ -36,7 +36,7 @@ const GAUGES: &[(&str, &str)] = &[
     ("uptime_in_seconds", "redis_uptime_in_seconds"),
     ("connected_clients", "redis_connected_clients"),
     ("blocked_clients", "redis_blocked_clients"),
-    ("maxclients", "redis_max_clients"),
+    ("maxclients", "redis_config_maxclients"),
     ("used_memory", "redis_memory_used_bytes"),
     ("used_memory_rss", "redis_memory_used_rss_bytes"),
     ("used_memory_peak", "redis_memory_used_peak_bytes"),
@@ -58,7 +58,6 @@ const GAUGES: &[(&str, &str)] = &[
     ("instantaneous_ops_per_sec", "redis_instantaneous_ops_per_sec"),
     ("pubsub_channels", "redis_pubsub_channels"),
     ("pubsub_patterns", "redis_pubsub_patterns"),
-    ("latest_fork_usec", "redis_latest_fork_usec"),
     ("process_id", "redis_process_id"),
 ];
 
@@ -84,7 +83,7 @@ const STATUSES: &[(&str, &str)] = &[
     ("aof_last_write_status", "redis_aof_last_write_status"),
 ];
 
-/// Labels of `redis_instance_info`, as redis_exporter sets them.
+/// Labels of `redis_instance_info`, as redis_exporter (1.45, Debian 12's) sets them.
 const INFO_LABELS: &[&str] = &[
     "role",
     "redis_version",
@@ -95,7 +94,6 @@ const INFO_LABELS: &[&str] = &[
     "tcp_port",
     "run_id",
     "process_id",
-    "master_replid",
 ];
 
 /// Why one exchange with the server failed. Never holds the password.
@@ -325,6 +323,13 @@ fn push_info(text: &str, server: (&str, &str), out: &mut Batch) {
             push_keyspace(field, value, server, out);
             continue;
         }
+        if field == "uptime_in_seconds" {
+            // redis_exporter's start time: now minus uptime, in whole seconds.
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+            if let (Ok(uptime), Ok(now)) = (value.parse::<f64>(), now) {
+                out.push("redis_start_time_seconds", &[server], now.as_secs() as f64 - uptime);
+            }
+        }
         let table = GAUGES.iter().chain(COUNTERS);
         if let Some((_, metric)) = table.clone().find(|(name, _)| *name == field) {
             if let Ok(number) = value.parse::<f64>() {
@@ -332,6 +337,10 @@ fn push_info(text: &str, server: (&str, &str), out: &mut Batch) {
             }
         } else if let Some((_, metric)) = STATUSES.iter().find(|(name, _)| *name == field) {
             out.push(metric, &[server], if value == "ok" { 1.0 } else { 0.0 });
+        } else if field == "latest_fork_usec" {
+            if let Ok(usec) = value.parse::<f64>() {
+                out.push("redis_latest_fork_seconds", &[server], usec / 1e6);
+            }
         } else if field == "master_link_status" {
             out.push("redis_master_link_up", &[server], if value == "up" { 1.0 } else { 0.0 });
         }
