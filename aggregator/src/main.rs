@@ -71,6 +71,12 @@ enum RulesCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run rule unit tests in promtool's format (`promtool test rules`); exits 1 if any fails.
+    Test {
+        /// Test files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,6 +172,31 @@ fn main() -> anyhow::Result<()> {
                 let (report, ok) = herd_aggregator::rules::check_file(file);
                 print!("{report}");
                 failed |= !ok;
+            }
+            if failed {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Rules(RulesCommand::Test { files }) => {
+            let mut failed = false;
+            for file in &files {
+                println!("Unit Testing: {}", file.display());
+                match herd_aggregator::rules::unittest::run_test_file(file) {
+                    Ok(failures) if failures.is_empty() => println!("  SUCCESS\n"),
+                    Ok(failures) => {
+                        failed = true;
+                        println!("  FAILED:");
+                        for failure in failures {
+                            println!("    {failure}");
+                        }
+                        println!();
+                    }
+                    Err(err) => {
+                        failed = true;
+                        println!("  FAILED:\n    {err}\n");
+                    }
+                }
             }
             if failed {
                 std::process::exit(1);

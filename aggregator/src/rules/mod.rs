@@ -5,6 +5,7 @@
 //! - `group`: one group's evaluation at a given time (no clock, no I/O but the store).
 //! - `state`: alert state saved under the state directory and restored on start.
 //! - `manager`: loads files, runs each group at its interval, reloads, stops.
+//! - `unittest`: rule unit tests in promtool's format (`herd-aggregator rules test`).
 //!
 //! Rules read and write only through `Storage` and the PromQL `Engine`; they
 //! know nothing of HTTP. Alerts leave through `notify`.
@@ -14,6 +15,7 @@ pub mod group;
 pub mod manager;
 pub mod state;
 pub mod template;
+pub mod unittest;
 
 pub use file::{AlertingRule, RecordingRule, Rule, RuleFileError, RuleGroup, load_file, parse_rule_file};
 pub use group::{Alert, AlertState, EvalContext, Group, GroupOutcome, Health, OutgoingAlert};
