@@ -29,7 +29,7 @@ fn rules_check_reports_like_promtool() {
     std::fs::write(&broken, BROKEN).expect("write");
     let (code, out) = run(&["rules", "check", good.to_str().expect("utf-8 path")]);
     assert_eq!(code, 0, "{out}");
-    assert_eq!(out, format!("Checking {}\n  SUCCESS: 2 rules found\n", good.display()));
+    assert_eq!(out, format!("Checking {}\n  SUCCESS: 2 rules found\n\n", good.display()));
     let (code, out) = run(&["rules", "check", good.to_str().expect("utf-8"), broken.to_str().expect("utf-8")]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("SUCCESS: 2 rules found"), "{out}");

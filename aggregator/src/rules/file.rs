@@ -149,10 +149,18 @@ pub fn parse_rule_file(path: &Path, text: &str) -> Result<Vec<RuleGroup>, RuleFi
     } else {
         serde_norway::from_str(text).map_err(|err| {
             let location = err.location();
+            let mut message = err.to_string();
+            // The location is reported as `file:line:column`; drop the parser's own copy of it.
+            if let Some(location) = &location {
+                let suffix = format!(" at line {} column {}", location.line(), location.column());
+                if let Some(stripped) = message.strip_suffix(&suffix) {
+                    message = stripped.to_owned();
+                }
+            }
             fail(vec![RuleProblem {
                 line: location.as_ref().map(|l| l.line()),
                 column: location.as_ref().map(|l| l.column()),
-                message: err.to_string(),
+                message,
             }])
         })?
     };
@@ -389,7 +397,10 @@ mod tests {
             "groups:\n- name: g\n  rules:\n  - alert: A\n    expr: up ==\n",
             Err(&["r.yml:4: group \"g\", rule 1, \"A\": could not parse expression"]),
         );
-        check("groups:\n- name: g\n  rules:\n  - alert: A\n    exp: up\n", Err(&["r.yml:5:", "unknown field `exp`"]));
+        check(
+            "groups:\n- name: g\n  rules:\n  - alert: A\n    exp: up\n",
+            Err(&["r.yml:5:5: groups[0].rules[0]: unknown field `exp`"]),
+        );
         check(
             "groups:\n- name: g\n  rules:\n  - record: 'bad name'\n    expr: up\n    for: 1m\n",
             Err(&["invalid recording rule name: bad name", "invalid field 'for' in recording rule"]),

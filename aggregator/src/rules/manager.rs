@@ -251,8 +251,8 @@ pub fn check_file(path: &Path) -> (String, bool) {
     match load_file(path) {
         Ok(groups) => {
             let rules: usize = groups.iter().map(|g| g.rules.len()).sum();
-            (format!("Checking {}\n  SUCCESS: {rules} rules found\n", path.display()), true)
+            (format!("Checking {}\n  SUCCESS: {rules} rules found\n\n", path.display()), true)
         }
-        Err(err) => (format!("Checking {}\n  FAILED:\n{err}\n", path.display()), false),
+        Err(err) => (format!("Checking {}\n  FAILED:\n{err}\n\n", path.display()), false),
     }
 }
