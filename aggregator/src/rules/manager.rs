@@ -203,15 +203,26 @@ impl RuleManager {
         let state = Arc::clone(&self.state);
         let context = self.options.context.clone();
         async move {
-            let interval = group.lock().expect("group lock is not poisoned").interval;
-            let mut ticker = tokio::time::interval(interval);
+            let (interval, key) = {
+                let group = group.lock().expect("group lock is not poisoned");
+                (group.interval, group.key())
+            };
+            let slots = EvalSlots::new(&key, interval);
+            let first = tokio::time::Instant::now() + slots.until_next(now_ms());
+            let mut ticker = tokio::time::interval_at(first, interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut last_ts_ms = i64::MIN;
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = ticker.tick() => {}
                 }
-                let ts_ms = now_ms();
+                let ts_ms = slots.current(now_ms());
+                // A late tick can land in the slot already evaluated.
+                if ts_ms <= last_ts_ms {
+                    continue;
+                }
+                last_ts_ms = ts_ms;
                 let (group, engine, store, state, context) =
                     (Arc::clone(&group), Arc::clone(&engine), Arc::clone(&store), Arc::clone(&state), context.clone());
                 let evaluated = tokio::task::spawn_blocking(move || {
@@ -242,6 +253,36 @@ impl RuleManager {
     }
 }
 
+/// Evaluation times of a group, as Prometheus aligns them: multiples of the
+/// interval shifted by an offset derived from the group's file and name, so
+/// timestamps are the same after a restart and groups spread over the interval.
+struct EvalSlots {
+    interval_ms: i64,
+    offset_ms: i64,
+}
+
+impl EvalSlots {
+    fn new(key: &str, interval: Duration) -> Self {
+        let interval_ms = (interval.as_millis() as i64).max(1);
+        // FNV-1a: stable across builds, unlike std's hasher.
+        let hash =
+            key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        Self { interval_ms, offset_ms: (hash % interval_ms as u64) as i64 }
+    }
+
+    /// The latest slot at or before `now_ms`.
+    fn current(&self, now_ms: i64) -> i64 {
+        let adjusted = now_ms - self.offset_ms;
+        adjusted - adjusted.rem_euclid(self.interval_ms) + self.offset_ms
+    }
+
+    /// Time from `now_ms` to the next slot.
+    fn until_next(&self, now_ms: i64) -> Duration {
+        let next = self.current(now_ms) + self.interval_ms;
+        Duration::from_millis((next - now_ms).max(0) as u64)
+    }
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
@@ -254,5 +295,25 @@ pub fn check_file(path: &Path) -> (String, bool) {
             (format!("Checking {}\n  SUCCESS: {rules} rules found\n\n", path.display()), true)
         }
         Err(err) => (format!("Checking {}\n  FAILED:\n{err}\n\n", path.display()), false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evaluation_slots_are_aligned() {
+        let slots = EvalSlots::new("rules.yml;node", Duration::from_secs(30));
+        let offset = slots.offset_ms;
+        assert!((0..30_000).contains(&offset));
+        for now in [0, 1, 29_999, 30_000, 1_700_000_012_345] {
+            let slot = slots.current(now);
+            assert!(slot <= now && now - slot < 30_000, "{now} -> {slot}");
+            assert_eq!((slot - offset).rem_euclid(30_000), 0);
+            let wait = slots.until_next(now).as_millis() as i64;
+            assert!(wait > 0 && wait <= 30_000 && (now + wait - offset).rem_euclid(30_000) == 0);
+        }
+        assert_eq!(EvalSlots::new("rules.yml;node", Duration::from_secs(30)).offset_ms, offset, "stable");
     }
 }

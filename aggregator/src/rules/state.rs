@@ -156,6 +156,8 @@ impl AlertStateStore {
         tmp.write_all(&bytes).map_err(err)?;
         tmp.as_file().sync_all().map_err(err)?;
         tmp.persist(&self.path).map_err(|e| err(e.error))?;
+        // The rename itself is durable only once the directory is synced.
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
         Ok(())
     }
 }
