@@ -68,6 +68,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     for redis in &config.collect.redis {
         collectors.push(Arc::new(collect::redis::RedisCollector::from_config(redis)));
     }
+    for probe in &config.collect.probe {
+        collectors.push(Arc::new(collect::probe::ProbeCollector::from_config(probe)));
+    }
     let mut common_labels: Vec<(String, String)> = config.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     common_labels.push(("instance".into(), config.instance.clone()));
     collectors.push(Arc::new(collect::herd::SelfCollector::new(buffer_stats, uplink.stats())));

@@ -12,6 +12,7 @@ pub mod containers;
 pub mod herd;
 pub mod host;
 pub mod postgres;
+pub mod probe;
 pub mod redis;
 
 use std::sync::{Arc, Mutex};

@@ -119,6 +119,9 @@ pub struct RawCollect {
     /// `[[collect.redis]]`: one entry per Redis server.
     #[serde(default)]
     pub redis: Vec<RawRedis>,
+    /// `[[collect.probe]]`: blackbox_exporter-style HTTP and TCP probes.
+    #[serde(default)]
+    pub probe: Vec<RawProbe>,
     #[serde(default)]
     pub containers: RawContainers,
 }
@@ -161,6 +164,15 @@ pub struct RawPostgres {
     pub statement_text_max_chars: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     pub slow_statement_threshold: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProbe {
+    /// "http://host[:port]/path" or "tcp://host:port".
+    pub target: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -229,6 +241,7 @@ pub struct CollectConfig {
     pub host: Option<HostConfig>,
     pub postgres: Vec<PostgresConfig>,
     pub redis: Vec<RedisConfig>,
+    pub probe: Vec<ProbeConfig>,
     pub containers: Option<ContainersConfig>,
 }
 
@@ -290,6 +303,24 @@ pub struct PostgresConfig {
     pub statements_limit: usize,
     pub statement_text_max_chars: usize,
     pub slow_statement_threshold: Duration,
+}
+
+/// `[[collect.probe]]`: one target, probed as blackbox_exporter's `http_2xx`
+/// or `tcp_connect` module would.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeConfig {
+    /// As written: the `target` label.
+    pub target: String,
+    pub kind: ProbeKind,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProbeKind {
+    /// Connects, then closes.
+    Tcp { address: Endpoint },
+    /// `GET path` over HTTP/1.1; success is a 2xx status.
+    Http { address: Endpoint, path: String },
 }
 
 /// `[[collect.redis]]`: one Redis server, as redis_exporter sees it.
@@ -466,6 +497,7 @@ impl RawAgentConfig {
 
         let postgres = validate_postgres(self.collect.postgres, timeout, base_dir, &mut problems);
         let redis = validate_redis(self.collect.redis, timeout, base_dir, &mut problems);
+        let probe = validate_probes(self.collect.probe, timeout, &mut problems);
 
         let config = AgentConfig {
             id,
@@ -485,7 +517,7 @@ impl RawAgentConfig {
                 backfill_batches_per_second,
                 failback_interval,
             },
-            collect: CollectConfig { interval, timeout, host, containers, postgres, redis },
+            collect: CollectConfig { interval, timeout, host, containers, postgres, redis, probe },
             buffer,
         };
         problems.finish(source_name, config)
@@ -581,6 +613,45 @@ fn validate_postgres(
             statement_text_max_chars,
             slow_statement_threshold: entry.slow_statement_threshold.unwrap_or(DEFAULT_SLOW_STATEMENT_THRESHOLD),
         });
+    }
+    out
+}
+
+fn validate_probes(raw: Vec<RawProbe>, collect_timeout: Duration, problems: &mut Problems) -> Vec<ProbeConfig> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, entry) in raw.into_iter().enumerate() {
+        let key = format!("collect.probe[{i}]");
+        let Some(target) = entry.target else {
+            problems.push(
+                &format!("{key}.target"),
+                "is missing (expected \"http://host:port/path\" or \"tcp://host:port\")",
+            );
+            continue;
+        };
+        let kind = if let Some(rest) = target.strip_prefix("http://") {
+            let (authority, path) = rest.find('/').map_or((rest, "/"), |at| (&rest[..at], &rest[at..]));
+            let with_port = if authority.rsplit_once(':').is_some_and(|(_, port)| !port.contains(']')) {
+                authority.to_owned()
+            } else {
+                format!("{authority}:80")
+            };
+            Endpoint::parse(&with_port).map(|address| ProbeKind::Http { address, path: path.to_owned() })
+        } else if let Some(rest) = target.strip_prefix("tcp://") {
+            Endpoint::parse(rest).map(|address| ProbeKind::Tcp { address })
+        } else if target.starts_with("https://") {
+            Err("https probes are not supported yet (use http:// or tcp://)".to_owned())
+        } else {
+            Err(format!("{target:?} has no scheme (expected \"http://host:port/path\" or \"tcp://host:port\")"))
+        };
+        let kind = match kind {
+            Ok(kind) => kind,
+            Err(err) => {
+                problems.push(&format!("{key}.target"), err);
+                continue;
+            }
+        };
+        let timeout = service_timeout(&format!("{key}.timeout"), entry.timeout, collect_timeout, problems);
+        out.push(ProbeConfig { target, kind, timeout });
     }
     out
 }
