@@ -3,8 +3,10 @@
 //! `{{ $externalLabels.name }}`, `{{ $externalURL }}`, the same through `.`
 //! (`.Labels.name`, `.Value`), pipelines (`{{ $value | humanize }}`), and the
 //! functions `humanize`, `humanizePercentage`, `humanizeDuration`, `printf`,
-//! `toUpper`, `toLower`, `title`. Control actions (`if`, `range`, `with`,
-//! `define`) are refused when parsing, so a rule that needs them fails its
+//! `toUpper`, `toLower`, `title`, and `{{ if }}`/`{{ else }}`/`{{ else if }}`/`{{ end }}`
+//! with `eq ne lt le gt ge and or not` (numbers compare as numbers, whatever
+//! their Go type). Other control actions (`range`, `with`, `define`) and
+//! variables are refused when parsing, so a rule that needs them fails its
 //! check instead of rendering wrongly. No crate renders Go templates exactly;
 //! this is small enough to test completely. It reads nothing but its input.
 
@@ -27,6 +29,10 @@ pub enum TemplateError {
     UnknownFunction(String),
     #[error("{function}: {message}")]
     Call { function: String, message: String },
+    #[error("unexpected {0:?}")]
+    Unexpected(String),
+    #[error("unexpected EOF: {{{{ if }}}} without {{{{ end }}}}")]
+    UnclosedIf,
 }
 
 /// What a template is rendered with.
@@ -49,6 +55,24 @@ enum Part {
     Text(String),
     /// Commands of a pipeline; each command's output is the last argument of the next.
     Action(Vec<Command>),
+    If {
+        condition: Vec<Command>,
+        then: Vec<Part>,
+        otherwise: Vec<Part>,
+    },
+}
+
+/// Text and actions before control structure is built.
+enum Item {
+    Text(String),
+    Action(String),
+}
+
+/// How a block of parts ended.
+enum BlockEnd {
+    Eof,
+    Else(String),
+    End,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -71,20 +95,49 @@ enum Operand {
 enum Val {
     Str(String),
     Num(f64),
+    Bool(bool),
     Missing,
 }
 
-const FUNCTIONS: &[&str] =
-    &["humanize", "humanizePercentage", "humanizeDuration", "printf", "toUpper", "toLower", "title"];
+impl Val {
+    /// Go's truth: false, 0, "" and no value are false.
+    fn truthy(&self) -> bool {
+        match self {
+            Val::Str(s) => !s.is_empty(),
+            Val::Num(v) => *v != 0.0,
+            Val::Bool(b) => *b,
+            Val::Missing => false,
+        }
+    }
+}
+
+const FUNCTIONS: &[&str] = &[
+    "humanize",
+    "humanizePercentage",
+    "humanizeDuration",
+    "printf",
+    "toUpper",
+    "toLower",
+    "title",
+    "eq",
+    "ne",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "and",
+    "or",
+    "not",
+];
 
 impl Template {
     pub fn parse(text: &str) -> Result<Self, TemplateError> {
-        let mut parts = Vec::new();
+        let mut items = Vec::new();
         let mut rest = text;
         let mut trim_next_text = false;
         while !rest.is_empty() {
             let Some(open) = rest.find("{{") else {
-                push_text(&mut parts, rest, trim_next_text, false);
+                push_text(&mut items, rest, trim_next_text, false);
                 break;
             };
             let mut inner_start = open + 2;
@@ -92,7 +145,7 @@ impl Template {
             if trim_before {
                 inner_start += 1;
             }
-            push_text(&mut parts, &rest[..open], trim_next_text, trim_before);
+            push_text(&mut items, &rest[..open], trim_next_text, trim_before);
             let close = rest[inner_start..].find("}}").ok_or(TemplateError::Unclosed)? + inner_start;
             let mut inner = &rest[inner_start..close];
             trim_next_text = inner.ends_with(" -");
@@ -101,10 +154,12 @@ impl Template {
             }
             let inner = inner.trim();
             if !(inner.starts_with("/*") && inner.ends_with("*/")) {
-                parts.push(Part::Action(parse_pipeline(inner)?));
+                items.push(Item::Action(inner.to_owned()));
             }
             rest = &rest[close + 2..];
         }
+        let mut items = items.into_iter();
+        let (parts, _) = build_block(&mut items, false)?;
         Ok(Template { source: text.to_owned(), parts })
     }
 
@@ -117,23 +172,76 @@ impl Template {
     /// whole result as `<error expanding template: ...>` rather than failing the rule.
     pub fn render(&self, data: &TemplateData<'_>) -> String {
         let mut out = String::new();
-        for part in &self.parts {
-            match part {
-                Part::Text(text) => out.push_str(text),
-                Part::Action(commands) => match run_pipeline(commands, data) {
-                    Ok(Val::Str(s)) => out.push_str(&s),
-                    Ok(Val::Num(v)) => out.push_str(&go_float(v, None)),
-                    // missingkey=zero: Prometheus prints a missing label as "".
-                    Ok(Val::Missing) => {}
-                    Err(err) => return format!("<error expanding template: {err}>"),
-                },
-            }
+        match render_parts(&self.parts, data, &mut out) {
+            Ok(()) => out,
+            Err(err) => format!("<error expanding template: {err}>"),
         }
-        out
     }
 }
 
-fn push_text(parts: &mut Vec<Part>, text: &str, trim_start: bool, trim_end: bool) {
+fn render_parts(parts: &[Part], data: &TemplateData<'_>, out: &mut String) -> Result<(), TemplateError> {
+    for part in parts {
+        match part {
+            Part::Text(text) => out.push_str(text),
+            Part::Action(commands) => match run_pipeline(commands, data)? {
+                Val::Str(s) => out.push_str(&s),
+                Val::Num(v) => out.push_str(&go_float(v, None)),
+                Val::Bool(b) => out.push_str(if b { "true" } else { "false" }),
+                // missingkey=zero: Prometheus prints a missing label as "".
+                Val::Missing => {}
+            },
+            Part::If { condition, then, otherwise } => {
+                let branch = if run_pipeline(condition, data)?.truthy() { then } else { otherwise };
+                render_parts(branch, data, out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parts up to the end of the input, or (inside an `if`) up to its `else` or `end`.
+fn build_block(items: &mut std::vec::IntoIter<Item>, inside_if: bool) -> Result<(Vec<Part>, BlockEnd), TemplateError> {
+    let mut parts = Vec::new();
+    while let Some(item) = items.next() {
+        let action = match item {
+            Item::Text(text) => {
+                parts.push(Part::Text(text));
+                continue;
+            }
+            Item::Action(action) => action,
+        };
+        let (keyword, rest) = action.split_once(char::is_whitespace).unwrap_or((action.as_str(), ""));
+        match keyword {
+            "if" => parts.push(build_if(rest.trim(), items)?),
+            "else" if inside_if => return Ok((parts, BlockEnd::Else(rest.trim().to_owned()))),
+            "end" if inside_if && rest.trim().is_empty() => return Ok((parts, BlockEnd::End)),
+            "else" | "end" => return Err(TemplateError::Unexpected(format!("{{{{ {action} }}}}"))),
+            _ => parts.push(Part::Action(parse_pipeline(&action)?)),
+        }
+    }
+    if inside_if { Err(TemplateError::UnclosedIf) } else { Ok((parts, BlockEnd::Eof)) }
+}
+
+fn build_if(condition: &str, items: &mut std::vec::IntoIter<Item>) -> Result<Part, TemplateError> {
+    let condition = parse_pipeline(condition)?;
+    let (then, end) = build_block(items, true)?;
+    let otherwise = match end {
+        BlockEnd::End => Vec::new(),
+        BlockEnd::Else(rest) if rest.is_empty() => match build_block(items, true)? {
+            (otherwise, BlockEnd::End) => otherwise,
+            _ => return Err(TemplateError::Unexpected("{{ else }} after {{ else }}".into())),
+        },
+        // `else if c`: an `if` nested in the else branch, closed by the same `end`.
+        BlockEnd::Else(rest) => match rest.strip_prefix("if") {
+            Some(condition) if condition.starts_with(char::is_whitespace) => vec![build_if(condition.trim(), items)?],
+            _ => return Err(TemplateError::Unsupported(format!("{{{{ else {rest} }}}}"))),
+        },
+        BlockEnd::Eof => return Err(TemplateError::UnclosedIf),
+    };
+    Ok(Part::If { condition, then, otherwise })
+}
+
+fn push_text(items: &mut Vec<Item>, text: &str, trim_start: bool, trim_end: bool) {
     let mut text = text;
     if trim_start {
         text = text.trim_start();
@@ -142,7 +250,7 @@ fn push_text(parts: &mut Vec<Part>, text: &str, trim_start: bool, trim_end: bool
         text = text.trim_end();
     }
     if !text.is_empty() {
-        parts.push(Part::Text(text.to_owned()));
+        items.push(Item::Text(text.to_owned()));
     }
 }
 
@@ -193,7 +301,7 @@ fn tokens(action: &str) -> Result<Vec<String>, TemplateError> {
 fn parse_pipeline(action: &str) -> Result<Vec<Command>, TemplateError> {
     let tokens = tokens(action)?;
     if let Some(first) = tokens.first()
-        && matches!(first.as_str(), "if" | "else" | "end" | "range" | "with" | "define" | "template" | "block")
+        && matches!(first.as_str(), "range" | "with" | "define" | "template" | "block")
     {
         return Err(TemplateError::Unsupported(format!("{{{{ {action} }}}}")));
     }
@@ -330,13 +438,23 @@ fn call(function: &str, args: Vec<Val>) -> Result<Val, TemplateError> {
             Val::Str(s) => {
                 s.trim().parse().map_err(|_| err(format!("strconv.ParseFloat: parsing {s:?}: invalid syntax")))
             }
+            Val::Bool(_) => Err(err("cannot convert a bool to a number".into())),
             Val::Missing => Err(err("cannot convert <no value> to a number".into())),
         }
     };
     let string = |value: Val| match value {
         Val::Str(s) => s,
         Val::Num(v) => go_float(v, None),
+        Val::Bool(b) => b.to_string(),
         Val::Missing => String::new(),
+    };
+    // Numbers compare as numbers, anything else as text.
+    let compare = |args: &[Val]| -> Result<std::cmp::Ordering, TemplateError> {
+        match args {
+            [Val::Num(a), Val::Num(b)] => a.partial_cmp(b).ok_or_else(|| err("NaN cannot be ordered".into())),
+            [a, b] => Ok(string(a.clone()).cmp(&string(b.clone()))),
+            _ => Err(err(format!("wrong number of args: want 2 got {}", args.len()))),
+        }
     };
     Ok(match function {
         "humanize" => Val::Str(humanize(number(one(&args)?)?)),
@@ -345,6 +463,26 @@ fn call(function: &str, args: Vec<Val>) -> Result<Val, TemplateError> {
         "toUpper" => Val::Str(string(one(&args)?).to_uppercase()),
         "toLower" => Val::Str(string(one(&args)?).to_lowercase()),
         "title" => Val::Str(title(&string(one(&args)?))),
+        "eq" => {
+            let (first, rest) = args.split_first().ok_or_else(|| err("missing arguments for comparison".into()))?;
+            if rest.is_empty() {
+                return Err(err("missing arguments for comparison".into()));
+            }
+            let mut equal = false;
+            for other in rest {
+                equal |= compare(&[first.clone(), other.clone()])? == std::cmp::Ordering::Equal;
+            }
+            Val::Bool(equal)
+        }
+        "ne" => Val::Bool(compare(&args)? != std::cmp::Ordering::Equal),
+        "lt" => Val::Bool(compare(&args)? == std::cmp::Ordering::Less),
+        "le" => Val::Bool(compare(&args)? != std::cmp::Ordering::Greater),
+        "gt" => Val::Bool(compare(&args)? == std::cmp::Ordering::Greater),
+        "ge" => Val::Bool(compare(&args)? != std::cmp::Ordering::Less),
+        "not" => Val::Bool(!one(&args)?.truthy()),
+        // Go's and/or return an argument, not a bool.
+        "and" => args.iter().find(|a| !a.truthy()).or(args.last()).cloned().unwrap_or(Val::Missing),
+        "or" => args.iter().find(|a| a.truthy()).or(args.last()).cloned().unwrap_or(Val::Missing),
         "printf" => {
             let mut args = args.into_iter();
             let format = match args.next() {
@@ -540,6 +678,8 @@ fn printf(format: &str, args: Vec<Val>) -> String {
                 None => s.clone(),
             },
             ('s' | 'v', Val::Missing) => "<no value>".into(),
+            ('t' | 'v', Val::Bool(b)) => b.to_string(),
+            (verb, Val::Bool(b)) => format!("%!{verb}(bool={b})"),
             ('q', Val::Str(s)) => format!("{s:?}"),
             ('v', Val::Num(v)) => go_float(*v, None),
             ('g', Val::Num(v)) => go_float(*v, precision),
@@ -587,6 +727,7 @@ fn printf(format: &str, args: Vec<Val>) -> String {
             .map(|v| match v {
                 Val::Str(s) => format!("string={s}"),
                 Val::Num(n) => format!("float64={}", go_float(*n, None)),
+                Val::Bool(b) => format!("bool={b}"),
                 Val::Missing => "<nil>".into(),
             })
             .collect();
@@ -654,6 +795,13 @@ mod tests {
                 0.0,
                 "<error expanding template: humanize: strconv.ParseFloat: parsing \"api\": invalid syntax>",
             ),
+            ("{{ if gt $value 80.0 }}high{{ else }}ok{{ end }}", 90.0, "high"),
+            ("{{ if gt $value 80.0 }}high{{ else }}ok{{ end }}", 10.0, "ok"),
+            ("{{ if gt $value 90.0 }}crit{{ else if gt $value 80.0 }}warn{{ else }}ok{{ end }}", 85.0, "warn"),
+            ("{{ if eq $labels.service \"api\" \"web\" }}front{{ end }}", 0.0, "front"),
+            ("{{ if $labels.missing }}x{{ else }}no label{{ end }}", 0.0, "no label"),
+            ("{{ if and 1 0 }}x{{ end }}|{{ not 0 }}|{{ lt 1 2 }}", 0.0, "|true|true"),
+            ("{{- if ne $labels.instance \"\" -}} on {{ $labels.instance }}{{- end }}", 0.0, "on web-1:9100"),
         ] {
             check(template, value, expected);
         }
@@ -662,7 +810,9 @@ mod tests {
     #[test]
     fn refuses_what_it_cannot_render() {
         for template in [
-            "{{ if gt $value 1.0 }}x{{ end }}",
+            "{{ if gt $value 1.0 }}x",
+            "{{ else }}",
+            "{{ if 1 }}{{ else }}{{ else }}{{ end }}",
             "{{ range $labels }}{{ end }}",
             "{{ $x := 1 }}",
             "{{ query \"up\" }}",
