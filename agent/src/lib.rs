@@ -71,6 +71,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     for probe in &config.collect.probe {
         collectors.push(Arc::new(collect::probe::ProbeCollector::from_config(probe)));
     }
+    for scrape in &config.collect.scrape {
+        collectors.push(Arc::new(collect::scrape::ScrapeCollector::from_config(scrape)));
+    }
     let mut common_labels: Vec<(String, String)> = config.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     common_labels.push(("instance".into(), config.instance.clone()));
     collectors.push(Arc::new(collect::herd::SelfCollector::new(buffer_stats, uplink.stats())));

@@ -14,6 +14,7 @@ pub mod host;
 pub mod postgres;
 pub mod probe;
 pub mod redis;
+pub mod scrape;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

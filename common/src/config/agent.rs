@@ -122,6 +122,9 @@ pub struct RawCollect {
     /// `[[collect.probe]]`: blackbox_exporter-style HTTP and TCP probes.
     #[serde(default)]
     pub probe: Vec<RawProbe>,
+    /// `[[collect.scrape]]`: Prometheus /metrics endpoints on this host.
+    #[serde(default)]
+    pub scrape: Vec<RawScrape>,
     #[serde(default)]
     pub containers: RawContainers,
 }
@@ -164,6 +167,17 @@ pub struct RawPostgres {
     pub statement_text_max_chars: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     pub slow_statement_threshold: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScrape {
+    /// The `job` label on every series scraped.
+    pub job: Option<String>,
+    /// "http://host:port/metrics".
+    pub url: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -242,6 +256,7 @@ pub struct CollectConfig {
     pub postgres: Vec<PostgresConfig>,
     pub redis: Vec<RedisConfig>,
     pub probe: Vec<ProbeConfig>,
+    pub scrape: Vec<ScrapeConfig>,
     pub containers: Option<ContainersConfig>,
 }
 
@@ -303,6 +318,14 @@ pub struct PostgresConfig {
     pub statements_limit: usize,
     pub statement_text_max_chars: usize,
     pub slow_statement_threshold: Duration,
+}
+
+/// `[[collect.scrape]]`: one Prometheus text-format endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScrapeConfig {
+    pub job: String,
+    pub url: String,
+    pub timeout: Duration,
 }
 
 /// `[[collect.probe]]`: one target, probed as blackbox_exporter's `http_2xx`
@@ -498,6 +521,7 @@ impl RawAgentConfig {
         let postgres = validate_postgres(self.collect.postgres, timeout, base_dir, &mut problems);
         let redis = validate_redis(self.collect.redis, timeout, base_dir, &mut problems);
         let probe = validate_probes(self.collect.probe, timeout, &mut problems);
+        let scrape = validate_scrapes(self.collect.scrape, timeout, &mut problems);
 
         let config = AgentConfig {
             id,
@@ -517,7 +541,7 @@ impl RawAgentConfig {
                 backfill_batches_per_second,
                 failback_interval,
             },
-            collect: CollectConfig { interval, timeout, host, containers, postgres, redis, probe },
+            collect: CollectConfig { interval, timeout, host, containers, postgres, redis, probe, scrape },
             buffer,
         };
         problems.finish(source_name, config)
@@ -615,6 +639,33 @@ fn validate_postgres(
         });
     }
     out
+}
+
+fn validate_scrapes(raw: Vec<RawScrape>, collect_timeout: Duration, problems: &mut Problems) -> Vec<ScrapeConfig> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut jobs = std::collections::BTreeSet::new();
+    for (i, entry) in raw.into_iter().enumerate() {
+        let key = format!("collect.scrape[{i}]");
+        let job = entry.job.unwrap_or_default();
+        if !is_label_value_safe_job(&job) {
+            problems.push(&format!("{key}.job"), "is missing or empty (it becomes the `job` label)");
+        } else if !jobs.insert(job.clone()) {
+            problems.push(&format!("{key}.job"), format!("{job:?} is used by another [[collect.scrape]] entry"));
+        }
+        let url = entry.url.unwrap_or_default();
+        if url.starts_with("https://") {
+            problems.push(&format!("{key}.url"), "https is not supported yet (use http://)");
+        } else if !url.starts_with("http://") || url.len() <= "http://".len() {
+            problems.push(&format!("{key}.url"), "is not an http URL (expected \"http://127.0.0.1:9100/metrics\")");
+        }
+        let timeout = service_timeout(&format!("{key}.timeout"), entry.timeout, collect_timeout, problems);
+        out.push(ScrapeConfig { job, url, timeout });
+    }
+    out
+}
+
+fn is_label_value_safe_job(job: &str) -> bool {
+    !job.trim().is_empty()
 }
 
 fn validate_probes(raw: Vec<RawProbe>, collect_timeout: Duration, problems: &mut Problems) -> Vec<ProbeConfig> {

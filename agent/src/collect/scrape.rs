@@ -1,0 +1,241 @@
+//! Scrape jobs: Prometheus text-format endpoints on this host (an
+//! application's /metrics, an exporter Herd does not replace), one job per
+//! collector, each under its own timeout. Every scraped series gets the
+//! job's name as `job` and the agent's `instance`; a series' own `job` and
+//! `instance` become `exported_job` and `exported_instance`, as Prometheus
+//! does without `honor_labels`.
+//!
+//! The parser reads the text format (0.0.4): comments and `# HELP`/`# TYPE`
+//! are skipped, histograms and summaries arrive as their plain series,
+//! timestamps are ignored (the cycle's time is used). A malformed line fails
+//! the whole scrape with its line number, so nothing half-read is stored.
+//!
+//! Must not: follow the target's `job`/`instance` over Herd's, read more
+//! than `MAX_BODY_BYTES` or keep more than `MAX_SAMPLES` from one scrape.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use herd_common::config::agent::ScrapeConfig;
+
+use super::{Batch, CollectError, Collector};
+
+/// Largest body read from one target (Prometheus has no default; node_exporter's is ~100 KiB).
+const MAX_BODY_BYTES: u64 = 16 << 20;
+/// Prometheus's `sample_limit`, fixed: a runaway target cannot flood the agent's buffer.
+const MAX_SAMPLES: usize = 50_000;
+
+/// One series read from a target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScrapedSample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// Why a body is not the text format.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("line {line}: {detail}")]
+pub struct ParseError {
+    pub line: usize,
+    pub detail: &'static str,
+}
+
+/// Parses exposition text into samples, renaming `job` and `instance`.
+pub fn parse_text(text: &str, out: &mut Vec<ScrapedSample>) -> Result<(), ParseError> {
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let error = |detail| ParseError { line: index + 1, detail };
+        let name_end = line.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')).unwrap_or(line.len());
+        let name = &line[..name_end];
+        if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+            return Err(error("no metric name"));
+        }
+        let mut rest = &line[name_end..];
+        let mut labels = Vec::new();
+        if let Some(after_brace) = rest.strip_prefix('{') {
+            rest = parse_labels(after_brace, &mut labels).ok_or_else(|| error("malformed labels"))?;
+        }
+        let value_text = rest.split_whitespace().next().ok_or_else(|| error("no value"))?;
+        let value = parse_value(value_text).ok_or_else(|| error("value is not a number"))?;
+        for (key, _) in &mut labels {
+            if key == "job" || key == "instance" {
+                key.insert_str(0, "exported_");
+            }
+        }
+        if out.len() == MAX_SAMPLES {
+            return Err(error("more samples than the limit of 50000"));
+        }
+        out.push(ScrapedSample { name: name.to_owned(), labels, value });
+    }
+    Ok(())
+}
+
+/// Parses `k="v",...}` and returns what follows the closing brace.
+fn parse_labels<'a>(mut rest: &'a str, labels: &mut Vec<(String, String)>) -> Option<&'a str> {
+    loop {
+        rest = rest.trim_start();
+        if let Some(after) = rest.strip_prefix('}') {
+            return Some(after);
+        }
+        let eq = rest.find('=')?;
+        let key = rest[..eq].trim();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return None;
+        }
+        rest = rest[eq + 1..].trim_start().strip_prefix('"')?;
+        let mut value = String::new();
+        let mut chars = rest.char_indices();
+        let end = loop {
+            let (i, c) = chars.next()?;
+            match c {
+                '"' => break i,
+                '\\' => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    other => value.push(other),
+                },
+                other => value.push(other),
+            }
+        };
+        labels.push((key.to_owned(), value));
+        rest = rest[end + 1..].trim_start();
+        rest = rest.strip_prefix(',').unwrap_or(rest);
+    }
+}
+
+/// Go's ParseFloat forms the format uses: decimals, exponents, NaN, ±Inf.
+fn parse_value(text: &str) -> Option<f64> {
+    match text {
+        "+Inf" | "Inf" => Some(f64::INFINITY),
+        "-Inf" => Some(f64::NEG_INFINITY),
+        "NaN" => Some(f64::NAN),
+        _ => text.parse().ok().filter(|v: &f64| v.is_finite()),
+    }
+}
+
+pub struct ScrapeCollector {
+    /// `herd_collector_success{collector=...}`: "scrape:" and the job.
+    collector_name: String,
+    job: String,
+    url: String,
+    timeout: Duration,
+}
+
+impl ScrapeCollector {
+    pub fn from_config(config: &ScrapeConfig) -> Self {
+        Self {
+            collector_name: format!("scrape:{}", config.job),
+            job: config.job.clone(),
+            url: config.url.clone(),
+            timeout: config.timeout,
+        }
+    }
+
+    fn error(&self, detail: impl Into<String>) -> CollectError {
+        CollectError::Server { server: self.url.clone(), detail: detail.into() }
+    }
+
+    /// ureq is blocking: the fetch runs on the blocking pool, bounded by its own timeout.
+    async fn fetch(&self) -> Result<String, CollectError> {
+        let (url, timeout) = (self.url.clone(), self.timeout);
+        let fetched = tokio::task::spawn_blocking(move || -> Result<String, String> {
+            let agent: ureq::Agent =
+                ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().into();
+            let mut response = agent
+                .get(&url)
+                .header("Accept", "text/plain;version=0.0.4")
+                .header("User-Agent", "herd-agent")
+                .call()
+                .map_err(|err| err.to_string())?;
+            let status = response.status().as_u16();
+            if !(200..300).contains(&status) {
+                return Err(format!("HTTP status {status}"));
+            }
+            response.body_mut().with_config().limit(MAX_BODY_BYTES).read_to_string().map_err(|err| err.to_string())
+        })
+        .await
+        .map_err(|_| self.error("the fetch task panicked"))?;
+        fetched.map_err(|detail| self.error(detail))
+    }
+}
+
+#[async_trait]
+impl Collector for ScrapeCollector {
+    fn name(&self) -> &str {
+        &self.collector_name
+    }
+
+    fn job(&self) -> &str {
+        &self.job
+    }
+
+    async fn collect(&self, out: &mut Batch) -> Result<(), CollectError> {
+        let text = self.fetch().await?;
+        let mut samples = Vec::new();
+        parse_text(&text, &mut samples).map_err(|err| self.error(err.to_string()))?;
+        let mut labels: Vec<(&str, &str)> = Vec::new();
+        for sample in &samples {
+            labels.clear();
+            labels.extend(sample.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            out.push(&sample.name, &labels, sample.value);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sample as the tests write it: name, labels, value.
+    type Expected<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
+
+    fn check(text: &str, expected: Result<Vec<Expected<'_>>, ParseError>) {
+        let mut out = Vec::new();
+        let got = parse_text(text, &mut out).map(|()| out);
+        let expected = expected.map(|samples| {
+            samples
+                .into_iter()
+                .map(|(name, labels, value)| ScrapedSample {
+                    name: name.to_owned(),
+                    labels: labels.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+                    value,
+                })
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(got, expected, "{text}");
+    }
+
+    #[test]
+    fn text_format() {
+        check(
+            "# HELP x a thing\n# TYPE x counter\nx 1\nx_total{a=\"b\",c=\"d,e\"} 2.5e3 1700000000000\n\n",
+            Ok(vec![("x", vec![], 1.0), ("x_total", vec![("a", "b"), ("c", "d,e")], 2500.0)]),
+        );
+        check(
+            "h_bucket{le=\"+Inf\",} +Inf\nq{v=\"a\\\"b\\\\c\\nd\"} -Inf\n",
+            Ok(vec![
+                ("h_bucket", vec![("le", "+Inf")], f64::INFINITY),
+                ("q", vec![("v", "a\"b\\c\nd")], f64::NEG_INFINITY),
+            ]),
+        );
+        check(
+            "up{job=\"app\",instance=\"x:1\"} 1\n",
+            Ok(vec![("up", vec![("exported_job", "app"), ("exported_instance", "x:1")], 1.0)]),
+        );
+        check("ok 1\n{a=\"b\"} 1\n", Err(ParseError { line: 2, detail: "no metric name" }));
+        check("x{a=\"b} 1\n", Err(ParseError { line: 1, detail: "malformed labels" }));
+        check("x 1\nx abc\n", Err(ParseError { line: 2, detail: "value is not a number" }));
+        check("x\n", Err(ParseError { line: 1, detail: "no value" }));
+    }
+
+    #[test]
+    fn nan_is_kept() {
+        let mut out = Vec::new();
+        parse_text("x NaN\n", &mut out).unwrap();
+        assert!(out[0].value.is_nan());
+    }
+}

@@ -1,0 +1,109 @@
+//! Scrape jobs against a real exporter: Debian's node_exporter on a free
+//! loopback port (only its loadavg and time collectors), scraped in-process
+//! through the library's scheduler; plus a target that is down. Values must
+//! agree with what the host says at the same moment.
+//!
+//! Needs `/usr/bin/prometheus-node-exporter` (`HERD_NODE_EXPORTER` names
+//! another binary); `scripts/test.sh` installs it.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use herd_agent::collect::scrape::ScrapeCollector;
+use herd_agent::collect::{Collector, Scheduler, SharedSeriesTable};
+use herd_common::config::agent::AgentConfig;
+use herd_common::metric::is_stale;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scraped_series_carry_the_job_and_agree_with_the_host() {
+    let binary = std::env::var("HERD_NODE_EXPORTER").unwrap_or_else(|_| "/usr/bin/prometheus-node-exporter".to_owned());
+    let port = free_port();
+    let _exporter = KillOnDrop(
+        Command::new(&binary)
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(["--collector.disable-defaults", "--collector.loadavg", "--collector.time"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot run {binary}: {err} (apt-get install -y prometheus-node-exporter)")),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "node_exporter did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let down = free_port();
+    let text = format!(
+        "[uplink]\nendpoints = [\"agg:7400\"]\nca_file = \"ca\"\ncert_file = \"c\"\nkey_file = \"k\"\n\
+         [collect]\ninterval = \"10s\"\ntimeout = \"5s\"\n[collect.host]\nenabled = false\n\
+         [[collect.scrape]]\njob = \"app-node\"\nurl = \"http://127.0.0.1:{port}/metrics\"\n\
+         [[collect.scrape]]\njob = \"gone\"\nurl = \"http://127.0.0.1:{down}/metrics\"\ntimeout = \"1s\"\n"
+    );
+    let config = AgentConfig::from_toml("agent.toml", &text, None, "web-1").unwrap();
+    let collectors: Vec<Arc<dyn Collector>> =
+        config.collect.scrape.iter().map(|s| Arc::new(ScrapeCollector::from_config(s)) as Arc<dyn Collector>).collect();
+    let table: SharedSeriesTable = Arc::default();
+    let (tx, _rx) = tokio::sync::mpsc::channel(4);
+    let mut scheduler = Scheduler::new(
+        collectors,
+        Duration::from_secs(10),
+        Duration::from_secs(5),
+        Arc::clone(&table),
+        vec![("instance".into(), "web-1".into())],
+        1,
+        tx,
+    );
+    let batch = scheduler.cycle().await;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap();
+    let series: BTreeMap<String, f64> = {
+        let table = table.lock().unwrap();
+        batch
+            .samples
+            .iter()
+            .filter(|(_, v)| !is_stale(*v))
+            .map(|(id, v)| (table.labels(*id).unwrap().to_string(), *v))
+            .collect()
+    };
+    let load1: f64 = loadavg.split_whitespace().next().unwrap().parse().unwrap();
+    let scraped_load1 = series[r#"node_load1{instance="web-1", job="app-node"}"#];
+    assert!((scraped_load1 - load1).abs() < 0.5, "{scraped_load1} vs {load1}");
+    let scraped_time = series[r#"node_time_seconds{instance="web-1", job="app-node"}"#];
+    assert!((scraped_time - now).abs() < 5.0, "{scraped_time} vs {now}");
+    assert!(series.keys().any(|s| s.starts_with("go_goroutines{")), "every family is kept");
+    assert_eq!(series[r#"herd_collector_success{collector="scrape:app-node", instance="web-1", job="app-node"}"#], 1.0);
+    assert_eq!(series[r#"herd_collector_success{collector="scrape:gone", instance="web-1", job="gone"}"#], 0.0);
+    assert!(!series.keys().any(|s| s.contains(r#"job="gone""#) && !s.starts_with("herd_")));
+}
+
+#[test]
+fn scrape_jobs_are_checked_with_their_keys() {
+    let text = "[uplink]\nendpoints = [\"agg:7400\"]\nca_file = \"ca\"\ncert_file = \"c\"\nkey_file = \"k\"\n\
+                [[collect.scrape]]\njob = \"app\"\nurl = \"https://app/metrics\"\n\
+                [[collect.scrape]]\njob = \"app\"\nurl = \"app:9100\"\n[[collect.scrape]]\nurl = \"http://x/metrics\"\n";
+    let err = AgentConfig::from_toml("agent.toml", text, None, "web-1").unwrap_err().to_string();
+    for needle in [
+        "collect.scrape[0].url: https is not supported yet",
+        "collect.scrape[1].job: \"app\" is used by another",
+        "collect.scrape[1].url: is not an http URL",
+        "collect.scrape[2].job: is missing or empty",
+    ] {
+        assert!(err.contains(needle), "{needle:?} in:\n{err}");
+    }
+}
