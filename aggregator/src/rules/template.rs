@@ -448,11 +448,15 @@ fn call(function: &str, args: Vec<Val>) -> Result<Val, TemplateError> {
         Val::Bool(b) => b.to_string(),
         Val::Missing => String::new(),
     };
-    // Numbers compare as numbers, anything else as text.
-    let compare = |args: &[Val]| -> Result<std::cmp::Ordering, TemplateError> {
+    // (less, equal), numbers as numbers and anything else as text. Go derives
+    // the rest from these two (`gt` is `!le`), which decides NaN's answers.
+    let compare = |args: &[Val]| -> Result<(bool, bool), TemplateError> {
         match args {
-            [Val::Num(a), Val::Num(b)] => a.partial_cmp(b).ok_or_else(|| err("NaN cannot be ordered".into())),
-            [a, b] => Ok(string(a.clone()).cmp(&string(b.clone()))),
+            [Val::Num(a), Val::Num(b)] => Ok((a < b, a == b)),
+            [a, b] => {
+                let (a, b) = (string(a.clone()), string(b.clone()));
+                Ok((a < b, a == b))
+            }
             _ => Err(err(format!("wrong number of args: want 2 got {}", args.len()))),
         }
     };
@@ -470,15 +474,15 @@ fn call(function: &str, args: Vec<Val>) -> Result<Val, TemplateError> {
             }
             let mut equal = false;
             for other in rest {
-                equal |= compare(&[first.clone(), other.clone()])? == std::cmp::Ordering::Equal;
+                equal |= compare(&[first.clone(), other.clone()])?.1;
             }
             Val::Bool(equal)
         }
-        "ne" => Val::Bool(compare(&args)? != std::cmp::Ordering::Equal),
-        "lt" => Val::Bool(compare(&args)? == std::cmp::Ordering::Less),
-        "le" => Val::Bool(compare(&args)? != std::cmp::Ordering::Greater),
-        "gt" => Val::Bool(compare(&args)? == std::cmp::Ordering::Greater),
-        "ge" => Val::Bool(compare(&args)? != std::cmp::Ordering::Less),
+        "ne" => Val::Bool(!compare(&args)?.1),
+        "lt" => Val::Bool(compare(&args)?.0),
+        "le" => Val::Bool(compare(&args).map(|(less, equal)| less || equal)?),
+        "gt" => Val::Bool(compare(&args).map(|(less, equal)| !(less || equal))?),
+        "ge" => Val::Bool(!compare(&args)?.0),
         "not" => Val::Bool(!one(&args)?.truthy()),
         // Go's and/or return an argument, not a bool.
         "and" => args.iter().find(|a| !a.truthy()).or(args.last()).cloned().unwrap_or(Val::Missing),
@@ -546,7 +550,8 @@ fn humanize_duration(mut v: f64) -> String {
     if v.abs() >= 1.0 {
         let sign = if v < 0.0 { "-" } else { "" };
         v = v.abs();
-        let duration = v as i64;
+        // Go's int64() of a float beyond the range gives i64::MIN on amd64 (Rust saturates): match it.
+        let duration = if v >= i64::MAX as f64 { i64::MIN } else { v as i64 };
         let (seconds, minutes, hours, days) =
             (duration % 60, (duration / 60) % 60, (duration / 3600) % 24, duration / 86400);
         return if days != 0 {

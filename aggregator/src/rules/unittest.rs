@@ -223,7 +223,11 @@ fn check_alerts(groups: &[Group], test: &RawAlertTest) -> Option<String> {
     let show = |alerts: &[(Labels, Vec<(String, String)>)]| -> String {
         let items: Vec<String> = alerts
             .iter()
-            .map(|(labels, annotations)| format!("{{Labels:{labels} Annotations:{annotations:?}}}"))
+            .map(|(labels, annotations)| {
+                // promtool's notation, so the two tools' reports can be compared.
+                let annotations: Vec<String> = annotations.iter().map(|(n, v)| format!("{n}={v:?}")).collect();
+                format!("{{Labels:{labels} Annotations:{{{}}}}}", annotations.join(", "))
+            })
             .collect();
         format!("[{}]", items.join(", "))
     };
@@ -270,6 +274,10 @@ fn check_expr(engine: &Engine, test: &RawExprTest) -> Result<Option<String>, Str
 
 /// `name{a="b"}` or `{__name__="x", a="b"}` into labels (equality matchers only).
 fn parse_series_labels(text: &str) -> Result<Labels, String> {
+    // promtool takes `{}` (or nothing) for a sample without labels, e.g. of `sum(x)`.
+    if matches!(text.trim(), "" | "{}") {
+        return Ok(Labels::default());
+    }
     let expr = Engine::parse(text).map_err(|err| format!("series {text:?}: {err}"))?;
     let Expr::VectorSelector(selector) = expr else { return Err(format!("{text:?} is not a series")) };
     let mut pairs: Vec<(String, String)> = Vec::new();
