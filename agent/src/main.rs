@@ -47,9 +47,11 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        // The agent shares every host it runs on: two workers are plenty.
-        .worker_threads(2)
+    // The agent shares every host it runs on: one runtime thread does all its
+    // async work (each extra thread costs stack, a malloc arena and wake-ups);
+    // file system calls that may block go to a small blocking pool.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(4)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
