@@ -3,7 +3,11 @@
 //! next to node_exporter's CPU per scrape and peak RSS in the same run.
 //!
 //!   cargo build --release --workspace --bins
-//!   cargo run --release -p herd-tests --bin bench-agent [-- SECONDS]
+//!   cargo run --release -p herd-tests --bin bench-agent [-- SECONDS [CONTAINERS]]
+//!
+//! With CONTAINERS > 0, that many idle containers are started from the local
+//! `herd-test-busybox:latest` image (the containers test imports it) and the
+//! agent's container collection is on.
 //!
 //! Prints figures and ratios; asserts nothing.
 
@@ -36,11 +40,22 @@ fn mib(bytes: u64) -> f64 {
 
 fn main() {
     let seconds: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(60);
+    let containers: usize = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let names: Vec<String> = (0..containers).map(|i| format!("herd-bench-{}-{i}", std::process::id())).collect();
+    for name in &names {
+        let ok = Command::new("docker")
+            .args(["run", "-d", "--name", name, "herd-test-busybox:latest", "sleep", "3600"])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot start container {name} (is herd-test-busybox:latest imported?)");
+    }
     let work = tempfile::tempdir().expect("temp dir");
     let pki = Pki::create(work.path().join("pki"));
     pki.issue_agent("bench");
     let aggregator = Aggregator::start(&pki, work.path());
-    let config = agent_config(work.path(), &pki, "bench", aggregator.quic, "1s");
+    let tail = if containers > 0 { "[collect.containers]\nenabled = true\n" } else { "" };
+    let config = agent_config_with(work.path(), &pki, "bench", &[aggregator.quic], "1s", "", tail);
     let agent = start_agent(work.path(), "bench", &config);
     wait_for(Duration::from_secs(20), || {
         (!vector_result(&aggregator.query(r#"node_load1{instance="bench"}"#)).is_empty()).then_some(())
@@ -80,12 +95,15 @@ fn main() {
     let (agent_rss, exporter_rss) = (peak_rss(agent.pid()), peak_rss(exporter.id()));
     let _ = exporter.kill();
     let _ = exporter.wait();
+    for name in &names {
+        let _ = Command::new("docker").args(["rm", "-f", name]).stdout(Stdio::null()).status();
+    }
 
     let cycles = elapsed; // one collection a second
     let agent_ms = agent_cpu * 1000.0 / cycles;
     let exporter_ms = exporter_cpu * 1000.0 / f64::from(scrapes.max(1));
     println!(
-        "run: {elapsed:.0} s, agent at 1 s ({series} series), node_exporter scraped {scrapes} times ({exporter_samples} samples)"
+        "run: {elapsed:.0} s, agent at 1 s ({series} series, {containers} containers), node_exporter scraped {scrapes} times ({exporter_samples} samples)"
     );
     println!(
         "CPU per cycle:  herd-agent {agent_ms:.2} ms (collect + buffer + send)   node_exporter {exporter_ms:.2} ms per scrape   ratio {:.3}",
