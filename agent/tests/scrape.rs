@@ -3,8 +3,12 @@
 //! through the library's scheduler; plus a target that is down. Values must
 //! agree with what the host says at the same moment.
 //!
+//! Also scrapes a real Prometheus's own `/metrics`, and a target whose body
+//! has malformed lines (skipped and counted, the rest kept).
+//!
 //! Needs `/usr/bin/prometheus-node-exporter` (`HERD_NODE_EXPORTER` names
-//! another binary); `scripts/test.sh` installs it.
+//! another binary) and `/usr/bin/prometheus` (`HERD_PROMETHEUS`);
+//! `scripts/test.sh` installs both.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -96,6 +100,91 @@ async fn scraped_series_carry_the_job_and_agree_with_the_host() {
     assert_eq!(series[r#"herd_collector_success{collector="scrape:app-node", instance="web-1", job="app-node"}"#], 1.0);
     assert_eq!(series[r#"herd_collector_success{collector="scrape:gone", instance="web-1", job="gone"}"#], 0.0);
     assert!(!series.keys().any(|s| s.contains(r#"job="gone""#) && !s.starts_with("herd_")));
+    assert_eq!(series[r#"herd_scrape_malformed_lines{instance="web-1", job="app-node"}"#], 0.0);
+}
+
+/// Scrapes `url` once through a scrape job and returns the series it produced.
+async fn scrape_once(url: &str) -> BTreeMap<String, f64> {
+    let text = format!(
+        "[uplink]\nendpoints = [\"agg:7400\"]\nca_file = \"ca\"\ncert_file = \"c\"\nkey_file = \"k\"\n\
+         [collect]\ninterval = \"10s\"\ntimeout = \"5s\"\n[collect.host]\nenabled = false\n\
+         [[collect.scrape]]\njob = \"target\"\nurl = \"{url}\"\n"
+    );
+    let config = AgentConfig::from_toml("agent.toml", &text, None, "web-1").unwrap();
+    let collectors: Vec<Arc<dyn Collector>> =
+        config.collect.scrape.iter().map(|s| Arc::new(ScrapeCollector::from_config(s)) as Arc<dyn Collector>).collect();
+    let table: SharedSeriesTable = Arc::default();
+    let (tx, _rx) = tokio::sync::mpsc::channel(4);
+    let mut scheduler = Scheduler::new(
+        collectors,
+        Duration::from_secs(10),
+        Duration::from_secs(5),
+        Arc::clone(&table),
+        vec![("instance".into(), "web-1".into())],
+        1,
+        tx,
+    );
+    let batch = scheduler.cycle().await;
+    let table = table.lock().unwrap();
+    batch.samples.iter().map(|(id, v)| (table.labels(*id).unwrap().to_string(), *v)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_own_metrics_scrape_cleanly() {
+    let binary = std::env::var("HERD_PROMETHEUS").unwrap_or_else(|_| "/usr/bin/prometheus".to_owned());
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("prometheus.yml");
+    std::fs::write(&config, "global:\n  scrape_interval: 1m\n").unwrap();
+    let port = free_port();
+    let _prometheus = KillOnDrop(
+        Command::new(&binary)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", work.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot run {binary}: {err} (apt-get install -y prometheus)")),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "prometheus did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let series = scrape_once(&format!("http://127.0.0.1:{port}/metrics")).await;
+    assert_eq!(series[r#"herd_collector_success{collector="scrape:target", instance="web-1", job="target"}"#], 1.0);
+    assert_eq!(series[r#"herd_scrape_malformed_lines{instance="web-1", job="target"}"#], 0.0);
+    assert!(
+        series.keys().any(|s| s.starts_with("prometheus_build_info{")),
+        "{:?}",
+        series.keys().take(5).collect::<Vec<_>>()
+    );
+    assert!(series.keys().any(|s| s.starts_with("go_gc_duration_seconds{") && s.contains("quantile=")));
+    assert!(series.len() > 100, "only {} series", series.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_lines_are_skipped_and_counted() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let body = "good 1\nbad{ 2\n{no=\"name\"} 3\nalso_good{a=\"b\"} 4\nvalue_missing\n";
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        if let Ok((mut stream, _)) = listener.accept() {
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    let series = scrape_once(&format!("http://127.0.0.1:{port}/metrics")).await;
+    assert_eq!(series[r#"good{instance="web-1", job="target"}"#], 1.0);
+    assert_eq!(series[r#"also_good{a="b", instance="web-1", job="target"}"#], 4.0);
+    assert_eq!(series[r#"herd_scrape_malformed_lines{instance="web-1", job="target"}"#], 3.0);
+    assert_eq!(series[r#"herd_collector_success{collector="scrape:target", instance="web-1", job="target"}"#], 1.0);
 }
 
 #[test]

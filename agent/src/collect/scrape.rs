@@ -7,8 +7,9 @@
 //!
 //! The parser reads the text format (0.0.4): comments and `# HELP`/`# TYPE`
 //! are skipped, histograms and summaries arrive as their plain series,
-//! timestamps are ignored (the cycle's time is used). A malformed line fails
-//! the whole scrape with its line number, so nothing half-read is stored.
+//! timestamps are ignored (the cycle's time is used). A malformed line is
+//! skipped and counted in `herd_scrape_malformed_lines` (per scrape, with the
+//! first one logged at debug level); the rest of the body is kept.
 //!
 //! Must not: follow the target's `job`/`instance` over Herd's, read more
 //! than `MAX_BODY_BYTES` or keep more than `MAX_SAMPLES` from one scrape.
@@ -42,36 +43,51 @@ pub struct ParseError {
 }
 
 /// Parses exposition text into samples, renaming `job` and `instance`.
-pub fn parse_text(text: &str, out: &mut Vec<ScrapedSample>) -> Result<(), ParseError> {
+/// Malformed lines are skipped; their errors are returned. Past
+/// `MAX_SAMPLES` the rest of the body is cut, reported as one more error.
+pub fn parse_text(text: &str, out: &mut Vec<ScrapedSample>) -> Vec<ParseError> {
+    let mut skipped = Vec::new();
     for (index, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let error = |detail| ParseError { line: index + 1, detail };
-        let name_end = line.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')).unwrap_or(line.len());
-        let name = &line[..name_end];
-        if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
-            return Err(error("no metric name"));
-        }
-        let mut rest = &line[name_end..];
-        let mut labels = Vec::new();
-        if let Some(after_brace) = rest.strip_prefix('{') {
-            rest = parse_labels(after_brace, &mut labels).ok_or_else(|| error("malformed labels"))?;
-        }
-        let value_text = rest.split_whitespace().next().ok_or_else(|| error("no value"))?;
-        let value = parse_value(value_text).ok_or_else(|| error("value is not a number"))?;
-        for (key, _) in &mut labels {
-            if key == "job" || key == "instance" {
-                key.insert_str(0, "exported_");
+        match parse_line(raw, index + 1) {
+            Ok(None) => {}
+            Ok(Some(sample)) => {
+                if out.len() == MAX_SAMPLES {
+                    skipped.push(ParseError { line: index + 1, detail: "more samples than the limit of 50000" });
+                    break;
+                }
+                out.push(sample);
             }
+            Err(err) => skipped.push(err),
         }
-        if out.len() == MAX_SAMPLES {
-            return Err(error("more samples than the limit of 50000"));
-        }
-        out.push(ScrapedSample { name: name.to_owned(), labels, value });
     }
-    Ok(())
+    skipped
+}
+
+/// One line: `Ok(None)` for blanks and comments.
+fn parse_line(raw: &str, line_number: usize) -> Result<Option<ScrapedSample>, ParseError> {
+    let line = raw.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    let error = |detail| ParseError { line: line_number, detail };
+    let name_end = line.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')).unwrap_or(line.len());
+    let name = &line[..name_end];
+    if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(error("no metric name"));
+    }
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(after_brace) = rest.strip_prefix('{') {
+        rest = parse_labels(after_brace, &mut labels).ok_or_else(|| error("malformed labels"))?;
+    }
+    let value_text = rest.split_whitespace().next().ok_or_else(|| error("no value"))?;
+    let value = parse_value(value_text).ok_or_else(|| error("value is not a number"))?;
+    for (key, _) in &mut labels {
+        if key == "job" || key == "instance" {
+            key.insert_str(0, "exported_");
+        }
+    }
+    Ok(Some(ScrapedSample { name: name.to_owned(), labels, value }))
 }
 
 /// Parses `k="v",...}` and returns what follows the closing brace.
@@ -175,7 +191,11 @@ impl Collector for ScrapeCollector {
     async fn collect(&self, out: &mut Batch) -> Result<(), CollectError> {
         let text = self.fetch().await?;
         let mut samples = Vec::new();
-        parse_text(&text, &mut samples).map_err(|err| self.error(err.to_string()))?;
+        let skipped = parse_text(&text, &mut samples);
+        if let Some(first) = skipped.first() {
+            tracing::debug!(job = %self.job, lines = skipped.len(), first = %first, "skipped malformed lines");
+        }
+        out.push("herd_scrape_malformed_lines", &[], skipped.len() as f64);
         let mut labels: Vec<(&str, &str)> = Vec::new();
         for sample in &samples {
             labels.clear();
@@ -193,49 +213,95 @@ mod tests {
     /// A sample as the tests write it: name, labels, value.
     type Expected<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
 
-    fn check(text: &str, expected: Result<Vec<Expected<'_>>, ParseError>) {
+    /// Parses `text` and compares the samples kept and the lines skipped.
+    fn check(text: &str, expected: Vec<Expected<'_>>, skipped: Vec<ParseError>) {
         let mut out = Vec::new();
-        let got = parse_text(text, &mut out).map(|()| out);
-        let expected = expected.map(|samples| {
-            samples
-                .into_iter()
-                .map(|(name, labels, value)| ScrapedSample {
-                    name: name.to_owned(),
-                    labels: labels.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
-                    value,
-                })
-                .collect::<Vec<_>>()
-        });
-        assert_eq!(got, expected, "{text}");
+        let got_skipped = parse_text(text, &mut out);
+        let expected: Vec<ScrapedSample> = expected
+            .into_iter()
+            .map(|(name, labels, value)| ScrapedSample {
+                name: name.to_owned(),
+                labels: labels.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+                value,
+            })
+            .collect();
+        assert_eq!(out, expected, "{text}");
+        assert_eq!(got_skipped, skipped, "{text}");
     }
 
     #[test]
     fn text_format() {
         check(
             "# HELP x a thing\n# TYPE x counter\nx 1\nx_total{a=\"b\",c=\"d,e\"} 2.5e3 1700000000000\n\n",
-            Ok(vec![("x", vec![], 1.0), ("x_total", vec![("a", "b"), ("c", "d,e")], 2500.0)]),
+            vec![("x", vec![], 1.0), ("x_total", vec![("a", "b"), ("c", "d,e")], 2500.0)],
+            vec![],
         );
         check(
             "h_bucket{le=\"+Inf\",} +Inf\nq{v=\"a\\\"b\\\\c\\nd\"} -Inf\n",
-            Ok(vec![
+            vec![
                 ("h_bucket", vec![("le", "+Inf")], f64::INFINITY),
                 ("q", vec![("v", "a\"b\\c\nd")], f64::NEG_INFINITY),
-            ]),
+            ],
+            vec![],
         );
         check(
             "up{job=\"app\",instance=\"x:1\"} 1\n",
-            Ok(vec![("up", vec![("exported_job", "app"), ("exported_instance", "x:1")], 1.0)]),
+            vec![("up", vec![("exported_job", "app"), ("exported_instance", "x:1")], 1.0)],
+            vec![],
         );
-        check("ok 1\n{a=\"b\"} 1\n", Err(ParseError { line: 2, detail: "no metric name" }));
-        check("x{a=\"b} 1\n", Err(ParseError { line: 1, detail: "malformed labels" }));
-        check("x 1\nx abc\n", Err(ParseError { line: 2, detail: "value is not a number" }));
-        check("x\n", Err(ParseError { line: 1, detail: "no value" }));
+        // Malformed lines are skipped and reported; the good ones around them are kept.
+        check(
+            "ok 1\n{a=\"b\"} 1\nok2 2\n",
+            vec![("ok", vec![], 1.0), ("ok2", vec![], 2.0)],
+            vec![ParseError { line: 2, detail: "no metric name" }],
+        );
+        check("x{a=\"b} 1\n", vec![], vec![ParseError { line: 1, detail: "malformed labels" }]);
+        check("x 1\nx abc\n", vec![("x", vec![], 1.0)], vec![ParseError { line: 2, detail: "value is not a number" }]);
+        check("x\n", vec![], vec![ParseError { line: 1, detail: "no value" }]);
     }
 
     #[test]
     fn nan_is_kept() {
         let mut out = Vec::new();
-        parse_text("x NaN\n", &mut out).unwrap();
+        assert!(parse_text("x NaN\n", &mut out).is_empty());
         assert!(out[0].value.is_nan());
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn any_text_parses_without_panicking(text in ".{0,400}") {
+                let mut out = Vec::new();
+                let skipped = parse_text(&text, &mut out);
+                prop_assert!(out.len() + skipped.len() <= text.lines().count());
+            }
+
+            #[test]
+            fn well_formed_lines_round_trip(
+                name in "[a-zA-Z_:][a-zA-Z0-9_:]{0,20}",
+                labels in prop::collection::btree_map("[a-zA-Z_][a-zA-Z0-9_]{0,10}", "[ -~]{0,12}", 0..4),
+                value in any::<f64>().prop_filter("finite", |v| v.is_finite()),
+            ) {
+                let labels: Vec<(String, String)> = labels
+                    .into_iter()
+                    .filter(|(k, _)| k != "job" && k != "instance")
+                    .collect();
+                let rendered: Vec<String> = labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+                    .collect();
+                let line = if rendered.is_empty() {
+                    format!("{name} {value:?}\n")
+                } else {
+                    format!("{name}{{{}}} {value:?}\n", rendered.join(","))
+                };
+                let mut out = Vec::new();
+                prop_assert!(parse_text(&line, &mut out).is_empty(), "{}", line);
+                prop_assert_eq!(out, vec![ScrapedSample { name, labels, value }]);
+            }
+        }
     }
 }
