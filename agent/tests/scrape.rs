@@ -104,11 +104,11 @@ async fn scraped_series_carry_the_job_and_agree_with_the_host() {
 }
 
 /// Scrapes `url` once through a scrape job and returns the series it produced.
-async fn scrape_once(url: &str) -> BTreeMap<String, f64> {
+async fn scrape_once(url: &str, extra: &str) -> BTreeMap<String, f64> {
     let text = format!(
         "[uplink]\nendpoints = [\"agg:7400\"]\nca_file = \"ca\"\ncert_file = \"c\"\nkey_file = \"k\"\n\
          [collect]\ninterval = \"10s\"\ntimeout = \"5s\"\n[collect.host]\nenabled = false\n\
-         [[collect.scrape]]\njob = \"target\"\nurl = \"{url}\"\n"
+         [[collect.scrape]]\njob = \"target\"\nurl = \"{url}\"\n{extra}\n"
     );
     let config = AgentConfig::from_toml("agent.toml", &text, None, "web-1").unwrap();
     let collectors: Vec<Arc<dyn Collector>> =
@@ -151,9 +151,10 @@ async fn prometheus_own_metrics_scrape_cleanly() {
         assert!(Instant::now() < deadline, "prometheus did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let series = scrape_once(&format!("http://127.0.0.1:{port}/metrics")).await;
+    let series = scrape_once(&format!("http://127.0.0.1:{port}/metrics"), "").await;
     assert_eq!(series[r#"herd_collector_success{collector="scrape:target", instance="web-1", job="target"}"#], 1.0);
     assert_eq!(series[r#"herd_scrape_malformed_lines{instance="web-1", job="target"}"#], 0.0);
+    assert_eq!(series[r#"herd_scrape_body_truncated{instance="web-1", job="target"}"#], 0.0);
     assert!(
         series.keys().any(|s| s.starts_with("prometheus_build_info{")),
         "{:?}",
@@ -161,6 +162,12 @@ async fn prometheus_own_metrics_scrape_cleanly() {
     );
     assert!(series.keys().any(|s| s.starts_with("go_gc_duration_seconds{") && s.contains("quantile=")));
     assert!(series.len() > 100, "only {} series", series.len());
+
+    // The same body cut at 4 KiB: whole lines only, and said so.
+    let cut = scrape_once(&format!("http://127.0.0.1:{port}/metrics"), "max_body_bytes = 4096").await;
+    assert_eq!(cut[r#"herd_scrape_body_truncated{instance="web-1", job="target"}"#], 1.0);
+    assert_eq!(cut[r#"herd_scrape_malformed_lines{instance="web-1", job="target"}"#], 0.0);
+    assert!(cut.len() > 5 && cut.len() < series.len(), "{} of {} series", cut.len(), series.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,10 +187,11 @@ async fn malformed_lines_are_skipped_and_counted() {
             let _ = stream.write_all(response.as_bytes());
         }
     });
-    let series = scrape_once(&format!("http://127.0.0.1:{port}/metrics")).await;
-    assert_eq!(series[r#"good{instance="web-1", job="target"}"#], 1.0);
-    assert_eq!(series[r#"also_good{a="b", instance="web-1", job="target"}"#], 4.0);
+    let series = scrape_once(&format!("http://127.0.0.1:{port}/metrics"), "labels = { team = \"dairy\" }").await;
+    assert_eq!(series[r#"good{instance="web-1", job="target", team="dairy"}"#], 1.0);
+    assert_eq!(series[r#"also_good{a="b", instance="web-1", job="target", team="dairy"}"#], 4.0);
     assert_eq!(series[r#"herd_scrape_malformed_lines{instance="web-1", job="target"}"#], 3.0);
+    assert_eq!(series[r#"herd_scrape_body_truncated{instance="web-1", job="target"}"#], 0.0);
     assert_eq!(series[r#"herd_collector_success{collector="scrape:target", instance="web-1", job="target"}"#], 1.0);
 }
 

@@ -11,8 +11,11 @@
 //! skipped and counted in `herd_scrape_malformed_lines` (per scrape, with the
 //! first one logged at debug level); the rest of the body is kept.
 //!
+//! A body longer than the job's `max_body_bytes` is cut at the last whole
+//! line before the limit (`herd_scrape_body_truncated` says so).
+//!
 //! Must not: follow the target's `job`/`instance` over Herd's, read more
-//! than `MAX_BODY_BYTES` or keep more than `MAX_SAMPLES` from one scrape.
+//! than `max_body_bytes` or keep more than `MAX_SAMPLES` from one scrape.
 
 use std::time::Duration;
 
@@ -21,8 +24,6 @@ use herd_common::config::agent::ScrapeConfig;
 
 use super::{Batch, CollectError, Collector};
 
-/// Largest body read from one target (Prometheus has no default; node_exporter's is ~100 KiB).
-const MAX_BODY_BYTES: u64 = 16 << 20;
 /// Prometheus's `sample_limit`, fixed: a runaway target cannot flood the agent's buffer.
 const MAX_SAMPLES: usize = 50_000;
 
@@ -138,6 +139,23 @@ pub struct ScrapeCollector {
     job: String,
     url: String,
     timeout: Duration,
+    labels: Vec<(String, String)>,
+    max_body_bytes: u64,
+}
+
+/// A fetched body, and whether it was cut at `max_body_bytes`.
+struct Body {
+    text: String,
+    truncated: bool,
+}
+
+/// Keeps whole lines of `bytes` if the body was cut at the limit.
+fn cut_body(mut bytes: Vec<u8>, truncated: bool) -> Body {
+    if truncated {
+        let end = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        bytes.truncate(end);
+    }
+    Body { text: String::from_utf8_lossy(&bytes).into_owned(), truncated }
 }
 
 impl ScrapeCollector {
@@ -147,6 +165,8 @@ impl ScrapeCollector {
             job: config.job.clone(),
             url: config.url.clone(),
             timeout: config.timeout,
+            labels: config.labels.clone(),
+            max_body_bytes: config.max_body_bytes,
         }
     }
 
@@ -155,9 +175,9 @@ impl ScrapeCollector {
     }
 
     /// ureq is blocking: the fetch runs on the blocking pool, bounded by its own timeout.
-    async fn fetch(&self) -> Result<String, CollectError> {
-        let (url, timeout) = (self.url.clone(), self.timeout);
-        let fetched = tokio::task::spawn_blocking(move || -> Result<String, String> {
+    async fn fetch(&self) -> Result<Body, CollectError> {
+        let (url, timeout, limit) = (self.url.clone(), self.timeout, self.max_body_bytes);
+        let fetched = tokio::task::spawn_blocking(move || -> Result<Body, String> {
             let agent: ureq::Agent =
                 ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().into();
             let mut response = agent
@@ -170,7 +190,16 @@ impl ScrapeCollector {
             if !(200..300).contains(&status) {
                 return Err(format!("HTTP status {status}"));
             }
-            response.body_mut().with_config().limit(MAX_BODY_BYTES).read_to_string().map_err(|err| err.to_string())
+            // Read one byte past the limit to know whether the body was cut.
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(response.body_mut().with_config().limit(u64::MAX).reader(), limit + 1),
+                &mut bytes,
+            )
+            .map_err(|err| err.to_string())?;
+            let truncated = bytes.len() as u64 > limit;
+            bytes.truncate(limit as usize);
+            Ok(cut_body(bytes, truncated))
         })
         .await
         .map_err(|_| self.error("the fetch task panicked"))?;
@@ -189,17 +218,34 @@ impl Collector for ScrapeCollector {
     }
 
     async fn collect(&self, out: &mut Batch) -> Result<(), CollectError> {
-        let text = self.fetch().await?;
+        let body = self.fetch().await?;
         let mut samples = Vec::new();
-        let skipped = parse_text(&text, &mut samples);
+        let skipped = parse_text(&body.text, &mut samples);
         if let Some(first) = skipped.first() {
             tracing::debug!(job = %self.job, lines = skipped.len(), first = %first, "skipped malformed lines");
         }
         out.push("herd_scrape_malformed_lines", &[], skipped.len() as f64);
+        out.push("herd_scrape_body_truncated", &[], if body.truncated { 1.0 } else { 0.0 });
         let mut labels: Vec<(&str, &str)> = Vec::new();
+        let is_static = |name: &str| self.labels.iter().any(|(k, _)| k == name);
+        let statics = || self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()));
         for sample in &samples {
+            if sample.labels.iter().any(|(k, _)| is_static(k)) {
+                // The job's static labels win; a target's own label of that
+                // name is kept as `exported_<name>`, as Prometheus does. Rare.
+                let renamed: Vec<(String, &str)> = sample
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (if is_static(k) { format!("exported_{k}") } else { k.clone() }, v.as_str()))
+                    .collect();
+                let mut owned: Vec<(&str, &str)> = renamed.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+                owned.extend(self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                out.push(&sample.name, &owned, sample.value);
+                continue;
+            }
             labels.clear();
             labels.extend(sample.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            labels.extend(statics());
             out.push(&sample.name, &labels, sample.value);
         }
         Ok(())
@@ -258,6 +304,14 @@ mod tests {
         check("x{a=\"b} 1\n", vec![], vec![ParseError { line: 1, detail: "malformed labels" }]);
         check("x 1\nx abc\n", vec![("x", vec![], 1.0)], vec![ParseError { line: 2, detail: "value is not a number" }]);
         check("x\n", vec![], vec![ParseError { line: 1, detail: "no value" }]);
+    }
+
+    #[test]
+    fn a_cut_body_keeps_whole_lines() {
+        let body = cut_body(b"a 1\nb 2\nc 3".to_vec(), true);
+        assert_eq!((body.text.as_str(), body.truncated), ("a 1\nb 2\n", true));
+        let body = cut_body(b"a 1\nb 2".to_vec(), false);
+        assert_eq!((body.text.as_str(), body.truncated), ("a 1\nb 2", false));
     }
 
     #[test]

@@ -178,6 +178,11 @@ pub struct RawScrape {
     pub url: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    /// Static labels added to every series of this job.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Bodies longer than this are cut at the last whole line before it.
+    pub max_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -326,7 +331,13 @@ pub struct ScrapeConfig {
     pub job: String,
     pub url: String,
     pub timeout: Duration,
+    /// Static labels, sorted by name.
+    pub labels: Vec<(String, String)>,
+    pub max_body_bytes: u64,
 }
+
+/// Default for `collect.scrape[].max_body_bytes`.
+pub const DEFAULT_SCRAPE_MAX_BODY_BYTES: u64 = 16 << 20;
 
 /// `[[collect.probe]]`: one target, probed as blackbox_exporter's `http_2xx`
 /// or `tcp_connect` module would.
@@ -659,7 +670,16 @@ fn validate_scrapes(raw: Vec<RawScrape>, collect_timeout: Duration, problems: &m
             problems.push(&format!("{key}.url"), "is not an http URL (expected \"http://127.0.0.1:9100/metrics\")");
         }
         let timeout = service_timeout(&format!("{key}.timeout"), entry.timeout, collect_timeout, problems);
-        out.push(ScrapeConfig { job, url, timeout });
+        for name in entry.labels.keys() {
+            if !is_label_name(name) || matches!(name.as_str(), "job" | "instance" | "__name__") {
+                problems.push(&format!("{key}.labels.{name}"), "is not a label name this job may set");
+            }
+        }
+        let max_body_bytes = entry.max_body_bytes.unwrap_or(DEFAULT_SCRAPE_MAX_BODY_BYTES);
+        if max_body_bytes < 1024 {
+            problems.push(&format!("{key}.max_body_bytes"), "must be at least 1024");
+        }
+        out.push(ScrapeConfig { job, url, timeout, labels: entry.labels.into_iter().collect(), max_body_bytes });
     }
     out
 }
