@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use herd_common::metric::{Labels, SeriesId, SeriesTable};
 use herd_common::protocol::SampleBatch;
+use herd_common::varint::{get as get_varint, put as put_varint};
 use tracing::{info, warn};
 
 // sled's default page cache is 1 GiB; the agent must stay small.
@@ -195,9 +196,9 @@ impl Buffer {
     /// Stores `batch`, first persisting any series `table` gained since the
     /// last call. Never fails: a disk problem moves the batch to memory.
     /// Call [`Buffer::flush`] before sending it.
-    pub fn push(&mut self, batch: SampleBatch, table: &SeriesTable) {
+    pub fn push(&mut self, batch: &SampleBatch, table: &SeriesTable) {
         let mut disk_ok = self.persist_series(table).is_ok();
-        let value = encode_batch(&batch);
+        let value = encode_batch(batch);
         let bytes = (8 + value.len()) as u64;
         self.check_filesystem(bytes);
         self.make_room(bytes);
@@ -387,27 +388,6 @@ fn key_u64(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }
 
-fn put_varint(mut n: u64, out: &mut Vec<u8>) {
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
-fn get_varint(bytes: &[u8], pos: &mut usize) -> Option<u64> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *bytes.get(*pos)?;
-        *pos += 1;
-        value |= u64::from(byte & 0x7f).checked_shl(shift)?;
-        if byte & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
-}
-
 /// Version, timestamp, count, then per sample (ascending ids): id gap, value bits.
 fn encode_batch(batch: &SampleBatch) -> Vec<u8> {
     let mut samples = batch.samples.clone();
@@ -496,7 +476,7 @@ mod tests {
             assert_eq!(next_seq, 0);
             for seq in 0..5 {
                 let b = batch(&mut table, seq, 3 + seq as u32);
-                buffer.push(b.clone(), &table);
+                buffer.push(&b, &table);
                 written.push(b);
             }
             buffer.acknowledge(&[(1, 2)]);
@@ -525,7 +505,7 @@ mod tests {
         let one = encode_batch(&batch(&mut table, 0, 10)).len() as u64 + 8;
         let Recovered { mut buffer, .. } = Buffer::open(dir.path(), one * 3, 10).unwrap();
         for seq in 0..5 {
-            buffer.push(batch(&mut table, seq, 10), &table);
+            buffer.push(&batch(&mut table, seq, 10), &table);
         }
         assert_eq!(buffer.len(), 3);
         assert_eq!(buffer.next_at_or_after(0, 10), Some(2), "the two oldest went");

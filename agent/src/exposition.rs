@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use herd_common::metric::{METRIC_NAME, SeriesId, is_stale};
+use herd_common::metric::{METRIC_NAME, SeriesId, format_value, is_stale};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -90,18 +90,6 @@ pub fn render(samples: &[(SeriesId, f64)], table: &herd_common::metric::SeriesTa
 
 fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-fn format_value(value: f64) -> String {
-    if value.is_nan() {
-        "NaN".into()
-    } else if value == f64::INFINITY {
-        "+Inf".into()
-    } else if value == f64::NEG_INFINITY {
-        "-Inf".into()
-    } else {
-        value.to_string()
-    }
 }
 
 #[cfg(test)]

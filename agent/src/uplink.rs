@@ -213,7 +213,7 @@ impl Uplink {
                 _ = shutdown.cancelled() => return None,
                 output = &mut fut => return Some(output),
                 batch = rx.recv() => match batch {
-                    Some(batch) => { self.store(batch.clone()).await; }
+                    Some(batch) => self.store(&batch).await,
                     None => return None,
                 },
             }
@@ -221,7 +221,7 @@ impl Uplink {
     }
 
     /// Writes `batch` to the buffer and makes it durable before anything sends it.
-    async fn store(&mut self, batch: SampleBatch) {
+    async fn store(&mut self, batch: &SampleBatch) {
         {
             let table = self.table.lock().expect("series table lock is never poisoned");
             self.buffer.push(batch, &table);
@@ -356,7 +356,7 @@ impl Uplink {
                 }
                 batch = rx.recv() => {
                     let Some(batch) = batch else { return Ok(Ended::Shutdown) };
-                    self.store(batch.clone()).await;
+                    self.store(&batch).await;
                     self.send(&mut link, &batch)?;
                 }
                 read = recv.read(&mut buffer) => match read {

@@ -39,7 +39,7 @@ pub enum DemoError {
 pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> Result<(), DemoError> {
     let state = tempfile::Builder::new().prefix("herd-demo-").tempdir().map_err(DemoError::StateDir)?;
     let pki = state.path().join("pki");
-    let hostname = gethostname();
+    let hostname = crate::selfmon::hostname();
     let ca = tls::generate_ca("Herd demo CA")?;
     let server_pair = tls::issue(&ca, Role::Server, "localhost", &["127.0.0.1".into(), "::1".into()])?;
     let agent_pair = tls::issue(&ca, Role::Agent, &hostname, &[])?;
@@ -140,8 +140,4 @@ async fn live_line(
     if terminal {
         println!();
     }
-}
-
-fn gethostname() -> String {
-    crate::selfmon::hostname()
 }

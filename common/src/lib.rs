@@ -7,12 +7,14 @@
 //! - `metric`: label sets, the agent's series table, staleness markers.
 //! - `config`: the configuration schemas of both binaries and their validation.
 //! - `tls`: the fleet CA, certificate issuance, mutual-TLS configurations.
+//! - `varint`: the LEB128/zigzag coding every Herd encoding shares.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod metric;
 pub mod protocol;
 pub mod tls;
+pub mod varint;
 
 /// The version of this build, shared by both binaries.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

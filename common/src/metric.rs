@@ -17,6 +17,20 @@ pub fn is_stale(value: f64) -> bool {
     value.to_bits() == STALE_NAN_BITS
 }
 
+/// Formats a sample value as Prometheus does: shortest round-trip decimal
+/// without exponent, `NaN`, `+Inf`, `-Inf`.
+pub fn format_value(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".into()
+    } else if value == f64::INFINITY {
+        "+Inf".into()
+    } else if value == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        value.to_string()
+    }
+}
+
 /// The reserved label carrying the metric name.
 pub const METRIC_NAME: &str = "__name__";
 

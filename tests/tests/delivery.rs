@@ -113,7 +113,6 @@ fn agent_killed_mid_backfill_loses_and_duplicates_nothing() {
     let mut unique = times.clone();
     unique.dedup();
     assert_eq!(unique.len(), times.len());
-    assert!(aggregator.self_metric("herd_ingest_dedup_hits_total") >= 0.0);
 }
 
 #[test]

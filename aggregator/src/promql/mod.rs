@@ -406,19 +406,7 @@ fn register_legacy_functions() {
     });
 }
 
-/// Formats a sample value as Prometheus does: shortest round-trip decimal
-/// without exponent, `NaN`, `+Inf`, `-Inf`.
-pub fn format_value(value: f64) -> String {
-    if value.is_nan() {
-        "NaN".into()
-    } else if value == f64::INFINITY {
-        "+Inf".into()
-    } else if value == f64::NEG_INFINITY {
-        "-Inf".into()
-    } else {
-        value.to_string()
-    }
-}
+pub use herd_common::metric::format_value;
 
 #[cfg(test)]
 mod tests {

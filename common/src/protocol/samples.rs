@@ -22,6 +22,7 @@
 use thiserror::Error;
 
 use crate::metric::STALE_NAN_BITS;
+use crate::varint::{get as get_varint, len as varint_len, put as put_varint, unzigzag, zigzag};
 
 const KIND_SAME: u8 = 0;
 const KIND_INT_DELTA: u8 = 1;
@@ -149,45 +150,6 @@ fn scaled_delta(before: f64, value: f64, scale: f64) -> Option<i64> {
         (back.to_bits() == v.to_bits()).then_some(scaled as i64)
     };
     units(value)?.checked_sub(units(before)?)
-}
-
-fn zigzag(n: i64) -> u64 {
-    ((n << 1) ^ (n >> 63)) as u64
-}
-
-fn unzigzag(n: u64) -> i64 {
-    ((n >> 1) as i64) ^ -((n & 1) as i64)
-}
-
-fn varint_len(mut n: u64) -> usize {
-    let mut len = 1;
-    while n >= 0x80 {
-        n >>= 7;
-        len += 1;
-    }
-    len
-}
-
-fn put_varint(mut n: u64, out: &mut Vec<u8>) {
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
-/// Reads a varint at `*pos`; `None` if it runs off the end or past 64 bits.
-fn get_varint(bytes: &[u8], pos: &mut usize) -> Option<u64> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *bytes.get(*pos)?;
-        *pos += 1;
-        value |= u64::from(byte & 0x7f).checked_shl(shift)?;
-        if byte & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
 }
 
 impl SampleDecoder {
