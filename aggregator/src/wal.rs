@@ -29,8 +29,8 @@ use tracing::{info, warn};
 /// A segment is closed and a new one started past this size.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 /// Largest record replay accepts; anything claiming more is corruption.
-const MAX_RECORD_BYTES: usize = 64 << 20;
-const HEADER_BYTES: usize = 8;
+pub(crate) const MAX_RECORD_BYTES: usize = 64 << 20;
+pub(crate) const HEADER_BYTES: usize = 8;
 const KIND_SERIES: u8 = 1;
 const KIND_SAMPLES: u8 = 2;
 /// Submissions waiting for the writer before submitters wait.
@@ -135,7 +135,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn decode(payload: &[u8]) -> Option<WalRecord> {
+/// Decodes one record's payload (after its header and CRC check).
+pub(crate) fn decode(payload: &[u8]) -> Option<WalRecord> {
     let mut r = Reader { bytes: payload, pos: 0 };
     let record = match r.u8()? {
         KIND_SERIES => {
@@ -174,7 +175,8 @@ pub struct ReplayStats {
     pub truncated_segments: u64,
 }
 
-fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
+/// The segment files in `dir`, by number.
+pub(crate) fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
     let entries = fs::read_dir(dir).map_err(|source| WalError::ReadDir { path: dir.to_owned(), source })?;
     let mut found = Vec::new();
     for entry in entries.flatten() {
@@ -241,6 +243,30 @@ pub fn replay(dir: &Path, mut apply: impl FnMut(WalRecord)) -> Result<ReplayStat
     Ok(stats)
 }
 
+/// Segments that readers of the WAL other than replay (remote-write queues)
+/// still need: truncation never deletes a segment numbered at or above the
+/// lowest hold.
+#[derive(Debug, Default)]
+pub struct SegmentHolds {
+    holds: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl SegmentHolds {
+    /// Sets (or moves) the lowest segment `holder` still needs.
+    pub fn set(&self, holder: &str, segment: u64) {
+        self.holds.lock().expect("holds lock").insert(holder.to_owned(), segment);
+    }
+
+    pub fn release(&self, holder: &str) {
+        self.holds.lock().expect("holds lock").remove(holder);
+    }
+
+    /// The lowest segment any holder needs, if any holds.
+    pub fn lowest(&self) -> Option<u64> {
+        self.holds.lock().expect("holds lock").values().min().copied()
+    }
+}
+
 /// WAL figures for self-monitoring.
 #[derive(Debug, Default)]
 pub struct WalStats {
@@ -259,6 +285,7 @@ struct Submission {
 pub struct Wal {
     tx: mpsc::Sender<Submission>,
     pub stats: Arc<WalStats>,
+    pub holds: Arc<SegmentHolds>,
 }
 
 impl Wal {
@@ -277,7 +304,7 @@ impl Wal {
             .spawn(move || writer.run(rx))
             .map_err(|source| WalError::Segment { path: dir.to_owned(), source })?;
         info!(dir = %dir.display(), segment = next, "WAL writer started");
-        Ok(Self { tx, stats })
+        Ok(Self { tx, stats, holds: Arc::new(SegmentHolds::default()) })
     }
 
     /// Appends framed records and waits until they are synced to disk.
