@@ -1,8 +1,9 @@
 //! The one place that knows which agents exist and how they are doing:
 //! connected since, last seen, version, labels, backlog, applied config
-//! version, traffic. Ingest writes it; the HTTP API and the UI read it.
+//! version, traffic, and the `(job, instance)` targets each one reports
+//! (for `up`). Ingest writes it; the HTTP API, the UI and `up` read it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::RwLock;
 use std::time::SystemTime;
@@ -27,8 +28,20 @@ pub struct AgentRecord {
     pub batches_received: u64,
     pub samples_received: u64,
     pub series_defined: u64,
+    /// The `(job, instance)` pairs of the agent's series: what `up` is written for.
+    pub targets: BTreeSet<Target>,
     /// Distinguishes a reconnect from the connection it replaced.
     connection_id: u64,
+}
+
+/// One `(job, instance)` an agent reports series for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct Target {
+    pub job: String,
+    pub instance: String,
+    /// The agent sends this target's `up` itself (a scrape job): the
+    /// aggregator writes `up` for it only while the agent is away.
+    pub reports_up: bool,
 }
 
 #[derive(Debug, Default)]
@@ -62,6 +75,7 @@ impl Fleet {
             batches_received: previous.map_or(0, |p| p.batches_received),
             samples_received: previous.map_or(0, |p| p.samples_received),
             series_defined: 0,
+            targets: previous.map(|p| p.targets.clone()).unwrap_or_default(),
             connection_id,
         };
         agents.insert(id.to_owned(), record);
@@ -83,12 +97,110 @@ impl Fleet {
         });
     }
 
+    /// Notes a series' `job`/`instance` for `up`; returns whether the pair is new.
+    /// Cheap for pairs already known (a shared lock and a lookup).
+    pub fn note_series(&self, id: &str, job: &str, instance: &str, is_up: bool) -> bool {
+        let known = |targets: &BTreeSet<Target>| {
+            targets.iter().any(|t| t.job == job && t.instance == instance && (t.reports_up || !is_up))
+        };
+        if self.agents.read().expect("fleet lock is never poisoned").get(id).is_some_and(|r| known(&r.targets)) {
+            return false;
+        }
+        let mut agents = self.agents.write().expect("fleet lock is never poisoned");
+        let Some(record) = agents.get_mut(id) else { return false };
+        if known(&record.targets) {
+            return false;
+        }
+        record.targets.retain(|t| !(t.job == job && t.instance == instance));
+        record.targets.insert(Target { job: job.to_owned(), instance: instance.to_owned(), reports_up: is_up });
+        true
+    }
+
+    /// Adds agents known from an earlier run, as disconnected, so their
+    /// targets show `up 0` until they come back.
+    pub fn restore(&self, known: Vec<KnownAgent>, now: SystemTime) {
+        let mut agents = self.agents.write().expect("fleet lock is never poisoned");
+        for agent in known {
+            if agents.contains_key(&agent.id) {
+                continue;
+            }
+            let record = AgentRecord {
+                id: agent.id.clone(),
+                claimed_id: agent.id.clone(),
+                hostname: agent.hostname,
+                version: String::new(),
+                labels: Vec::new(),
+                remote_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                connected: false,
+                connected_since: now,
+                last_seen: agent.last_seen,
+                config_version: 0,
+                backlog_batches: 0,
+                batches_received: 0,
+                samples_received: 0,
+                series_defined: 0,
+                targets: agent.targets,
+                connection_id: u64::MAX,
+            };
+            agents.insert(agent.id, record);
+        }
+    }
+
+    /// What [`Fleet::restore`] needs after a restart.
+    pub fn known(&self) -> Vec<KnownAgent> {
+        let agents = self.agents.read().expect("fleet lock is never poisoned");
+        agents
+            .values()
+            .map(|r| KnownAgent {
+                id: r.id.clone(),
+                hostname: r.hostname.clone(),
+                last_seen: r.last_seen,
+                targets: r.targets.clone(),
+            })
+            .collect()
+    }
+
+    /// Forgets agents that have been away since before `cutoff`.
+    pub fn forget_away_since(&self, cutoff: SystemTime) -> Vec<String> {
+        let mut agents = self.agents.write().expect("fleet lock is never poisoned");
+        let gone: Vec<String> =
+            agents.values().filter(|r| !r.connected && r.last_seen < cutoff).map(|r| r.id.clone()).collect();
+        for id in &gone {
+            agents.remove(id);
+        }
+        gone
+    }
+
     pub fn list(&self) -> Vec<AgentRecord> {
         self.agents.read().expect("fleet lock is never poisoned").values().cloned().collect()
     }
 
     pub fn connected_count(&self) -> usize {
         self.agents.read().expect("fleet lock is never poisoned").values().filter(|a| a.connected).count()
+    }
+}
+
+/// An agent as remembered across restarts (`state_dir/fleet.json`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KnownAgent {
+    pub id: String,
+    pub hostname: String,
+    #[serde(with = "unix_ms")]
+    pub last_seen: SystemTime,
+    pub targets: BTreeSet<Target>,
+}
+
+mod unix_ms {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        Ok(UNIX_EPOCH + Duration::from_millis(u64::deserialize(d)?))
     }
 }
 

@@ -10,6 +10,7 @@
 //! - `api`: HTTP and JSON, and nothing else does either.
 //! - `fleet`: which agents exist and how they are doing.
 //! - `selfmon`: the aggregator's own metrics, written to the store.
+//! - `up`: `up{job, instance}` for every agent target, from the fleet.
 //! - `server`: wires the above for `serve` and `demo`.
 //! - `pki` and `demo`: the CLI's certificate commands and the one-command demo.
 #![forbid(unsafe_code)]
@@ -25,4 +26,5 @@ pub mod rules;
 pub mod selfmon;
 pub mod server;
 pub mod store;
+pub mod up;
 pub mod wal;

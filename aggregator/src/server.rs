@@ -27,9 +27,6 @@ use crate::wal::{self, Wal, WalError, WalRecord};
 /// How often the aggregator records its own metrics in the store.
 const SELF_MONITOR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Series one query may select before it is refused.
-const MAX_QUERY_SERIES: usize = 500_000;
-
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(
@@ -123,6 +120,13 @@ pub async fn start(
     };
     let wal = Wal::start(&wal_dir, replayed_bytes)?;
     let fleet = Arc::new(Fleet::new());
+    let up = crate::up::UpWriter {
+        store: Arc::clone(&store),
+        fleet: Arc::clone(&fleet),
+        interval: config.heartbeat_interval,
+        state_path: config.state_dir.join("fleet.json"),
+    };
+    up.restore();
     let stats = Arc::new(IngestStats::default());
     let ready = Arc::new(AtomicBool::new(false));
     let ingest = Arc::new(Ingest::new(
@@ -134,23 +138,24 @@ pub async fn start(
         config.heartbeat_interval,
         config.max_series_per_agent,
     ));
-    // Query cost limits, Prometheus's defaults (`--query.max-samples`,
-    // `--query.timeout`, `--query.max-concurrency`) until the config has keys for them.
+    let limits = &config.query_limits;
+    let max_series = usize::try_from(limits.max_series).unwrap_or(usize::MAX);
     let query_limits = Limits {
-        max_samples: 50_000_000,
-        max_samples_read: 1_000_000_000,
-        max_series: MAX_QUERY_SERIES,
-        timeout: Some(std::time::Duration::from_secs(120)),
+        max_samples: usize::try_from(limits.max_samples).unwrap_or(usize::MAX),
+        max_samples_read: limits.max_samples_read,
+        max_series,
+        timeout: Some(limits.timeout),
     };
-    let engine = Engine::new(Arc::clone(&store), config.lookback_delta, MAX_QUERY_SERIES).with_limits(query_limits);
+    let engine = Engine::new(Arc::clone(&store), config.lookback_delta, max_series).with_limits(query_limits);
     let state = Arc::new(
         ApiState::new(engine, Arc::clone(&store), Arc::clone(&fleet), Arc::clone(&stats), Arc::clone(&ready))
-            .with_max_concurrent_queries(api::DEFAULT_MAX_CONCURRENT_QUERIES),
+            .with_max_concurrent_queries(usize::try_from(limits.max_concurrency).unwrap_or(usize::MAX)),
     );
 
     let mut tasks = JoinSet::new();
     let (notifier, rules) = start_rules(config, &store, query_limits, http_addr, &shutdown, &mut tasks).await?;
     tasks.spawn(ingest.run(endpoint, shutdown.child_token()));
+    tasks.spawn(up.run(shutdown.child_token()));
     let monitor = crate::selfmon::SelfMonitor {
         store: Arc::clone(&store),
         fleet: Arc::clone(&fleet),
@@ -193,7 +198,7 @@ async fn start_rules(
         .collect();
     let notifier = Arc::new(Notifier::new(targets));
     tasks.spawn(Arc::clone(&notifier).run(shutdown.child_token()));
-    let engine = Engine::new(Arc::clone(store), config.lookback_delta, MAX_QUERY_SERIES)
+    let engine = Engine::new(Arc::clone(store), config.lookback_delta, query_limits.max_series)
         .with_limits(query_limits)
         .with_default_subquery_step(config.rules.evaluation_interval);
     let external_url = config

@@ -166,6 +166,19 @@ impl Aggregator {
 
     /// Starts (or restarts) aggregator `name` with state under `work/name-state`.
     pub fn start_at(pki: &Pki, work: &Path, name: &str, http: SocketAddr, quic: SocketAddr) -> Self {
+        Self::start_configured(pki, work, name, http, quic, "")
+    }
+
+    /// Like [`Aggregator::start_at`], with `extra` TOML appended to the config
+    /// (whole sections other than `[server]` and `[tls]`).
+    pub fn start_configured(
+        pki: &Pki,
+        work: &Path,
+        name: &str,
+        http: SocketAddr,
+        quic: SocketAddr,
+        extra: &str,
+    ) -> Self {
         if !pki.path("localhost.pem").exists() {
             pki.issue_server("localhost");
         }
@@ -174,7 +187,7 @@ impl Aggregator {
             &config,
             format!(
                 "[server]\nquic_listen = \"{quic}\"\nhttp_listen = \"{http}\"\nstate_dir = \"{state}\"\nheartbeat_interval = \"1s\"\n\
-                 [tls]\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n",
+                 [tls]\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n{extra}",
                 state = work.join(format!("{name}-state")).display(),
                 ca = pki.path("ca.pem").display(),
                 cert = pki.path("localhost.pem").display(),

@@ -264,6 +264,10 @@ impl Session<'_> {
                     debug_assert_eq!(id as usize, self.series.len(), "the link enforces dense ids");
                     let series = self.ingest.store.series_ref(&labels);
                     self.series.push(series);
+                    if let (Some(job), Some(instance)) = (labels.get("job"), labels.get("instance")) {
+                        let is_up = labels.get(herd_common::metric::METRIC_NAME) == Some("up");
+                        self.ingest.fleet.note_series(&self.identity, job, instance, is_up);
+                    }
                     let logged = self.ingest.logged_series.lock().expect("lock is never poisoned").contains(&series);
                     if !logged {
                         wal::encode_series(series, &labels, &mut self.wal_bytes);

@@ -118,6 +118,40 @@ pub struct RawTls {
 pub struct RawQuery {
     #[serde(default, with = "humantime_serde")]
     pub lookback_delta: Option<Duration>,
+    /// Samples one query may hold in memory at once (`--query.max-samples`).
+    pub max_samples: Option<u64>,
+    /// Samples one query may read from the store.
+    pub max_samples_read: Option<u64>,
+    /// Series one selector may select.
+    pub max_series: Option<u64>,
+    /// Longest a query may run (`--query.timeout`).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// API queries evaluated at once; more wait (`--query.max-concurrency`).
+    pub max_concurrency: Option<u64>,
+}
+
+/// Limits on what one query may cost; past them it fails with Prometheus's errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryLimitsConfig {
+    pub max_samples: u64,
+    pub max_samples_read: u64,
+    pub max_series: u64,
+    pub timeout: Duration,
+    pub max_concurrency: u64,
+}
+
+impl Default for QueryLimitsConfig {
+    /// Prometheus's defaults where it has them.
+    fn default() -> Self {
+        Self {
+            max_samples: 50_000_000,
+            max_samples_read: 1_000_000_000,
+            max_series: 500_000,
+            timeout: Duration::from_secs(120),
+            max_concurrency: 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -130,6 +164,7 @@ pub struct AggregatorConfig {
     pub max_series_per_agent: u32,
     pub tls: TlsFiles,
     pub lookback_delta: Duration,
+    pub query_limits: QueryLimitsConfig,
     pub rules: RulesConfig,
     pub alerting: AlertingConfig,
 }
@@ -182,6 +217,32 @@ impl RawAggregatorConfig {
         if lookback_delta.is_zero() {
             problems.push("query.lookback_delta", "must be above zero");
         }
+        let defaults = QueryLimitsConfig::default();
+        let mut at_least_one = |key: &str, value: Option<u64>, default: u64| {
+            let value = value.unwrap_or(default);
+            if value == 0 {
+                problems.push(key, "must be at least 1");
+            }
+            value
+        };
+        let query_limits = QueryLimitsConfig {
+            max_samples: at_least_one("query.max_samples", self.query.max_samples, defaults.max_samples),
+            max_samples_read: at_least_one(
+                "query.max_samples_read",
+                self.query.max_samples_read,
+                defaults.max_samples_read,
+            ),
+            max_series: at_least_one("query.max_series", self.query.max_series, defaults.max_series),
+            max_concurrency: at_least_one(
+                "query.max_concurrency",
+                self.query.max_concurrency,
+                defaults.max_concurrency,
+            ),
+            timeout: self.query.timeout.unwrap_or(defaults.timeout),
+        };
+        if query_limits.timeout.is_zero() {
+            problems.push("query.timeout", "must be above zero");
+        }
         let rules = RulesConfig {
             files: self.rules.files.iter().map(|f| resolve(base_dir, Path::new(f)).display().to_string()).collect(),
             evaluation_interval: self.rules.evaluation_interval.unwrap_or(DEFAULT_EVALUATION_INTERVAL),
@@ -230,6 +291,7 @@ impl RawAggregatorConfig {
             max_series_per_agent,
             tls,
             lookback_delta,
+            query_limits,
             rules,
             alerting,
         };
@@ -248,9 +310,27 @@ mod tests {
         assert_eq!(config.http_listen, DEFAULT_HTTP_LISTEN.parse().unwrap());
         assert_eq!(config.tls.ca_file, PathBuf::from("/var/lib/herd-aggregator/pki/ca.pem"));
         assert_eq!(config.lookback_delta, Duration::from_secs(300));
+        assert_eq!(config.query_limits, QueryLimitsConfig::default());
         assert_eq!(config.rules.evaluation_interval, Duration::from_secs(60));
         assert_eq!(config.alerting.resend_delay, Duration::from_secs(60));
         assert!(config.rules.files.is_empty() && config.alerting.alertmanagers.is_empty());
+    }
+
+    #[test]
+    fn query_limits_are_configurable_and_checked() {
+        let config = AggregatorConfig::from_toml(
+            "aggregator.toml",
+            "[query]\nmax_samples = 1000\nmax_series = 10\ntimeout = \"5s\"\nmax_concurrency = 2\n",
+            None,
+        )
+        .unwrap();
+        let limits = config.query_limits;
+        assert_eq!((limits.max_samples, limits.max_series, limits.max_concurrency), (1000, 10, 2));
+        assert_eq!((limits.timeout, limits.max_samples_read), (Duration::from_secs(5), 1_000_000_000));
+        let err = AggregatorConfig::from_toml("aggregator.toml", "[query]\nmax_series = 0\ntimeout = \"0s\"\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("query.max_series") && err.contains("query.timeout"), "{err}");
     }
 
     #[test]
