@@ -2,7 +2,11 @@
 //! package): the same generated samples are backfilled into Prometheus with
 //! `promtool tsdb create-blocks-from openmetrics` and loaded into a
 //! `MemStore`; then the same HTTP API requests go to both, and the JSON
-//! results must agree (label sets, timestamps, values within 1e-6 relative).
+//! results must agree (label sets, timestamps, values within 1e-9 relative).
+//! The data holds the seed's metric families (host, PostgreSQL, application,
+//! business) with realistic values, counter resets, histograms and targets
+//! that go away, and the expressions include every one of the seed's rules
+//! and dashboards.
 //!
 //! Needs `prometheus` and `promtool` on PATH (`apt-get install prometheus`).
 //! Without them the test says so and passes, unless `HERD_REQUIRE_PEERS=1`.
@@ -153,7 +157,175 @@ fn generate() -> Vec<SeriesData> {
         })
         .collect();
     out.push((labels(&[("__name__", "odd_values"), ("instance", "i0")]), odd));
+    seed_families(&mut rng, &mut out);
     out
+}
+
+/// A counter over `times`: increments below `step`, and a reset to a small
+/// value at `reset_at` (an index past the end means none).
+fn counter(rng: &mut Rng, times: &[i64], step: u64, reset_at: usize) -> Vec<(i64, f64)> {
+    let mut value = rng.below(1000) as f64;
+    let mut points = Vec::with_capacity(times.len());
+    for (i, &t) in times.iter().enumerate() {
+        value = if i == reset_at { rng.below(step) as f64 } else { value + rng.below(step) as f64 };
+        points.push((t, value));
+    }
+    points
+}
+
+/// A gauge over `times` wandering around `base` by up to `spread`.
+fn gauge(rng: &mut Rng, times: &[i64], base: f64, spread: f64) -> Vec<(i64, f64)> {
+    times.iter().map(|&t| (t, base + spread * (rng.below(2001) as f64 - 1000.0) / 1000.0)).collect()
+}
+
+/// The metric families the seed's rules and dashboards use, with the label
+/// sets Herd's agent and the seed's applications produce.
+fn seed_families(rng: &mut Rng, out: &mut Vec<SeriesData>) {
+    let no_reset = usize::MAX;
+    for host in ["web-1", "db-1"] {
+        // db-1 is down (no samples, up 0) from 1 h 40 min to 2 h.
+        let times: Vec<i64> = scrape_times(rng, 0, SPAN_MS)
+            .into_iter()
+            .filter(|&t| host != "db-1" || !(6_000_000..7_200_000).contains(&t))
+            .collect();
+        let all = scrape_times(rng, 0, SPAN_MS);
+        let node = |name: &str, extra: &[(&str, &str)]| {
+            let mut pairs = vec![("__name__", name), ("job", "node"), ("instance", host)];
+            pairs.extend_from_slice(extra);
+            labels(&pairs)
+        };
+        for cpu in ["0", "1"] {
+            for (mode, step) in [("idle", 15), ("user", 6), ("system", 3)] {
+                let points = counter(rng, &times, step, no_reset);
+                out.push((node("node_cpu_seconds_total", &[("cpu", cpu), ("mode", mode)]), points));
+            }
+        }
+        let total = 8.0e9;
+        out.push((node("node_memory_MemTotal_bytes", &[]), times.iter().map(|&t| (t, total)).collect()));
+        out.push((node("node_memory_MemAvailable_bytes", &[]), gauge(rng, &times, 0.2 * total, 0.15 * total)));
+        for (mountpoint, device, size) in [("/", "/dev/vda1", 1.0e11), ("/var/lib/postgresql", "/dev/vdb1", 5.0e11)] {
+            let fs = [("device", device), ("fstype", "ext4"), ("mountpoint", mountpoint)];
+            out.push((node("node_filesystem_size_bytes", &fs), times.iter().map(|&t| (t, size)).collect()));
+            out.push((node("node_filesystem_avail_bytes", &fs), gauge(rng, &times, 0.1 * size, 0.08 * size)));
+        }
+        for device in ["vda", "vdb"] {
+            // Seconds of I/O per second of wall time: 0.4 to 1.0 busy.
+            let mut busy = 0.0;
+            let points = times
+                .iter()
+                .map(|&t| {
+                    busy += 15.0 * (0.4 + rng.below(600) as f64 / 1000.0);
+                    (t, busy)
+                })
+                .collect();
+            out.push((node("node_disk_io_time_seconds_total", &[("device", device)]), points));
+        }
+        let down = |t: i64| host == "db-1" && (6_000_000..7_200_000).contains(&t);
+        out.push((
+            labels(&[("__name__", "up"), ("job", "node-exporter"), ("instance", host)]),
+            all.iter().map(|&t| (t, if down(t) { 0.0 } else { 1.0 })).collect(),
+        ));
+    }
+
+    // PostgreSQL, with postgres_exporter's label sets.
+    let times = scrape_times(rng, 0, SPAN_MS);
+    let pg = |name: &str, extra: &[(&str, &str)]| {
+        let mut pairs = vec![("__name__", name), ("job", "postgres"), ("instance", "db-1")];
+        pairs.extend_from_slice(extra);
+        labels(&pairs)
+    };
+    out.push((pg("pg_settings_max_connections", &[]), times.iter().map(|&t| (t, 100.0)).collect()));
+    for (datid, datname) in [("16384", "smart_dairy"), ("5", "postgres")] {
+        let db = [("datid", datid), ("datname", datname)];
+        out.push((pg("pg_stat_database_numbackends", &db), gauge(rng, &times, 60.0, 35.0)));
+        let reset = rng.below(times.len() as u64 * 2) as usize;
+        out.push((pg("pg_stat_database_blks_hit", &db), counter(rng, &times, 900, reset)));
+        out.push((pg("pg_stat_database_blks_read", &db), counter(rng, &times, 120, no_reset)));
+    }
+    out.push((pg("pg_replication_lag_seconds", &[]), gauge(rng, &times, 25.0, 20.0)));
+    for queryid in ["101", "202", "303"] {
+        let statement = [("datname", "smart_dairy"), ("queryid", queryid), ("user", "app")];
+        out.push((pg("pg_stat_statements_calls_total", &statement), counter(rng, &times, 3000, no_reset)));
+        out.push((pg("pg_stat_statements_mean_exec_time_ms", &statement), gauge(rng, &times, 450.0, 300.0)));
+    }
+
+    // The application: requests, latency histogram, business and security counters.
+    for (service, instance) in [("api", "app-1:8000"), ("web", "app-2:8000")] {
+        let times = scrape_times(rng, 0, SPAN_MS);
+        let app = |name: &str, extra: &[(&str, &str)]| {
+            let mut pairs = vec![("__name__", name), ("job", "smart-dairy-api"), ("instance", instance)];
+            pairs.extend_from_slice(extra);
+            labels(&pairs)
+        };
+        out.push((
+            app("up", &[]),
+            times.iter().map(|&t| (t, if t > 9_000_000 && service == "web" { 0.0 } else { 1.0 })).collect(),
+        ));
+        for (status, step) in [("200", 400), ("404", 20), ("500", 30), ("503", 10)] {
+            let reset = if status == "200" { times.len() / 2 } else { no_reset };
+            let points = counter(rng, &times, step, reset);
+            out.push((app("http_requests_total", &[("service", service), ("status", status)]), points));
+        }
+        let bounds = ["0.1", "0.5", "1", "2", "5", "+Inf"];
+        let mut counts = [0.0; 6];
+        let mut buckets: Vec<Vec<(i64, f64)>> = vec![Vec::new(); bounds.len()];
+        for &t in &times {
+            for _ in 0..rng.below(40) {
+                let bucket = rng.below(6) as usize;
+                for count in &mut counts[bucket..] {
+                    *count += 1.0;
+                }
+            }
+            for (i, count) in counts.iter().enumerate() {
+                buckets[i].push((t, *count));
+            }
+        }
+        for (le, points) in bounds.iter().zip(buckets) {
+            out.push((app("http_request_duration_seconds_bucket", &[("service", service), ("le", le)]), points));
+        }
+        for (name, step) in [
+            ("auth_login_failures_total", 400),
+            ("auth_account_lockouts_total", 150),
+            ("authz_access_denied_total", 700),
+        ] {
+            out.push((app(name, &[]), counter(rng, &times, step, no_reset)));
+        }
+    }
+    let times = scrape_times(rng, 0, SPAN_MS);
+    let business = |name: &str, extra: &[(&str, &str)]| {
+        let mut pairs = vec![("__name__", name), ("job", "smart-dairy-business"), ("instance", "app-1:8000")];
+        pairs.extend_from_slice(extra);
+        labels(&pairs)
+    };
+    for order_type in ["subscription", "one_time"] {
+        for (status, step) in [("created", 12), ("cancelled", 2)] {
+            let points = counter(rng, &times, step, no_reset);
+            out.push((business("smart_dairy_orders_total", &[("order_type", order_type), ("status", status)]), points));
+        }
+        out.push((
+            business("smart_dairy_order_value_bdt_sum", &[("order_type", order_type)]),
+            counter(rng, &times, 9000, no_reset),
+        ));
+    }
+    for gateway in ["bkash", "nagad", "card"] {
+        for (status, step) in [("success", 30), ("failed", 5)] {
+            let points = counter(rng, &times, step, no_reset);
+            out.push((business("smart_dairy_payments_total", &[("gateway", gateway), ("status", status)]), points));
+        }
+    }
+    for window in ["1h", "24h"] {
+        out.push((business("smart_dairy_active_users", &[("time_window", window)]), gauge(rng, &times, 1500.0, 500.0)));
+    }
+    for stage in ["visit", "cart", "checkout", "paid"] {
+        out.push((business("smart_dairy_conversion_funnel", &[("stage", stage)]), gauge(rng, &times, 400.0, 300.0)));
+    }
+    for product_id in 1..=14 {
+        let product_id = product_id.to_string();
+        out.push((
+            business("smart_dairy_product_views_total", &[("product_id", &product_id)]),
+            counter(rng, &times, 50, no_reset),
+        ));
+    }
 }
 
 fn openmetrics(series: &[SeriesData]) -> String {
@@ -286,7 +458,7 @@ fn value_of(text: &Json) -> f64 {
 }
 
 fn almost_equal(a: f64, b: f64) -> bool {
-    (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() / (a.abs() + b.abs()) < 1e-6 || (a - b).abs() < 1e-12
+    (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() / (a.abs() + b.abs()) < 1e-9 || (a - b).abs() < 1e-12
 }
 
 fn points(json: &Json) -> Vec<(f64, f64)> {
@@ -485,6 +657,47 @@ const EXPRESSIONS: &[&str] = &[
     "max_over_time((node_load1 > 1)[10m:1m])",
     "avg_over_time(max_over_time(node_load1[5m:1m])[20m:5m])",
     "histogram_quantile(0.99, rate(request_duration_seconds_bucket[1m]))",
+    // Every expression of the seed's rule files (../shared/rules/seed/) and of its
+    // dashboards and guide (../shared/seed/monitoring-setup-guide.md), verbatim.
+    r#"(1 - (node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes)) * 100"#,
+    r#"(1 - (node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes)) * 100 > 90"#,
+    r#"100 - (avg by(instance) (rate(node_cpu_seconds_total{mode='idle'}[5m])) * 100)"#,
+    r#"100 - (avg by(instance) (rate(node_cpu_seconds_total{mode="idle"}[5m])) * 100)"#,
+    r#"100 - (avg by(instance) (rate(node_cpu_seconds_total{mode="idle"}[5m])) * 100) > 90"#,
+    r#"(node_filesystem_avail_bytes / node_filesystem_size_bytes) * 100 < 10"#,
+    r#"rate(node_disk_io_time_seconds_total[5m]) > 0.8"#,
+    r#"up{job="node-exporter"} == 0"#,
+    r#"up{job="smart-dairy-api"} == 0"#,
+    r#"pg_stat_database_numbackends"#,
+    r#"(pg_stat_database_numbackends / pg_settings_max_connections) * 100 > 90"#,
+    r#"pg_replication_lag_seconds > 30"#,
+    r#"pg_stat_database_blks_hit / (pg_stat_database_blks_hit + pg_stat_database_blks_read) * 100 < 90"#,
+    r#"rate(pg_stat_statements_calls_total[5m]) > 100 and pg_stat_statements_mean_exec_time_ms > 500"#,
+    r#"histogram_quantile(0.95, rate(http_request_duration_seconds_bucket[5m]))"#,
+    r#"histogram_quantile(0.95, rate(http_request_duration_seconds_bucket[5m])) > 2"#,
+    r#"sum(rate(http_requests_total[5m])) by (service)"#,
+    r#"sum(rate(http_requests_total[5m])) by (service) < 10"#,
+    r#"sum(rate(http_requests_total{status=~'5..'}[5m])) by (service) / sum(rate(http_requests_total[5m])) by (service) * 100"#,
+    r#"sum(rate(http_requests_total{status=~"5.."}[5m])) by (service) / sum(rate(http_requests_total[5m])) by (service) * 100 > 5"#,
+    r#"rate(auth_login_failures_total[5m]) > 10"#,
+    r#"rate(auth_account_lockouts_total[5m]) > 5"#,
+    r#"rate(authz_access_denied_total[5m]) > 20"#,
+    r#"rate(smart_dairy_orders_total[10m]) < 0.5"#,
+    r#"sum(rate(smart_dairy_orders_total[5m])) by (order_type)"#,
+    r#"sum(rate(smart_dairy_orders_total{status='created'}[5m])) by (order_type)"#,
+    r#"sum(increase(smart_dairy_orders_total{status='created'}[24h]))"#,
+    r#"sum(rate(smart_dairy_order_value_bdt_sum[5m])) by (order_type)"#,
+    r#"sum(increase(smart_dairy_order_value_bdt_sum[24h]))"#,
+    r#"sum(increase(smart_dairy_payments_total[24h])) by (gateway)"#,
+    r#"sum(increase(smart_dairy_payments_total{status='success'}[1h])) / sum(increase(smart_dairy_payments_total[1h])) * 100"#,
+    r#"sum(increase(smart_dairy_payments_total{status='success'}[10m])) / sum(increase(smart_dairy_payments_total[10m])) * 100 < 95"#,
+    r#"sum(increase(smart_dairy_payments_total{status='failed'}[5m])) by (gateway) / sum(increase(smart_dairy_payments_total[5m])) by (gateway) * 100 > 10"#,
+    r#"smart_dairy_active_users{time_window='24h'}"#,
+    r#"smart_dairy_conversion_funnel"#,
+    r#"topk(10, sum(increase(smart_dairy_product_views_total[24h])) by (product_id))"#,
+    // The seed's connection ratio as it works with postgres_exporter's labels.
+    r#"max by (instance) (pg_stat_database_numbackends) / ignoring(datid, datname) group_left sum by (instance) (pg_settings_max_connections) * 100"#,
+    r#"sum by (instance) (pg_stat_database_numbackends) / on(instance) pg_settings_max_connections * 100 > 90"#,
     // Range vectors (instant queries only; as range queries they are errors on both sides).
     "node_load1[2m]",
     "http_requests_total[1m] offset 30s",
@@ -553,4 +766,23 @@ fn herd_answers_like_prometheus_2_42() {
     // The comparison means something only if most answers have data.
     assert!(non_empty * 10 > requests.len() * 8, "only {non_empty} of {} answers have data", requests.len());
     assert!(errors >= 6, "only {errors} error answers compared");
+}
+
+/// The comparison above covers every alert expression of the seed's rule files.
+#[test]
+fn every_seed_rule_expression_is_compared() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/rules/seed");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        let file: serde_norway::Value = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for group in file["groups"].as_sequence().unwrap() {
+            for rule in group["rules"].as_sequence().unwrap() {
+                let expr = rule["expr"].as_str().unwrap().trim();
+                assert!(EXPRESSIONS.contains(&expr), "{}: {expr:?} is not in EXPRESSIONS", path.display());
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 19, "only {checked} seed rules found in {}", dir.display());
 }

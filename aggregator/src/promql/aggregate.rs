@@ -193,7 +193,7 @@ fn ranked(
     let mut series_slots: Vec<Option<usize>> = vec![None; input.len()];
     let mut builder = SeriesBuilder::new(ev.budget());
     let mut cursor = StepCursor::new(input.len());
-    let (mut present, mut touched) = (Vec::new(), Vec::new());
+    let (mut present, mut touched, mut chosen) = (Vec::new(), Vec::new(), Vec::new());
     for step in 0..ev.steps() {
         ev.budget().check_deadline()?;
         let ts = ev.step_time(step);
@@ -232,13 +232,8 @@ fn ranked(
                     builder.push(slot, ts, quantile(param, &mut values))?;
                 }
                 _ => {
-                    // Largest (or smallest) first, NaN always last; ties keep input order.
-                    if op == T_TOPK {
-                        group_members.sort_by(|a, b| nan_last(a.0, b.0, |x, y| y.total_cmp(&x)));
-                    } else {
-                        group_members.sort_by(|a, b| nan_last(a.0, b.0, |x, y| x.total_cmp(&y)));
-                    }
-                    for &(value, i) in group_members.iter().take(k) {
+                    select_k(group_members, k, op == T_TOPK, &mut chosen);
+                    for &(value, i) in &chosen {
                         let slot = *series_slots[i].get_or_insert_with(|| builder.slot(Arc::clone(&input[i].labels)));
                         builder.push(slot, ts, value)?;
                     }
@@ -247,6 +242,74 @@ fn ranked(
         }
     }
     Ok(builder.finish())
+}
+
+/// The `k` largest (`top`) or smallest members, largest (smallest) first,
+/// chosen exactly as Prometheus chooses them, so that ties at the boundary
+/// keep the same series: a binary min-heap (max-heap for bottomk) of the
+/// first `k` members in input order, where a later member replaces the root
+/// only when strictly better; then the heap reversed by an insertion sort
+/// (Go's sort for up to 12 elements; a stable sort in the same order beyond).
+fn select_k(members: &[(f64, usize)], k: usize, top: bool, out: &mut Vec<(f64, usize)>) {
+    // The heap's order: NaN below everything, then by value.
+    let less = |a: f64, b: f64| a.is_nan() || if top { a < b } else { a > b };
+    let up = |heap: &mut [(f64, usize)], mut j: usize| {
+        while j > 0 {
+            let parent = (j - 1) / 2;
+            if !less(heap[j].0, heap[parent].0) {
+                break;
+            }
+            heap.swap(parent, j);
+            j = parent;
+        }
+    };
+    let down = |heap: &mut [(f64, usize)], mut i: usize| {
+        loop {
+            let left = 2 * i + 1;
+            if left >= heap.len() {
+                break;
+            }
+            let mut child = left;
+            if left + 1 < heap.len() && less(heap[left + 1].0, heap[left].0) {
+                child = left + 1;
+            }
+            if !less(heap[child].0, heap[i].0) {
+                break;
+            }
+            heap.swap(i, child);
+            i = child;
+        }
+    };
+    out.clear();
+    for &member in members {
+        if out.len() < k {
+            out.push(member);
+            let last = out.len() - 1;
+            up(out, last);
+            continue;
+        }
+        let root = out[0].0;
+        let better = if top { root < member.0 } else { root > member.0 };
+        if better || (root.is_nan() && !member.0.is_nan()) {
+            out[0] = member;
+            if k > 1 {
+                down(out, 0);
+            }
+        }
+    }
+    if out.len() <= 12 {
+        for i in 1..out.len() {
+            let mut j = i;
+            while j > 0 && less(out[j - 1].0, out[j].0) {
+                out.swap(j, j - 1);
+                j -= 1;
+            }
+        }
+    } else if top {
+        out.sort_by(|a, b| nan_last(a.0, b.0, |x, y| y.total_cmp(&x)));
+    } else {
+        out.sort_by(|a, b| nan_last(a.0, b.0, |x, y| x.total_cmp(&y)));
+    }
 }
 
 fn nan_last(a: f64, b: f64, order: impl Fn(f64, f64) -> Ordering) -> Ordering {
