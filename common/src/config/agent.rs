@@ -825,7 +825,7 @@ fn validate_probes(
         let Some(target) = entry.target else {
             problems.push(
                 &format!("{key}.target"),
-                "is missing (expected \"http://host:port/path\" or \"tcp://host:port\")",
+                "is missing (expected \"http://host:port/path\", \"https://host/path\" or \"tcp://host:port\")",
             );
             continue;
         };
