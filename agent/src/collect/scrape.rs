@@ -156,6 +156,9 @@ pub struct ScrapeCollector {
     interval: Duration,
     /// Set for https URLs.
     tls: Option<ClientTls>,
+    /// Kept between scrapes (keep-alive, TLS settings read once) and
+    /// dropped after a failed one, so the next reads the CA files again.
+    http: std::sync::Mutex<Option<ureq::Agent>>,
 }
 
 /// A fetched body, and whether it was cut at `max_body_bytes`.
@@ -184,6 +187,7 @@ impl ScrapeCollector {
             max_body_bytes: config.max_body_bytes,
             interval: config.interval,
             tls: config.tls.clone(),
+            http: std::sync::Mutex::new(None),
         }
     }
 
@@ -191,16 +195,26 @@ impl ScrapeCollector {
         CollectError::Server { server: self.url.clone(), detail: detail.into() }
     }
 
+    /// The HTTP client, built on first use or after a failure.
+    fn http_agent(&self) -> Result<ureq::Agent, CollectError> {
+        let mut slot = self.http.lock().expect("http agent lock is never poisoned");
+        if let Some(agent) = slot.as_ref() {
+            return Ok(agent.clone());
+        }
+        let mut config = ureq::Agent::config_builder().timeout_global(Some(self.timeout)).http_status_as_error(false);
+        if let Some(tls) = &self.tls {
+            config = config.tls_config(super::tls::ureq_tls(tls).map_err(|detail| self.error(detail))?);
+        }
+        let agent: ureq::Agent = config.build().into();
+        *slot = Some(agent.clone());
+        Ok(agent)
+    }
+
     /// ureq is blocking: the fetch runs on the blocking pool, bounded by its own timeout.
     async fn fetch(&self) -> Result<Body, CollectError> {
-        let (url, timeout, limit) = (self.url.clone(), self.timeout, self.max_body_bytes);
-        let tls = self.tls.clone();
+        let (url, limit) = (self.url.clone(), self.max_body_bytes);
+        let agent = self.http_agent()?;
         let fetched = tokio::task::spawn_blocking(move || -> Result<Body, String> {
-            let mut config = ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false);
-            if let Some(tls) = &tls {
-                config = config.tls_config(super::tls::ureq_tls(tls)?);
-            }
-            let agent: ureq::Agent = config.build().into();
             let mut response = agent
                 .get(&url)
                 .header("Accept", "text/plain;version=0.0.4")
@@ -224,6 +238,9 @@ impl ScrapeCollector {
         })
         .await
         .map_err(|_| self.error("the fetch task panicked"))?;
+        if fetched.is_err() {
+            *self.http.lock().expect("http agent lock is never poisoned") = None;
+        }
         fetched.map_err(|detail| self.error(detail))
     }
 }
@@ -246,7 +263,10 @@ impl Collector for ScrapeCollector {
         let started = Instant::now();
         let fetched = match tokio::time::timeout(self.timeout, self.fetch()).await {
             Ok(fetched) => fetched,
-            Err(_) => Err(self.error(format!("no answer within {} ms", self.timeout.as_millis()))),
+            Err(_) => {
+                *self.http.lock().expect("http agent lock is never poisoned") = None;
+                Err(self.error(format!("no answer within {} ms", self.timeout.as_millis())))
+            }
         };
         let statics: Vec<(&str, &str)> = self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let body = match fetched {
