@@ -134,20 +134,21 @@ fn scheduler(
     (scheduler, rx)
 }
 
-async fn one_cycle(config: &AgentConfig) -> BTreeMap<String, f64> {
-    let table: SharedSeriesTable = Arc::default();
-    let (mut scheduler, _rx) = scheduler(config, &table);
-    let batch = scheduler.cycle().await;
-    let table = table.lock().unwrap();
-    batch
-        .samples
-        .iter()
-        .filter(|(_, v)| !is_stale(*v))
-        .map(|(id, v)| (table.labels(*id).unwrap().to_string(), *v))
-        .collect()
+/// Collects log lines (the test runs on one thread: the subscriber is thread-local).
+#[derive(Clone, Default)]
+struct LogSink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn https_scrape_and_probe_with_client_certificates_and_a_wrong_ca() {
     let pki = Pki::new();
     let (_exporter, port) = start_exporter(&pki);
@@ -169,7 +170,23 @@ async fn https_scrape_and_probe_with_client_certificates_and_a_wrong_ca() {
         tls_table(&pki, "other-ca.pem", true, ", insecure_skip_verify = true"),
     );
     let config = config("interval = \"10s\"\ntimeout = \"5s\"", &entries);
-    let series = one_cycle(&config).await;
+    let sink = LogSink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let table: SharedSeriesTable = Arc::default();
+    let (mut scheduler, _rx) = scheduler(&config, &table);
+    scheduler.cycle().await;
+    let batch = scheduler.cycle().await;
+    let series: BTreeMap<String, f64> = {
+        let table = table.lock().unwrap();
+        batch
+            .samples
+            .iter()
+            .filter(|(_, v)| !is_stale(*v))
+            .map(|(id, v)| (table.labels(*id).unwrap().to_string(), *v))
+            .collect()
+    };
     let get = |key: &str| -> f64 {
         *series
             .get(key)
@@ -215,6 +232,17 @@ async fn https_scrape_and_probe_with_client_certificates_and_a_wrong_ca() {
     let skip = format!("https://127.0.0.1:{port}/");
     assert_eq!(probe(&skip, "probe_success"), 1.0);
     assert_eq!(probe(&skip, "probe_http_status_code"), 200.0);
+
+    // Two cycles, one line per failing target: the wrong CA is named as such.
+    let logs = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+    let probe_lines: Vec<&str> = logs.lines().filter(|l| l.contains("probe failing")).collect();
+    assert_eq!(probe_lines.len(), 1, "{logs}");
+    assert!(probe_lines[0].contains(&wrong) && probe_lines[0].contains("UnknownIssuer"), "{logs}");
+    let scrape_lines: Vec<&str> = logs.lines().filter(|l| l.contains("collector failing")).collect();
+    assert_eq!(scrape_lines.len(), 3, "wrong-ca, no-client-cert, down: {logs}");
+    let wrong_ca = scrape_lines.iter().find(|l| l.contains("scrape:wrong-ca")).unwrap();
+    assert!(wrong_ca.contains("UnknownIssuer"), "{wrong_ca}");
+    assert!(!logs.contains("PRIVATE KEY"), "{logs}");
 }
 
 /// The timestamps of the batches that carry `up{job}`.
