@@ -769,6 +769,13 @@ async fn tls_verify_full_with_a_client_certificate_and_a_wrong_ca() {
     // require: encrypted, any server certificate (libpq's meaning without a CA).
     let mut require = Harness::new(entry("require", "require", client_cert.clone()));
     assert_eq!(require.cycle().await.get("pg_up", &[("server", "require")]), 1.0);
+    // require with a CA file: the chain is verified, the name is not (libpq's verify-ca).
+    let mut require_ca = Harness::new(entry(
+        "require-ca",
+        "require",
+        format!("ca_file = \"{}\", {client_cert}, server_name = \"other.internal\"", file("ca.pem")),
+    ));
+    assert_eq!(require_ca.cycle().await.get("pg_up", &[("server", "require-ca")]), 1.0);
 
     let sink = LogSink::default();
     let writer = sink.clone();
@@ -787,9 +794,14 @@ async fn tls_verify_full_with_a_client_certificate_and_a_wrong_ca() {
         )),
         Harness::new(entry("no-cert", "verify-full", format!("ca_file = \"{}\"", file("ca.pem")))),
         Harness::new(entry("plain", "disable", String::new())),
+        Harness::new(entry(
+            "require-wrong-ca",
+            "require",
+            format!("ca_file = \"{}\", {client_cert}", file("other-ca.pem")),
+        )),
     ];
     for _ in 0..2 {
-        for (harness, name) in down.iter_mut().zip(["wrong-ca", "wrong-name", "no-cert", "plain"]) {
+        for (harness, name) in down.iter_mut().zip(["wrong-ca", "wrong-name", "no-cert", "plain", "require-wrong-ca"]) {
             let series = harness.cycle().await;
             assert_eq!(series.get("pg_up", &[("server", name)]), 0.0, "{name}");
             assert!(!series.0.keys().any(|s| s.starts_with("pg_settings_")), "{name}");
@@ -797,7 +809,7 @@ async fn tls_verify_full_with_a_client_certificate_and_a_wrong_ca() {
     }
     let logs = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
     let failing: Vec<&str> = logs.lines().filter(|line| line.contains("collector failing")).collect();
-    assert_eq!(failing.len(), 4, "one line per collector, not per cycle:\n{logs}");
+    assert_eq!(failing.len(), 5, "one line per collector, not per cycle:\n{logs}");
     let line = |name: &str| *failing.iter().find(|l| l.contains(&format!("postgres:{name}"))).unwrap();
     assert!(
         line("wrong-ca").contains("invalid peer certificate") && line("wrong-ca").contains("UnknownIssuer"),
@@ -806,5 +818,6 @@ async fn tls_verify_full_with_a_client_certificate_and_a_wrong_ca() {
     assert!(line("wrong-name").contains("not valid for name \"other.internal\""), "{logs}");
     assert!(line("no-cert").contains("certificate"), "{logs}");
     assert!(line("plain").contains("no encryption"), "{logs}");
+    assert!(line("require-wrong-ca").contains("UnknownIssuer"), "{logs}");
     assert!(!logs.contains(PASSWORD), "the password never reaches a log: {logs}");
 }
