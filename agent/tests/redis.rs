@@ -620,6 +620,13 @@ async fn tls_with_a_client_certificate_and_a_wrong_ca() {
     assert_eq!(series.get("redis_up", &up), 1.0);
     assert!(series.get("redis_commands_processed_total", &up) >= 1.0);
 
+    // insecure_skip_verify: any server certificate, here one the configured CA did not sign.
+    let mut insecure = Harness::new(collector(&entry(
+        "insecure",
+        format!("ca_file = \"{}\", {client_cert}, insecure_skip_verify = true", file("other-ca.pem")),
+    )));
+    assert_eq!(insecure.cycle().await.get("redis_process_id", &[("server", "insecure")]), f64::from(pid));
+
     let sink = LogSink::default();
     let writer = sink.clone();
     let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
