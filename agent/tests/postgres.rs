@@ -9,7 +9,11 @@
 //! 1 without help), a server that accepts but never answers (`pg_up 0`
 //! within the instance timeout), a wrong password (one log line, no
 //! password in logs or labels), replication lag on a streaming standby made
-//! with `pg_basebackup`, and the same series as Debian's postgres_exporter.
+//! with `pg_basebackup`, the same series as Debian's postgres_exporter, and
+//! TLS: a cluster with `ssl=on`, test-made certificates and only `hostssl`
+//! lines requiring a client certificate, read with `verify-full` and
+//! `require`; a wrong CA, a missing client certificate and `disable` are
+//! `pg_up 0` with a clear log line.
 //!
 //! Needs Debian's `postgresql` package (PostgreSQL 15 under
 //! `/usr/lib/postgresql/15/bin`; `HERD_PG_BIN` names another directory);
@@ -65,6 +69,11 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Self {
+        Self::new_with(|_| {})
+    }
+
+    /// A cluster whose data directory `configure` edits (as root) before it starts.
+    fn new_with(configure: impl FnOnce(&Path)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let pwfile = dir.path().join("pw");
         std::fs::File::create(&pwfile).unwrap().write_all(PASSWORD.as_bytes()).unwrap();
@@ -85,6 +94,9 @@ impl Cluster {
                 "--no-sync",
             ],
         );
+        configure(&data);
+        let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&data).status().unwrap();
+        assert!(status.success());
         let mut cluster = Self { dir, port: free_port(), server: None };
         cluster.start();
         cluster
@@ -682,4 +694,130 @@ async fn same_series_as_postgres_exporter() {
     }
     assert!(problems.is_empty(), "{} differences:\n{}", problems.len(), problems.join("\n"));
     assert!(shared.len() > 200, "only {} shared families", shared.len());
+}
+
+#[tokio::test]
+async fn tls_verify_full_with_a_client_certificate_and_a_wrong_ca() {
+    use herd_common::tls::{Role, generate_ca, issue, write_pair};
+    let pki = tempfile::tempdir().unwrap();
+    let ca = generate_ca("database CA").unwrap();
+    write_pair(pki.path(), "ca", &ca, false).unwrap();
+    write_pair(pki.path(), "client", &issue(&ca, Role::Agent, "postgres", &[]).unwrap(), false).unwrap();
+    write_pair(pki.path(), "other-ca", &generate_ca("someone else").unwrap(), false).unwrap();
+    let cluster = Cluster::new_with(|data| {
+        let server = issue(&ca, Role::Server, "db.internal", &["127.0.0.1".into()]).unwrap();
+        write_pair(data, "server", &server, false).unwrap();
+        std::fs::write(data.join("root.pem"), &ca.cert_pem).unwrap();
+        let mut conf = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).unwrap();
+        writeln!(
+            conf,
+            "ssl = on\nssl_cert_file = 'server.pem'\nssl_key_file = 'server-key.pem'\nssl_ca_file = 'root.pem'"
+        )
+        .unwrap();
+        // TLS only, with a client certificate from the CA, plus the password.
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-ca\n",
+        )
+        .unwrap();
+    });
+    let file = |name: &str| pki.path().join(name).display().to_string();
+    let client_cert = format!("cert_file = \"{}\", key_file = \"{}\"", file("client.pem"), file("client-key.pem"));
+    let entry = |name: &str, sslmode: &str, tls: String| {
+        collector(&format!(
+            "name = \"{name}\"\ndsn = \"postgres://postgres:{PASSWORD}@127.0.0.1:{}/postgres\"\nsslmode = \"{sslmode}\"\n\
+             timeout = \"2s\"\nstatements_limit = 0\ntls = {{ {tls} }}",
+            cluster.port
+        ))
+    };
+    let admin = {
+        // The test's own view, over the local socket (trust).
+        let (client, connection) = tokio_postgres::Config::new()
+            .host_path(cluster.dir.path())
+            .port(cluster.port)
+            .user("postgres")
+            .dbname("postgres")
+            .connect(NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+    };
+
+    // verify-full: the chain against the CA, the IP address against the certificate.
+    let mut full =
+        Harness::new(entry("full", "verify-full", format!("ca_file = \"{}\", {client_cert}", file("ca.pem"))));
+    let series = full.cycle().await;
+    assert_eq!(series.get("pg_up", &[("server", "full")]), 1.0);
+    let max_connections = number(&admin, "current_setting('max_connections')::int").await;
+    assert_eq!(series.get("pg_settings_max_connections", &[("server", "full")]), max_connections);
+    // The collector's session is encrypted and authenticated by its certificate.
+    let ssl = number(
+        &admin,
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'herd-agent' AND s.ssl AND s.client_dn = '/CN=postgres/O=Herd'",
+    )
+    .await;
+    assert_eq!(ssl, 1.0);
+    // verify-full by name: the certificate's DNS name instead of the address.
+    let mut by_name = Harness::new(entry(
+        "by-name",
+        "verify-full",
+        format!("ca_file = \"{}\", {client_cert}, server_name = \"db.internal\"", file("ca.pem")),
+    ));
+    assert_eq!(by_name.cycle().await.get("pg_up", &[("server", "by-name")]), 1.0);
+    // require: encrypted, any server certificate (libpq's meaning without a CA).
+    let mut require = Harness::new(entry("require", "require", client_cert.clone()));
+    assert_eq!(require.cycle().await.get("pg_up", &[("server", "require")]), 1.0);
+    // require with a CA file: the chain is verified, the name is not (libpq's verify-ca).
+    let mut require_ca = Harness::new(entry(
+        "require-ca",
+        "require",
+        format!("ca_file = \"{}\", {client_cert}, server_name = \"other.internal\"", file("ca.pem")),
+    ));
+    assert_eq!(require_ca.cycle().await.get("pg_up", &[("server", "require-ca")]), 1.0);
+
+    let sink = LogSink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut down = [
+        Harness::new(entry(
+            "wrong-ca",
+            "verify-full",
+            format!("ca_file = \"{}\", {client_cert}", file("other-ca.pem")),
+        )),
+        Harness::new(entry(
+            "wrong-name",
+            "verify-full",
+            format!("ca_file = \"{}\", {client_cert}, server_name = \"other.internal\"", file("ca.pem")),
+        )),
+        Harness::new(entry("no-cert", "verify-full", format!("ca_file = \"{}\"", file("ca.pem")))),
+        Harness::new(entry("plain", "disable", String::new())),
+        Harness::new(entry(
+            "require-wrong-ca",
+            "require",
+            format!("ca_file = \"{}\", {client_cert}", file("other-ca.pem")),
+        )),
+    ];
+    for _ in 0..2 {
+        for (harness, name) in down.iter_mut().zip(["wrong-ca", "wrong-name", "no-cert", "plain", "require-wrong-ca"]) {
+            let series = harness.cycle().await;
+            assert_eq!(series.get("pg_up", &[("server", name)]), 0.0, "{name}");
+            assert!(!series.0.keys().any(|s| s.starts_with("pg_settings_")), "{name}");
+        }
+    }
+    let logs = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+    let failing: Vec<&str> = logs.lines().filter(|line| line.contains("collector failing")).collect();
+    assert_eq!(failing.len(), 5, "one line per collector, not per cycle:\n{logs}");
+    let line = |name: &str| *failing.iter().find(|l| l.contains(&format!("postgres:{name}"))).unwrap();
+    assert!(
+        line("wrong-ca").contains("invalid peer certificate") && line("wrong-ca").contains("UnknownIssuer"),
+        "{logs}"
+    );
+    assert!(line("wrong-name").contains("not valid for name \"other.internal\""), "{logs}");
+    assert!(line("no-cert").contains("certificate"), "{logs}");
+    assert!(line("plain").contains("no encryption"), "{logs}");
+    assert!(line("require-wrong-ca").contains("UnknownIssuer"), "{logs}");
+    assert!(!logs.contains(PASSWORD), "the password never reaches a log: {logs}");
 }

@@ -118,11 +118,11 @@ async fn http_and_tcp_probes_report_like_blackbox_exporter() {
 #[test]
 fn probe_targets_are_checked_with_their_keys() {
     let text = "[uplink]\nendpoints = [\"agg:7400\"]\nca_file = \"ca\"\ncert_file = \"c\"\nkey_file = \"k\"\n\
-                [[collect.probe]]\ntarget = \"https://example.com/\"\n[[collect.probe]]\ntarget = \"example.com\"\n\
+                [[collect.probe]]\ntarget = \"https://example.com/\"\ntls = { cert_file = \"c.pem\" }\n[[collect.probe]]\ntarget = \"example.com\"\n\
                 [[collect.probe]]\n[[collect.probe]]\ntarget = \"http://example.com/health\"\n";
     let err = AgentConfig::from_toml("agent.toml", text, None, "web-1").unwrap_err().to_string();
     for needle in [
-        "collect.probe[0].target: https probes are not supported yet",
+        "collect.probe[0].tls.key_file: is missing",
         "collect.probe[1].target: \"example.com\" has no scheme",
         "collect.probe[2].target: is missing",
     ] {

@@ -7,7 +7,10 @@
 //! load of writes, hits, misses, expiries and evictions; the server going
 //! away and coming back (`redis_up` 0 then 1 without help); a wrong password
 //! (`redis_up 0`, one log line, no password in logs or labels); a server
-//! that never answers; the same series as Debian's redis_exporter.
+//! that never answers; the same series as Debian's redis_exporter; TLS
+//! (`--tls-port` only, client certificates required, certificates made by
+//! the test): up with real values, and down with one clear log line when the
+//! CA is wrong or no client certificate is configured.
 //!
 //! Needs Debian's `redis-server` (`HERD_REDIS_SERVER` names another binary);
 //! `scripts/test.sh` installs it.
@@ -35,19 +38,48 @@ fn free_port() -> u16 {
 struct Server {
     port: u16,
     child: Option<Child>,
+    /// With TLS: `port` is the TLS port, the plain one is off.
+    tls_args: Vec<String>,
 }
 
 impl Server {
     fn new() -> Self {
-        let mut server = Self { port: free_port(), child: None };
+        let mut server = Self { port: free_port(), child: None, tls_args: Vec::new() };
+        server.start();
+        server
+    }
+
+    /// TLS only, on `port`, requiring client certificates signed by `dir/ca.pem`.
+    fn with_tls(dir: &std::path::Path, extra: &[&str]) -> Self {
+        let file = |name: &str| dir.join(name).display().to_string();
+        let mut tls_args = vec![
+            "--tls-cert-file".to_owned(),
+            file("server.pem"),
+            "--tls-key-file".to_owned(),
+            file("server-key.pem"),
+            "--tls-ca-cert-file".to_owned(),
+            file("ca.pem"),
+            "--tls-auth-clients".to_owned(),
+            "yes".to_owned(),
+        ];
+        tls_args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        let mut server = Self { port: free_port(), child: None, tls_args };
         server.start();
         server
     }
 
     fn start(&mut self) {
         let binary = std::env::var("HERD_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned());
+        let port = self.port.to_string();
+        let ports: [&str; 4] = if self.tls_args.is_empty() {
+            ["--port", &port, "--tls-port", "0"]
+        } else {
+            ["--port", "0", "--tls-port", &port]
+        };
         let child = Command::new(&binary)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(ports)
+            .args(&self.tls_args)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--daemonize", "no", "--requirepass", PASSWORD])
             .args(["--maxmemory", "4mb", "--maxmemory-policy", "volatile-lru"])
             .stdout(Stdio::null())
@@ -549,4 +581,70 @@ async fn same_series_as_redis_exporter() {
     }
     assert!(problems.is_empty(), "{} differences:\n{}", problems.len(), problems.join("\n"));
     assert!(shared.len() >= 40, "only {} shared families: {shared:?}", shared.len());
+}
+
+#[tokio::test]
+async fn tls_with_a_client_certificate_and_a_wrong_ca() {
+    use herd_common::tls::{Role, generate_ca, issue, write_pair};
+    let pki = tempfile::tempdir().unwrap();
+    let ca = generate_ca("cache CA").unwrap();
+    write_pair(pki.path(), "ca", &ca, false).unwrap();
+    write_pair(pki.path(), "server", &issue(&ca, Role::Server, "localhost", &["127.0.0.1".into()]).unwrap(), false)
+        .unwrap();
+    write_pair(pki.path(), "client", &issue(&ca, Role::Agent, "herd-agent", &[]).unwrap(), false).unwrap();
+    write_pair(pki.path(), "other-ca", &generate_ca("someone else").unwrap(), false).unwrap();
+    let server = Server::with_tls(pki.path(), &["--maxclients", "1234"]);
+    let file = |name: &str| pki.path().join(name).display().to_string();
+    let entry = |name: &str, tls: String| {
+        format!(
+            "name = \"{name}\"\naddress = \"127.0.0.1:{}\"\npassword = \"{PASSWORD}\"\ntimeout = \"2s\"\ntls = {{ {tls} }}",
+            server.port
+        )
+    };
+    let client_cert = format!("cert_file = \"{}\", key_file = \"{}\"", file("client.pem"), file("client-key.pem"));
+
+    // Verified against the CA, by name (the certificate is for "localhost", the address an IP).
+    let mut good = Harness::new(collector(&entry(
+        "secure",
+        format!("ca_file = \"{}\", {client_cert}, server_name = \"localhost\"", file("ca.pem")),
+    )));
+    let series = good.cycle().await;
+    let up = [("server", "secure")];
+    assert_eq!(series.get("redis_up", &up), 1.0);
+    let pid = server.child.as_ref().unwrap().id();
+    assert_eq!(series.get("redis_process_id", &up), f64::from(pid), "the values are this server's");
+    assert_eq!(series.get("redis_config_maxclients", &up), 1234.0);
+    assert!(series.get("redis_connected_clients", &up) >= 1.0);
+    // The connection is kept: the next cycle reuses it.
+    let series = good.cycle().await;
+    assert_eq!(series.get("redis_up", &up), 1.0);
+    assert!(series.get("redis_commands_processed_total", &up) >= 1.0);
+
+    // insecure_skip_verify: any server certificate, here one the configured CA did not sign.
+    let mut insecure = Harness::new(collector(&entry(
+        "insecure",
+        format!("ca_file = \"{}\", {client_cert}, insecure_skip_verify = true", file("other-ca.pem")),
+    )));
+    assert_eq!(insecure.cycle().await.get("redis_process_id", &[("server", "insecure")]), f64::from(pid));
+
+    let sink = LogSink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut wrong_ca =
+        Harness::new(collector(&entry("wrong-ca", format!("ca_file = \"{}\", {client_cert}", file("other-ca.pem")))));
+    let mut no_cert = Harness::new(collector(&entry("no-cert", format!("ca_file = \"{}\"", file("ca.pem")))));
+    for _ in 0..3 {
+        let series = wrong_ca.cycle().await;
+        assert_eq!(series.get("redis_up", &[("server", "wrong-ca")]), 0.0);
+        assert!(!series.0.keys().any(|s| s.starts_with("redis_process_id")));
+        assert_eq!(no_cert.cycle().await.get("redis_up", &[("server", "no-cert")]), 0.0);
+    }
+    let logs = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+    let failing: Vec<&str> = logs.lines().filter(|line| line.contains("collector failing")).collect();
+    assert_eq!(failing.len(), 2, "one line per collector, not per cycle:\n{logs}");
+    let wrong = failing.iter().find(|line| line.contains("redis:wrong-ca")).expect("the wrong CA is logged");
+    assert!(wrong.contains("invalid peer certificate") && wrong.contains("UnknownIssuer"), "{wrong}");
+    assert!(failing.iter().any(|line| line.contains("redis:no-cert")), "{logs}");
+    assert!(!logs.contains(PASSWORD), "the password never reaches a log: {logs}");
 }

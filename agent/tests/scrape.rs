@@ -99,7 +99,15 @@ async fn scraped_series_carry_the_job_and_agree_with_the_host() {
     assert!(series.keys().any(|s| s.starts_with("go_goroutines{")), "every family is kept");
     assert_eq!(series[r#"herd_collector_success{collector="scrape:app-node", instance="web-1", job="app-node"}"#], 1.0);
     assert_eq!(series[r#"herd_collector_success{collector="scrape:gone", instance="web-1", job="gone"}"#], 0.0);
-    assert!(!series.keys().any(|s| s.contains(r#"job="gone""#) && !s.starts_with("herd_")));
+    // A target that is down has Prometheus's per-target series, and nothing else.
+    assert_eq!(series[r#"up{instance="web-1", job="gone"}"#], 0.0);
+    assert_eq!(series[r#"scrape_samples_scraped{instance="web-1", job="gone"}"#], 0.0);
+    let target_series = |s: &&String| s.starts_with("up{") || s.starts_with("scrape_") || s.starts_with("herd_");
+    assert!(!series.keys().filter(|s| s.contains(r#"job="gone""#)).any(|s| !target_series(&s)));
+    assert_eq!(series[r#"up{instance="web-1", job="app-node"}"#], 1.0);
+    let kept = series.keys().filter(|s| s.contains(r#"job="app-node""#)).filter(|s| !target_series(s)).count();
+    assert_eq!(series[r#"scrape_samples_scraped{instance="web-1", job="app-node"}"#], kept as f64);
+    assert!(series[r#"scrape_duration_seconds{instance="web-1", job="app-node"}"#] > 0.0);
     assert_eq!(series[r#"herd_scrape_malformed_lines{instance="web-1", job="app-node"}"#], 0.0);
 }
 
@@ -198,13 +206,13 @@ async fn malformed_lines_are_skipped_and_counted() {
 #[test]
 fn scrape_jobs_are_checked_with_their_keys() {
     let text = "[uplink]\nendpoints = [\"agg:7400\"]\nca_file = \"ca\"\ncert_file = \"c\"\nkey_file = \"k\"\n\
-                [[collect.scrape]]\njob = \"app\"\nurl = \"https://app/metrics\"\n\
+                [[collect.scrape]]\njob = \"app\"\nurl = \"https://app/metrics\"\ntls = { key_file = \"k.pem\" }\n\
                 [[collect.scrape]]\njob = \"app\"\nurl = \"app:9100\"\n[[collect.scrape]]\nurl = \"http://x/metrics\"\n";
     let err = AgentConfig::from_toml("agent.toml", text, None, "web-1").unwrap_err().to_string();
     for needle in [
-        "collect.scrape[0].url: https is not supported yet",
+        "collect.scrape[0].tls.cert_file: is missing",
         "collect.scrape[1].job: \"app\" is used by another",
-        "collect.scrape[1].url: is not an http URL",
+        "collect.scrape[1].url: is not an http(s) URL",
         "collect.scrape[2].job: is missing or empty",
     ] {
         assert!(err.contains(needle), "{needle:?} in:\n{err}");

@@ -2,10 +2,13 @@
 //!
 //! A [`Collector`] reads one source (the host, Docker, PostgreSQL, ...) and
 //! pushes samples into a [`Batch`]. The [`Scheduler`] runs every collector
-//! each interval, in parallel, each under its own timeout, adds
-//! `herd_collector_success` and `herd_collector_duration_seconds`, marks
-//! series that disappeared as stale, and hands one [`SampleBatch`] per cycle
-//! to the uplink. Collectors are built from config values and own no global
+//! at its own interval (the agent's unless the collector has one), in
+//! parallel, each under its own timeout, adds `herd_collector_success` and
+//! `herd_collector_duration_seconds`, marks series that disappeared as stale
+//! (comparing a collector's run with its own previous run, so a collector
+//! read less often than others does not go stale in between), and hands one
+//! [`SampleBatch`] per tick that ran something to the uplink. Ticks come
+//! every greatest common divisor of the intervals (at least 100 ms). Collectors are built from config values and own no global
 //! state, so a new configuration can replace them while the agent runs.
 
 pub mod containers;
@@ -15,6 +18,7 @@ pub mod postgres;
 pub mod probe;
 pub mod redis;
 pub mod scrape;
+pub mod tls;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -51,6 +55,10 @@ pub trait Collector: Send + Sync {
     fn name(&self) -> &str;
     /// The `job` label on this collector's series ("node", "postgres", ...).
     fn job(&self) -> &str;
+    /// How often to run; `None`: the agent's `collect.interval`.
+    fn interval(&self) -> Option<Duration> {
+        None
+    }
     /// Push what you could read; return the error for the rest.
     async fn collect(&self, out: &mut Batch) -> Result<(), CollectError>;
 }
@@ -104,11 +112,16 @@ impl Batch {
     }
 }
 
-/// Runs the collectors every interval and sends one batch per cycle.
+/// Runs the collectors at their intervals and sends one batch per tick.
 pub struct Scheduler {
     collectors: Vec<Arc<dyn Collector>>,
-    interval: Duration,
-    timeout: Duration,
+    /// Per collector: its interval, and its timeout (the agent's, at most the interval).
+    intervals: Vec<Duration>,
+    timeouts: Vec<Duration>,
+    /// Per collector: when it runs next (`None`: at the next tick).
+    next_due: Vec<Option<Instant>>,
+    /// How often the scheduler wakes up.
+    tick: Duration,
     table: SharedSeriesTable,
     /// `instance` and the agent's own labels.
     common_labels: Arc<Vec<(String, String)>>,
@@ -117,8 +130,17 @@ pub struct Scheduler {
     /// Per collector, the series it reported last cycle (sorted).
     previous: Vec<Vec<SeriesId>>,
     failing: Vec<bool>,
-    /// The latest cycle's samples, for the local metrics endpoint.
+    /// The latest samples, for the local metrics endpoint.
     latest: Option<crate::exposition::Latest>,
+    /// Per collector, its latest run's samples (kept only with `latest`).
+    last_samples: Vec<Vec<(SeriesId, f64)>>,
+}
+
+/// Shortest scheduler tick, whatever the intervals.
+const MIN_TICK: Duration = Duration::from_millis(100);
+
+fn gcd(a: u128, b: u128) -> u128 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 impl Scheduler {
@@ -132,10 +154,16 @@ impl Scheduler {
         out: mpsc::Sender<SampleBatch>,
     ) -> Self {
         let n = collectors.len();
+        let intervals: Vec<Duration> = collectors.iter().map(|c| c.interval().unwrap_or(interval)).collect();
+        let timeouts = intervals.iter().map(|&every| timeout.min(every)).collect();
+        let tick_ms = intervals.iter().fold(interval.as_millis(), |acc, every| gcd(acc, every.as_millis()));
+        let tick = Duration::from_millis(u64::try_from(tick_ms).unwrap_or(u64::MAX)).max(MIN_TICK);
         Self {
             collectors,
-            interval,
-            timeout,
+            intervals,
+            timeouts,
+            next_due: vec![None; n],
+            tick,
             table,
             common_labels: Arc::new(common_labels),
             next_seq: first_seq,
@@ -143,7 +171,13 @@ impl Scheduler {
             previous: vec![Vec::new(); n],
             failing: vec![false; n],
             latest: None,
+            last_samples: vec![Vec::new(); n],
         }
+    }
+
+    /// How often the scheduler wakes up: the intervals' greatest common divisor.
+    pub fn tick(&self) -> Duration {
+        self.tick
     }
 
     /// Keeps a copy of each cycle's samples in `latest` (for the local endpoint).
@@ -154,29 +188,58 @@ impl Scheduler {
 
     /// Collects until `shutdown` is cancelled.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut ticker = tokio::time::interval(self.interval);
+        let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
         loop {
-            tokio::select! {
+            let now = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
-            let batch = self.cycle().await;
+                now = ticker.tick() => now,
+            };
+            let Some(batch) = self.run_due(now).await else { continue };
             if self.out.send(batch).await.is_err() {
                 return; // The uplink is gone: the agent is shutting down.
             }
         }
     }
 
-    /// Runs every collector once and returns the cycle's batch.
+    /// Runs the collectors due at `now`, if any, and returns their batch.
+    pub async fn run_due(&mut self, now: Instant) -> Option<SampleBatch> {
+        // Half a tick of slack: a tick that fires a little late still runs what was due on it.
+        let horizon = now + self.tick / 2;
+        let due: Vec<usize> =
+            (0..self.collectors.len()).filter(|&i| self.next_due[i].is_none_or(|at| at <= horizon)).collect();
+        if due.is_empty() {
+            return None;
+        }
+        for &i in &due {
+            let every = self.intervals[i];
+            let mut next = self.next_due[i].map_or(now + every, |at| at + every);
+            while next <= horizon {
+                next += every; // Skipped runs are not made up, as with the ticker.
+            }
+            self.next_due[i] = Some(next);
+        }
+        Some(self.run_collectors(&due).await)
+    }
+
+    /// Runs every collector once, due or not, and returns the cycle's batch.
     pub async fn cycle(&mut self) -> SampleBatch {
+        let now = Instant::now();
+        for (next, every) in self.next_due.iter_mut().zip(&self.intervals) {
+            *next = Some(now + *every);
+        }
+        let all: Vec<usize> = (0..self.collectors.len()).collect();
+        self.run_collectors(&all).await
+    }
+
+    async fn run_collectors(&mut self, which: &[usize]) -> SampleBatch {
         let timestamp_ms = unix_millis(SystemTime::now());
         let mut tasks = JoinSet::new();
-        for (index, collector) in self.collectors.iter().enumerate() {
-            let collector = Arc::clone(collector);
+        for &index in which {
+            let collector = Arc::clone(&self.collectors[index]);
             let mut batch =
                 Batch::new(Arc::clone(&self.table), collector.job().to_owned(), Arc::clone(&self.common_labels));
-            let timeout = self.timeout;
+            let timeout = self.timeouts[index];
             tasks.spawn(async move {
                 let started = Instant::now();
                 let result = match tokio::time::timeout(timeout, collector.collect(&mut batch)).await {
@@ -213,12 +276,17 @@ impl Scheduler {
                 batch.samples.push((gone, stale_nan()));
             }
             self.previous[index] = current;
+            if self.latest.is_some() {
+                self.last_samples[index].clone_from(&batch.samples);
+            }
             samples.append(&mut batch.samples);
         }
         if let Some(latest) = &self.latest {
             let mut latest = latest.lock().expect("latest lock is never poisoned");
             latest.clear();
-            latest.extend_from_slice(&samples);
+            for collector_samples in &self.last_samples {
+                latest.extend_from_slice(collector_samples);
+            }
         }
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -332,6 +400,74 @@ mod tests {
         );
         // What the hanging collector pushed before its timeout is dropped with it.
         assert!(!second.samples.iter().any(|s| labels_of(&table, s.0).starts_with("before_hang")));
+    }
+
+    /// Reports one series, counting its runs; runs at its own interval.
+    struct Every(Duration, &'static str, AtomicU32);
+
+    #[async_trait]
+    impl Collector for Every {
+        fn name(&self) -> &str {
+            self.1
+        }
+        fn job(&self) -> &str {
+            self.1
+        }
+        fn interval(&self) -> Option<Duration> {
+            Some(self.0)
+        }
+        async fn collect(&self, out: &mut Batch) -> Result<(), CollectError> {
+            let run = self.2.fetch_add(1, Ordering::SeqCst);
+            out.push("runs", &[], f64::from(run));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn each_collector_runs_at_its_own_interval_without_going_stale_between_runs() {
+        let table: SharedSeriesTable = Arc::default();
+        let (tx, _rx) = mpsc::channel(4);
+        let fast = Arc::new(Every(Duration::from_millis(400), "fast", AtomicU32::new(0)));
+        let slow = Arc::new(Every(Duration::from_millis(1000), "slow", AtomicU32::new(0)));
+        let mut scheduler = Scheduler::new(
+            vec![fast.clone(), slow.clone(), Arc::new(Shrinking(AtomicU32::new(1000)))],
+            Duration::from_millis(600),
+            Duration::from_millis(300),
+            Arc::clone(&table),
+            vec![("instance".into(), "web-1".into())],
+            1,
+            tx,
+        );
+        // gcd(600, 400, 1000) ms.
+        assert_eq!(scheduler.tick(), Duration::from_millis(200));
+        let start = Instant::now();
+        let mut jobs_per_tick = Vec::new();
+        for step in 0..=15u32 {
+            // Ticks a little late, as real ones are.
+            let now = start + Duration::from_millis(200) * step + Duration::from_millis(3);
+            let Some(batch) = scheduler.run_due(now).await else {
+                jobs_per_tick.push((step * 200, Vec::new()));
+                continue;
+            };
+            let mut jobs: Vec<String> = batch
+                .samples
+                .iter()
+                .filter(|s| labels_of(&table, s.0).starts_with("runs{"))
+                .map(|s| labels_of(&table, s.0))
+                .collect();
+            jobs.sort();
+            // The slow series is never marked stale in the ticks where only others ran.
+            assert!(!batch.samples.iter().any(|s| is_stale(s.1) && labels_of(&table, s.0).starts_with("runs{")));
+            jobs_per_tick.push((step * 200, jobs));
+        }
+        let ran = |job: &str| -> Vec<u32> {
+            jobs_per_tick.iter().filter(|(_, jobs)| jobs.iter().any(|j| j.contains(job))).map(|(ms, _)| *ms).collect()
+        };
+        assert_eq!(ran("job=\"fast\""), vec![0, 400, 800, 1200, 1600, 2000, 2400, 2800]);
+        assert_eq!(ran("job=\"slow\""), vec![0, 1000, 2000, 3000]);
+        // Nothing due at 200 ms: no batch at all.
+        assert_eq!(jobs_per_tick[1], (200, Vec::new()));
+        assert_eq!((fast.2.load(Ordering::SeqCst), slow.2.load(Ordering::SeqCst)), (8, 4));
     }
 
     #[test]

@@ -11,6 +11,11 @@
 //! misconfigured server is reported as `pg_up 0` instead of going silent.
 //! Samples are pushed only once a cycle has fully succeeded, never half.
 //!
+//! TLS follows libpq's `sslmode`: `disable`; `prefer` (the default: TLS
+//! when the server offers it, unverified); `require` (TLS, the chain
+//! verified only when a `tls.ca_file` is set); `verify-full` (chain and host
+//! name). A client certificate is presented when `tls` names one.
+//!
 //! Must not: log or label anything from the DSN but host and port (the
 //! `server` label), keep a password in memory beyond one connection attempt
 //! when it comes from a file or a variable, or run anything but read-only
@@ -19,10 +24,14 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use herd_common::config::agent::{DsnSource, PasswordSource, PostgresConfig};
+use herd_common::config::agent::{DsnSource, PasswordSource, PostgresConfig, SslMode};
+use herd_common::config::client_tls::ClientTls;
 use tokio::sync::Mutex;
 use tokio_postgres::config::Host;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage, SimpleQueryRow};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage, SimpleQueryRow, Socket};
+
+use super::tls::{PostgresTls, Verify};
 
 use super::{Batch, CollectError, Collector};
 
@@ -99,6 +108,9 @@ pub struct PostgresCollector {
     statements_limit: usize,
     statement_text_max_chars: usize,
     slow_statement_threshold_ms: f64,
+    sslmode: Option<SslMode>,
+    tls: ClientTls,
+    interval: Duration,
     client: Mutex<Option<Client>>,
 }
 
@@ -130,6 +142,9 @@ impl PostgresCollector {
             statements_limit: config.statements_limit,
             statement_text_max_chars: config.statement_text_max_chars,
             slow_statement_threshold_ms: config.slow_statement_threshold.as_secs_f64() * 1000.0,
+            sslmode: config.sslmode,
+            tls: config.tls.clone(),
+            interval: config.interval,
             client: Mutex::new(None),
         })
     }
@@ -163,7 +178,35 @@ impl PostgresCollector {
         }
         config.connect_timeout(self.timeout);
         config.application_name("herd-agent");
-        let (client, connection) = config.connect(NoTls).await.map_err(|err| self.error(describe(&err)))?;
+        use tokio_postgres::config::SslMode as Wire;
+        let mode = self.sslmode.unwrap_or(match config.get_ssl_mode() {
+            Wire::Disable => SslMode::Disable,
+            Wire::Require => SslMode::Require,
+            _ => SslMode::Prefer,
+        });
+        let verify = match mode {
+            SslMode::Disable => {
+                config.ssl_mode(Wire::Disable);
+                return self.connect_with(&config, NoTls).await;
+            }
+            SslMode::Prefer => Verify::Nothing,
+            SslMode::Require if self.tls.ca_file.is_some() => Verify::ChainOnly,
+            SslMode::Require => Verify::Nothing,
+            SslMode::VerifyFull => Verify::Full,
+        };
+        config.ssl_mode(if mode == SslMode::Prefer { Wire::Prefer } else { Wire::Require });
+        let tls = PostgresTls::new(&self.tls, verify).map_err(|err| self.error(err))?;
+        self.connect_with(&config, tls).await
+    }
+
+    async fn connect_with<T>(&self, config: &tokio_postgres::Config, tls: T) -> Result<Client, CollectError>
+    where
+        T: MakeTlsConnect<Socket> + Send,
+        T::Stream: Send + 'static,
+        T::TlsConnect: Send,
+        <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
+        let (client, connection) = config.connect(tls).await.map_err(|err| self.error(describe(&err)))?;
         // The connection task ends when the client is dropped or the server goes away.
         tokio::spawn(async move {
             let _ = connection.await;
@@ -383,6 +426,10 @@ impl Collector for PostgresCollector {
 
     fn job(&self) -> &str {
         "postgres"
+    }
+
+    fn interval(&self) -> Option<Duration> {
+        Some(self.interval)
     }
 
     async fn collect(&self, out: &mut Batch) -> Result<(), CollectError> {

@@ -7,14 +7,21 @@
 //! page. Every probe runs under its own timeout, below the scheduler's, so a
 //! target that hangs reads `probe_success 0` rather than going silent.
 //!
-//! Deliberately absent for now: https, redirects, DNS, ICMP, body matching.
+//! https targets run the same request over TLS (rustls), verified against
+//! the probe's `tls.ca_file` (default: the system's CAs), with a client
+//! certificate when one is configured; a failed handshake is
+//! `probe_success 0`, `probe_http_status_code 0`.
+//!
+//! Deliberately absent for now: redirects, DNS, ICMP, body matching.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use herd_common::config::Endpoint;
 use herd_common::config::agent::{ProbeConfig, ProbeKind};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use herd_common::config::client_tls::ClientTls;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -29,6 +36,11 @@ pub struct ProbeCollector {
     target: String,
     kind: ProbeKind,
     timeout: Duration,
+    interval: Duration,
+    /// Set for https targets.
+    tls: Option<ClientTls>,
+    /// Whether the last probe failed, to log once per change rather than per cycle.
+    failing: AtomicBool,
 }
 
 /// What one probe found: the HTTP status when there was one.
@@ -43,6 +55,9 @@ impl ProbeCollector {
             target: config.target.clone(),
             kind: config.kind.clone(),
             timeout: config.timeout,
+            interval: config.interval,
+            tls: config.tls.clone(),
+            failing: AtomicBool::new(false),
         }
     }
 
@@ -53,23 +68,37 @@ impl ProbeCollector {
                 Ok(Outcome { status: None })
             }
             ProbeKind::Http { address, path } => {
-                let mut stream = connect(address).await?;
-                let host = if address.port == 80 { address.host.clone() } else { address.to_string() };
-                let request = format!(
-                    "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: herd-agent\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-                );
-                stream.write_all(request.as_bytes()).await.map_err(|err| format!("cannot send the request: {err}"))?;
-                let mut line = Vec::new();
-                BufReader::new(&mut stream)
-                    .take(MAX_STATUS_LINE_BYTES)
-                    .read_until(b'\n', &mut line)
-                    .await
-                    .map_err(|err| format!("no answer: {err}"))?;
-                let status = parse_status_line(&line).ok_or("not an HTTP status line")?;
+                let stream = connect(address).await?;
+                let default_port = if self.tls.is_some() { 443 } else { 80 };
+                let host = if address.port == default_port { address.host.clone() } else { address.to_string() };
+                let status = match &self.tls {
+                    None => status(stream, &host, path).await?,
+                    Some(tls) => {
+                        let config = super::tls::client_config(tls, super::tls::Verify::Full, &[b"http/1.1"])?;
+                        let name = super::tls::server_name(tls, &address.host)?;
+                        status(super::tls::handshake(config, name, stream).await?, &host, path).await?
+                    }
+                };
                 Ok(Outcome { status: Some(status) })
             }
         }
     }
+}
+
+/// Sends `GET path` and reads the status code.
+async fn status<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, host: &str, path: &str) -> Result<u16, String> {
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: herd-agent\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.map_err(|err| format!("cannot send the request: {err}"))?;
+    stream.flush().await.map_err(|err| format!("cannot send the request: {err}"))?;
+    let mut line = Vec::new();
+    BufReader::new(&mut stream)
+        .take(MAX_STATUS_LINE_BYTES)
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(|err| format!("no answer: {err}"))?;
+    Ok(parse_status_line(&line).ok_or("not an HTTP status line")?)
 }
 
 async fn connect(address: &Endpoint) -> Result<TcpStream, String> {
@@ -94,6 +123,10 @@ impl Collector for ProbeCollector {
         "blackbox"
     }
 
+    fn interval(&self) -> Option<Duration> {
+        Some(self.interval)
+    }
+
     /// A failed probe is a result, not a collector failure: it returns Ok
     /// with `probe_success 0`, as blackbox_exporter's scrape succeeds.
     async fn collect(&self, out: &mut Batch) -> Result<(), CollectError> {
@@ -109,6 +142,15 @@ impl Collector for ProbeCollector {
             Ok(Outcome { status: None }) => true,
             Err(_) => false,
         };
+        let was_failing = self.failing.swap(!success, Ordering::Relaxed);
+        match (&result, success, was_failing) {
+            (Err(err), false, false) => tracing::warn!(target = %self.target, error = %err, "probe failing"),
+            (Ok(Outcome { status: Some(code) }), false, false) => {
+                tracing::warn!(target = %self.target, error = %format!("HTTP status {code}"), "probe failing");
+            }
+            (_, true, true) => tracing::info!(target = %self.target, "probe recovered"),
+            _ => {}
+        }
         out.push("probe_success", &target, if success { 1.0 } else { 0.0 });
         out.push("probe_duration_seconds", &target, elapsed);
         if let ProbeKind::Http { .. } = self.kind {

@@ -12,15 +12,21 @@
 //! One connection is kept between cycles and dropped on any error or
 //! timeout; the next cycle reconnects. Every cycle runs under the instance's
 //! own timeout, below the scheduler's, so a down, slow or misconfigured
-//! server reads `redis_up 0`. Must not: log or label the password, or send
-//! any command that changes the server's state.
+//! server reads `redis_up 0`.
+//!
+//! With a `tls` table the connection is TLS (the server's `tls-port`),
+//! verified against its CA (or not, with `insecure_skip_verify`), with a
+//! client certificate when the server asks for one (`tls-auth-clients`).
+//! Must not: log or label the password, or send any command that changes
+//! the server's state.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use herd_common::config::agent::{PasswordSource, RedisConfig};
+use herd_common::config::client_tls::ClientTls;
 use herd_common::config::{Endpoint, Secret};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
@@ -116,16 +122,32 @@ enum Reply {
     Bulk(Option<Vec<u8>>),
 }
 
+/// A plain or TLS byte stream.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
 /// A RESP2 connection: commands out, replies in.
 struct Connection {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Box<dyn Stream>>,
 }
 
 impl Connection {
     async fn open(address: &Endpoint) -> Result<Self, RespError> {
         let stream = TcpStream::connect((address.host.as_str(), address.port)).await?;
         stream.set_nodelay(true)?;
-        Ok(Self { stream: BufReader::new(stream) })
+        Ok(Self { stream: BufReader::new(Box::new(stream)) })
+    }
+
+    /// Connects and runs the TLS handshake; errors are for the log as they are.
+    async fn open_tls(address: &Endpoint, tls: &ClientTls) -> Result<Self, String> {
+        let config = super::tls::client_config(tls, super::tls::Verify::Full, &[])?;
+        let name = super::tls::server_name(tls, &address.host)?;
+        let stream = TcpStream::connect((address.host.as_str(), address.port))
+            .await
+            .map_err(|err| format!("cannot connect: {err}"))?;
+        stream.set_nodelay(true).map_err(|err| format!("cannot connect: {err}"))?;
+        let stream = super::tls::handshake(config, name, stream).await?;
+        Ok(Self { stream: BufReader::new(Box::new(stream)) })
     }
 
     async fn command(&mut self, args: &[&[u8]]) -> Result<Reply, RespError> {
@@ -193,6 +215,8 @@ pub struct RedisCollector {
     username: Option<String>,
     password: PasswordSource,
     timeout: Duration,
+    interval: Duration,
+    tls: Option<ClientTls>,
     connection: Mutex<Option<Connection>>,
 }
 
@@ -205,6 +229,8 @@ impl RedisCollector {
             username: config.username.clone(),
             password: config.password.clone(),
             timeout: config.timeout,
+            interval: config.interval,
+            tls: config.tls.clone(),
             connection: Mutex::new(None),
         }
     }
@@ -228,8 +254,12 @@ impl RedisCollector {
 
     async fn connect(&self) -> Result<Connection, CollectError> {
         let password = self.password()?;
-        let mut connection =
-            Connection::open(&self.address).await.map_err(|err| self.error(format!("cannot connect: {err}")))?;
+        let mut connection = match &self.tls {
+            None => {
+                Connection::open(&self.address).await.map_err(|err| self.error(format!("cannot connect: {err}")))?
+            }
+            Some(tls) => Connection::open_tls(&self.address, tls).await.map_err(|err| self.error(err))?,
+        };
         if let Some(password) = password {
             let pass = password.expose().as_bytes();
             let reply = match &self.username {
@@ -280,6 +310,10 @@ impl Collector for RedisCollector {
 
     fn job(&self) -> &str {
         "redis"
+    }
+
+    fn interval(&self) -> Option<Duration> {
+        Some(self.interval)
     }
 
     async fn collect(&self, out: &mut Batch) -> Result<(), CollectError> {

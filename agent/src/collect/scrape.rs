@@ -14,6 +14,16 @@
 //! A body longer than the job's `max_body_bytes` is cut at the last whole
 //! line before the limit (`herd_scrape_body_truncated` says so).
 //!
+//! Every scrape also reports, as Prometheus does for each target, `up` (1
+//! when the body was fetched with a 2xx status, 0 on a refused connection,
+//! a timeout, a non-2xx status or a TLS error), `scrape_duration_seconds`,
+//! `scrape_samples_scraped` and `scrape_samples_post_metric_relabeling`,
+//! with the job's `job`, the agent's `instance` and the job's static labels.
+//!
+//! https URLs are fetched over rustls, verified against the job's
+//! `tls.ca_file` (default: the system's CAs) unless `insecure_skip_verify`,
+//! with a client certificate when one is configured.
+//!
 //! Must not: follow the target's `job`/`instance` over Herd's, read more
 //! than `max_body_bytes` or keep more than `MAX_SAMPLES` from one scrape.
 
@@ -21,6 +31,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use herd_common::config::agent::ScrapeConfig;
+use herd_common::config::client_tls::ClientTls;
+use tokio::time::Instant;
 
 use super::{Batch, CollectError, Collector};
 
@@ -141,6 +153,12 @@ pub struct ScrapeCollector {
     timeout: Duration,
     labels: Vec<(String, String)>,
     max_body_bytes: u64,
+    interval: Duration,
+    /// Set for https URLs.
+    tls: Option<ClientTls>,
+    /// Kept between scrapes (keep-alive, TLS settings read once) and
+    /// dropped after a failed one, so the next reads the CA files again.
+    http: std::sync::Mutex<Option<ureq::Agent>>,
 }
 
 /// A fetched body, and whether it was cut at `max_body_bytes`.
@@ -167,6 +185,9 @@ impl ScrapeCollector {
             timeout: config.timeout,
             labels: config.labels.clone(),
             max_body_bytes: config.max_body_bytes,
+            interval: config.interval,
+            tls: config.tls.clone(),
+            http: std::sync::Mutex::new(None),
         }
     }
 
@@ -174,12 +195,26 @@ impl ScrapeCollector {
         CollectError::Server { server: self.url.clone(), detail: detail.into() }
     }
 
+    /// The HTTP client, built on first use or after a failure.
+    fn http_agent(&self) -> Result<ureq::Agent, CollectError> {
+        let mut slot = self.http.lock().expect("http agent lock is never poisoned");
+        if let Some(agent) = slot.as_ref() {
+            return Ok(agent.clone());
+        }
+        let mut config = ureq::Agent::config_builder().timeout_global(Some(self.timeout)).http_status_as_error(false);
+        if let Some(tls) = &self.tls {
+            config = config.tls_config(super::tls::ureq_tls(tls).map_err(|detail| self.error(detail))?);
+        }
+        let agent: ureq::Agent = config.build().into();
+        *slot = Some(agent.clone());
+        Ok(agent)
+    }
+
     /// ureq is blocking: the fetch runs on the blocking pool, bounded by its own timeout.
     async fn fetch(&self) -> Result<Body, CollectError> {
-        let (url, timeout, limit) = (self.url.clone(), self.timeout, self.max_body_bytes);
+        let (url, limit) = (self.url.clone(), self.max_body_bytes);
+        let agent = self.http_agent()?;
         let fetched = tokio::task::spawn_blocking(move || -> Result<Body, String> {
-            let agent: ureq::Agent =
-                ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().into();
             let mut response = agent
                 .get(&url)
                 .header("Accept", "text/plain;version=0.0.4")
@@ -203,6 +238,9 @@ impl ScrapeCollector {
         })
         .await
         .map_err(|_| self.error("the fetch task panicked"))?;
+        if fetched.is_err() {
+            *self.http.lock().expect("http agent lock is never poisoned") = None;
+        }
         fetched.map_err(|detail| self.error(detail))
     }
 }
@@ -217,10 +255,36 @@ impl Collector for ScrapeCollector {
         &self.job
     }
 
+    fn interval(&self) -> Option<Duration> {
+        Some(self.interval)
+    }
+
     async fn collect(&self, out: &mut Batch) -> Result<(), CollectError> {
-        let body = self.fetch().await?;
+        let started = Instant::now();
+        let fetched = match tokio::time::timeout(self.timeout, self.fetch()).await {
+            Ok(fetched) => fetched,
+            Err(_) => {
+                *self.http.lock().expect("http agent lock is never poisoned") = None;
+                Err(self.error(format!("no answer within {} ms", self.timeout.as_millis())))
+            }
+        };
+        let statics: Vec<(&str, &str)> = self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let body = match fetched {
+            Ok(body) => body,
+            Err(err) => {
+                out.push("up", &statics, 0.0);
+                out.push("scrape_duration_seconds", &statics, started.elapsed().as_secs_f64());
+                out.push("scrape_samples_scraped", &statics, 0.0);
+                out.push("scrape_samples_post_metric_relabeling", &statics, 0.0);
+                return Err(err);
+            }
+        };
         let mut samples = Vec::new();
         let skipped = parse_text(&body.text, &mut samples);
+        out.push("up", &statics, 1.0);
+        out.push("scrape_duration_seconds", &statics, started.elapsed().as_secs_f64());
+        out.push("scrape_samples_scraped", &statics, samples.len() as f64);
+        out.push("scrape_samples_post_metric_relabeling", &statics, samples.len() as f64);
         if let Some(first) = skipped.first() {
             tracing::debug!(job = %self.job, lines = skipped.len(), first = %first, "skipped malformed lines");
         }

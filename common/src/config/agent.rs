@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::client_tls::{ClientTls, RawClientTls, readable_key_problem};
 use super::{ConfigError, Endpoint, Problems, check_log_level, parse_toml, read_file, resolve};
 use crate::tls::TlsFiles;
 
@@ -167,6 +168,11 @@ pub struct RawPostgres {
     pub statement_text_max_chars: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     pub slow_statement_threshold: Option<Duration>,
+    /// "disable", "prefer" (default), "require" or "verify-full", as libpq's.
+    pub sslmode: Option<String>,
+    pub tls: Option<RawClientTls>,
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -183,15 +189,24 @@ pub struct RawScrape {
     pub labels: BTreeMap<String, String>,
     /// Bodies longer than this are cut at the last whole line before it.
     pub max_body_bytes: Option<u64>,
+    /// How often this job is scraped; default `collect.interval`.
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// For https URLs.
+    pub tls: Option<RawClientTls>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProbe {
-    /// "http://host[:port]/path" or "tcp://host:port".
+    /// "http://host[:port]/path", "https://host[:port]/path" or "tcp://host:port".
     pub target: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// For https targets.
+    pub tls: Option<RawClientTls>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -208,6 +223,10 @@ pub struct RawRedis {
     pub password_env: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// Connect with TLS (the server's `tls-port`).
+    pub tls: Option<RawClientTls>,
 }
 
 /// A validated agent configuration.
@@ -323,6 +342,25 @@ pub struct PostgresConfig {
     pub statements_limit: usize,
     pub statement_text_max_chars: usize,
     pub slow_statement_threshold: Duration,
+    /// `None`: the DSN's `sslmode` (disable, prefer or require), else prefer.
+    pub sslmode: Option<SslMode>,
+    /// CA, client certificate and name for `require`, `prefer` and `verify-full`.
+    pub tls: ClientTls,
+    /// How often this server is read.
+    pub interval: Duration,
+}
+
+/// libpq's `sslmode`, the values Herd supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS if the server offers it, without verifying its certificate; else plain.
+    Prefer,
+    /// TLS, without verifying the certificate (unless a `tls.ca_file` is set: then the chain is verified).
+    Require,
+    /// TLS, the chain verified against the CA and the name against the host (or `tls.server_name`).
+    VerifyFull,
 }
 
 /// `[[collect.scrape]]`: one Prometheus text-format endpoint.
@@ -334,6 +372,9 @@ pub struct ScrapeConfig {
     /// Static labels, sorted by name.
     pub labels: Vec<(String, String)>,
     pub max_body_bytes: u64,
+    pub interval: Duration,
+    /// Set for https URLs.
+    pub tls: Option<ClientTls>,
 }
 
 /// Default for `collect.scrape[].max_body_bytes`.
@@ -347,13 +388,16 @@ pub struct ProbeConfig {
     pub target: String,
     pub kind: ProbeKind,
     pub timeout: Duration,
+    pub interval: Duration,
+    /// Set for https targets.
+    pub tls: Option<ClientTls>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProbeKind {
     /// Connects, then closes.
     Tcp { address: Endpoint },
-    /// `GET path` over HTTP/1.1; success is a 2xx status.
+    /// `GET path` over HTTP/1.1 (over TLS when the probe has `tls`); success is a 2xx status.
     Http { address: Endpoint, path: String },
 }
 
@@ -366,6 +410,8 @@ pub struct RedisConfig {
     pub username: Option<String>,
     pub password: PasswordSource,
     pub timeout: Duration,
+    pub interval: Duration,
+    pub tls: Option<ClientTls>,
 }
 
 impl AgentConfig {
@@ -374,6 +420,7 @@ impl AgentConfig {
         let text = read_file(path)?;
         let config = Self::from_toml(&path.display().to_string(), &text, path.parent(), hostname)?;
         refuse_readable_secrets(path, &config)?;
+        refuse_readable_keys(path, &config)?;
         Ok(config)
     }
 
@@ -529,10 +576,11 @@ impl RawAgentConfig {
             }
         });
 
-        let postgres = validate_postgres(self.collect.postgres, timeout, base_dir, &mut problems);
-        let redis = validate_redis(self.collect.redis, timeout, base_dir, &mut problems);
-        let probe = validate_probes(self.collect.probe, timeout, &mut problems);
-        let scrape = validate_scrapes(self.collect.scrape, timeout, &mut problems);
+        let bounds = Bounds { interval, timeout };
+        let postgres = validate_postgres(self.collect.postgres, bounds, base_dir, &mut problems);
+        let redis = validate_redis(self.collect.redis, bounds, base_dir, &mut problems);
+        let probe = validate_probes(self.collect.probe, bounds, base_dir, &mut problems);
+        let scrape = validate_scrapes(self.collect.scrape, bounds, base_dir, &mut problems);
 
         let config = AgentConfig {
             id,
@@ -559,12 +607,36 @@ impl RawAgentConfig {
     }
 }
 
-fn service_timeout(key: &str, value: Option<Duration>, collect_timeout: Duration, problems: &mut Problems) -> Duration {
-    let timeout = value.unwrap_or_else(|| DEFAULT_SERVICE_TIMEOUT.min(collect_timeout * 4 / 5));
-    if timeout.is_zero() || timeout >= collect_timeout {
-        problems.push(key, "must be above zero and below collect.timeout (so a slow server is reported as down)");
+/// The agent's `collect.interval` and `collect.timeout`, which bound every entry's own.
+#[derive(Clone, Copy)]
+struct Bounds {
+    interval: Duration,
+    timeout: Duration,
+}
+
+/// An entry's `interval` (default `collect.interval`) and `timeout`, which
+/// must stay below both `collect.timeout` and that interval.
+fn entry_timing(
+    key: &str,
+    interval: Option<Duration>,
+    timeout: Option<Duration>,
+    bounds: Bounds,
+    problems: &mut Problems,
+) -> (Duration, Duration) {
+    let interval = interval.unwrap_or(bounds.interval);
+    if interval < MIN_INTERVAL {
+        problems
+            .push(&format!("{key}.interval"), format!("must be at least {}", humantime::format_duration(MIN_INTERVAL)));
     }
-    timeout
+    let limit = bounds.timeout.min(interval);
+    let timeout = timeout.unwrap_or_else(|| DEFAULT_SERVICE_TIMEOUT.min(limit * 4 / 5));
+    if timeout.is_zero() || timeout >= limit {
+        problems.push(
+            &format!("{key}.timeout"),
+            "must be above zero and below collect.timeout and the entry's interval (so a slow server is reported as down)",
+        );
+    }
+    (interval, timeout)
 }
 
 /// At most one of `password`, `password_file`, `password_env`.
@@ -600,7 +672,7 @@ fn check_server_name(key: &str, name: &Option<String>, problems: &mut Problems) 
 
 fn validate_postgres(
     raw: Vec<RawPostgres>,
-    collect_timeout: Duration,
+    bounds: Bounds,
     base_dir: Option<&Path>,
     problems: &mut Problems,
 ) -> Vec<PostgresConfig> {
@@ -630,7 +702,25 @@ fn validate_postgres(
             }
         };
         let password = password_source(&key, None, entry.password_file, entry.password_env, base_dir, problems);
-        let timeout = service_timeout(&format!("{key}.timeout"), entry.timeout, collect_timeout, problems);
+        let (interval, timeout) = entry_timing(&key, entry.interval, entry.timeout, bounds, problems);
+        let sslmode = match entry.sslmode.as_deref() {
+            None => None,
+            Some("prefer") => Some(SslMode::Prefer),
+            Some("disable") => Some(SslMode::Disable),
+            Some("require") => Some(SslMode::Require),
+            Some("verify-full") => Some(SslMode::VerifyFull),
+            Some(other) => {
+                problems.push(
+                    &format!("{key}.sslmode"),
+                    format!("{other:?} is not one of \"disable\", \"prefer\", \"require\", \"verify-full\""),
+                );
+                None
+            }
+        };
+        let tls = entry.tls.unwrap_or_default().validate(&format!("{key}.tls"), base_dir, problems);
+        if tls.insecure_skip_verify && sslmode == Some(SslMode::VerifyFull) {
+            problems.push(&format!("{key}.tls.insecure_skip_verify"), "contradicts sslmode = \"verify-full\"");
+        }
         let statements_limit = entry.statements_limit.unwrap_or(DEFAULT_STATEMENTS_LIMIT);
         if statements_limit > MAX_STATEMENTS_LIMIT {
             problems.push(&format!("{key}.statements_limit"), format!("must be at most {MAX_STATEMENTS_LIMIT}"));
@@ -647,12 +737,20 @@ fn validate_postgres(
             statements_limit,
             statement_text_max_chars,
             slow_statement_threshold: entry.slow_statement_threshold.unwrap_or(DEFAULT_SLOW_STATEMENT_THRESHOLD),
+            sslmode,
+            tls,
+            interval,
         });
     }
     out
 }
 
-fn validate_scrapes(raw: Vec<RawScrape>, collect_timeout: Duration, problems: &mut Problems) -> Vec<ScrapeConfig> {
+fn validate_scrapes(
+    raw: Vec<RawScrape>,
+    bounds: Bounds,
+    base_dir: Option<&Path>,
+    problems: &mut Problems,
+) -> Vec<ScrapeConfig> {
     let mut out = Vec::with_capacity(raw.len());
     let mut jobs = std::collections::BTreeSet::new();
     for (i, entry) in raw.into_iter().enumerate() {
@@ -664,12 +762,31 @@ fn validate_scrapes(raw: Vec<RawScrape>, collect_timeout: Duration, problems: &m
             problems.push(&format!("{key}.job"), format!("{job:?} is used by another [[collect.scrape]] entry"));
         }
         let url = entry.url.unwrap_or_default();
-        if url.starts_with("https://") {
-            problems.push(&format!("{key}.url"), "https is not supported yet (use http://)");
-        } else if !url.starts_with("http://") || url.len() <= "http://".len() {
-            problems.push(&format!("{key}.url"), "is not an http URL (expected \"http://127.0.0.1:9100/metrics\")");
+        let https = url.starts_with("https://") && url.len() > "https://".len();
+        if !https && (!url.starts_with("http://") || url.len() <= "http://".len()) {
+            problems.push(
+                &format!("{key}.url"),
+                "is not an http(s) URL (expected \"http://127.0.0.1:9100/metrics\" or https://...)",
+            );
         }
-        let timeout = service_timeout(&format!("{key}.timeout"), entry.timeout, collect_timeout, problems);
+        let tls = match (https, entry.tls) {
+            (true, tls) => {
+                let tls = tls.unwrap_or_default().validate(&format!("{key}.tls"), base_dir, problems);
+                if tls.server_name.is_some() {
+                    problems.push(
+                        &format!("{key}.tls.server_name"),
+                        "is not supported for scrape jobs: the URL's host is the name verified",
+                    );
+                }
+                Some(tls)
+            }
+            (false, Some(_)) => {
+                problems.push(&format!("{key}.tls"), "applies to https:// URLs only");
+                None
+            }
+            (false, None) => None,
+        };
+        let (interval, timeout) = entry_timing(&key, entry.interval, entry.timeout, bounds, problems);
         for name in entry.labels.keys() {
             if !is_label_name(name) || matches!(name.as_str(), "job" | "instance" | "__name__") {
                 problems.push(&format!("{key}.labels.{name}"), "is not a label name this job may set");
@@ -679,7 +796,15 @@ fn validate_scrapes(raw: Vec<RawScrape>, collect_timeout: Duration, problems: &m
         if max_body_bytes < 1024 {
             problems.push(&format!("{key}.max_body_bytes"), "must be at least 1024");
         }
-        out.push(ScrapeConfig { job, url, timeout, labels: entry.labels.into_iter().collect(), max_body_bytes });
+        out.push(ScrapeConfig {
+            job,
+            url,
+            timeout,
+            labels: entry.labels.into_iter().collect(),
+            max_body_bytes,
+            interval,
+            tls,
+        });
     }
     out
 }
@@ -688,31 +813,41 @@ fn is_label_value_safe_job(job: &str) -> bool {
     !job.trim().is_empty()
 }
 
-fn validate_probes(raw: Vec<RawProbe>, collect_timeout: Duration, problems: &mut Problems) -> Vec<ProbeConfig> {
+fn validate_probes(
+    raw: Vec<RawProbe>,
+    bounds: Bounds,
+    base_dir: Option<&Path>,
+    problems: &mut Problems,
+) -> Vec<ProbeConfig> {
     let mut out = Vec::with_capacity(raw.len());
     for (i, entry) in raw.into_iter().enumerate() {
         let key = format!("collect.probe[{i}]");
         let Some(target) = entry.target else {
             problems.push(
                 &format!("{key}.target"),
-                "is missing (expected \"http://host:port/path\" or \"tcp://host:port\")",
+                "is missing (expected \"http://host:port/path\", \"https://host/path\" or \"tcp://host:port\")",
             );
             continue;
         };
-        let kind = if let Some(rest) = target.strip_prefix("http://") {
+        let http = target
+            .strip_prefix("http://")
+            .map(|rest| (rest, 80))
+            .or_else(|| target.strip_prefix("https://").map(|rest| (rest, 443)));
+        let https = target.starts_with("https://");
+        let kind = if let Some((rest, default_port)) = http {
             let (authority, path) = rest.find('/').map_or((rest, "/"), |at| (&rest[..at], &rest[at..]));
             let with_port = if authority.rsplit_once(':').is_some_and(|(_, port)| !port.contains(']')) {
                 authority.to_owned()
             } else {
-                format!("{authority}:80")
+                format!("{authority}:{default_port}")
             };
             Endpoint::parse(&with_port).map(|address| ProbeKind::Http { address, path: path.to_owned() })
         } else if let Some(rest) = target.strip_prefix("tcp://") {
             Endpoint::parse(rest).map(|address| ProbeKind::Tcp { address })
-        } else if target.starts_with("https://") {
-            Err("https probes are not supported yet (use http:// or tcp://)".to_owned())
         } else {
-            Err(format!("{target:?} has no scheme (expected \"http://host:port/path\" or \"tcp://host:port\")"))
+            Err(format!(
+                "{target:?} has no scheme (expected \"http://host:port/path\", \"https://host/path\" or \"tcp://host:port\")"
+            ))
         };
         let kind = match kind {
             Ok(kind) => kind,
@@ -721,15 +856,23 @@ fn validate_probes(raw: Vec<RawProbe>, collect_timeout: Duration, problems: &mut
                 continue;
             }
         };
-        let timeout = service_timeout(&format!("{key}.timeout"), entry.timeout, collect_timeout, problems);
-        out.push(ProbeConfig { target, kind, timeout });
+        let tls = match (https, entry.tls) {
+            (true, tls) => Some(tls.unwrap_or_default().validate(&format!("{key}.tls"), base_dir, problems)),
+            (false, Some(_)) => {
+                problems.push(&format!("{key}.tls"), "applies to https:// targets only");
+                None
+            }
+            (false, None) => None,
+        };
+        let (interval, timeout) = entry_timing(&key, entry.interval, entry.timeout, bounds, problems);
+        out.push(ProbeConfig { target, kind, timeout, interval, tls });
     }
     out
 }
 
 fn validate_redis(
     raw: Vec<RawRedis>,
-    collect_timeout: Duration,
+    bounds: Bounds,
     base_dir: Option<&Path>,
     problems: &mut Problems,
 ) -> Vec<RedisConfig> {
@@ -750,13 +893,16 @@ fn validate_redis(
         };
         let password =
             password_source(&key, entry.password, entry.password_file, entry.password_env, base_dir, problems);
-        let timeout = service_timeout(&format!("{key}.timeout"), entry.timeout, collect_timeout, problems);
+        let (interval, timeout) = entry_timing(&key, entry.interval, entry.timeout, bounds, problems);
+        let tls = entry.tls.map(|tls| tls.validate(&format!("{key}.tls"), base_dir, problems));
         out.push(RedisConfig {
             name: entry.name.unwrap_or_else(|| address.to_string()),
             address,
             username: entry.username,
             password,
             timeout,
+            interval,
+            tls,
         });
     }
     out
@@ -807,7 +953,28 @@ fn refuse_readable_secrets(path: &Path, config: &AgentConfig) -> Result<(), Conf
     })
 }
 
+/// Refuses client private keys (`tls.key_file`) that others can read.
+fn refuse_readable_keys(path: &Path, config: &AgentConfig) -> Result<(), ConfigError> {
+    let problems: Vec<String> =
+        config.client_tls().filter_map(|(key, tls)| readable_key_problem(&format!("{key}.tls"), tls)).collect();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(ConfigError { source_name: path.display().to_string(), problems })
+}
+
 impl AgentConfig {
+    /// Every `tls` table, with the key of its entry.
+    pub fn client_tls(&self) -> impl Iterator<Item = (String, &ClientTls)> {
+        let collect = &self.collect;
+        let postgres =
+            collect.postgres.iter().enumerate().map(|(i, c)| (format!("collect.postgres[{i}]"), Some(&c.tls)));
+        let redis = collect.redis.iter().enumerate().map(|(i, c)| (format!("collect.redis[{i}]"), c.tls.as_ref()));
+        let probe = collect.probe.iter().enumerate().map(|(i, c)| (format!("collect.probe[{i}]"), c.tls.as_ref()));
+        let scrape = collect.scrape.iter().enumerate().map(|(i, c)| (format!("collect.scrape[{i}]"), c.tls.as_ref()));
+        postgres.chain(redis).chain(probe).chain(scrape).filter_map(|(key, tls)| Some((key, tls?)))
+    }
+
     /// Keys that hold a password written in the configuration itself.
     pub fn inline_secret_keys(&self) -> Vec<String> {
         let mut keys = Vec::new();
@@ -938,6 +1105,77 @@ mod tests {
         assert_eq!(config.collect.redis[0].password, PasswordSource::File(PathBuf::from("/etc/herd/redis.pw")));
         assert_eq!(config.inline_secret_keys(), vec!["collect.postgres[0].dsn".to_owned()]);
         assert!(dsn_has_password("host=db password=x") && !dsn_has_password("postgres://herd@db:5432/x"));
+    }
+
+    #[test]
+    fn tls_intervals_and_sslmode_are_checked_with_their_keys() {
+        let config = check(&format!(
+            "{MINIMAL}\n[[collect.scrape]]\njob = \"a\"\nurl = \"https://127.0.0.1:9100/metrics\"\ninterval = \"5s\"\n\
+             tls = {{ ca_file = \"ca.pem\", cert_file = \"c.pem\", key_file = \"k.pem\" }}\n\
+             [[collect.probe]]\ntarget = \"https://example.org\"\n\
+             [[collect.redis]]\naddress = \"cache:6380\"\ntls = {{ server_name = \"cache.internal\" }}\n\
+             [[collect.postgres]]\ndsn = \"postgres://herd@db/x\"\nsslmode = \"verify-full\"\n"
+        ))
+        .unwrap();
+        let scrape = &config.collect.scrape[0];
+        assert_eq!(scrape.interval, Duration::from_secs(5));
+        let tls = scrape.tls.as_ref().unwrap();
+        assert_eq!(tls.ca_file.as_deref(), Some(Path::new("/etc/herd/ca.pem")));
+        assert_eq!(tls.client_cert.as_ref().unwrap().key_file, PathBuf::from("/etc/herd/k.pem"));
+        assert!(!tls.insecure_skip_verify);
+        let probe = &config.collect.probe[0];
+        assert_eq!(
+            probe.kind,
+            ProbeKind::Http { address: Endpoint::parse("example.org:443").unwrap(), path: "/".into() }
+        );
+        assert_eq!(probe.tls.as_ref().unwrap().ca_file(), Path::new(super::super::client_tls::SYSTEM_CA_FILE));
+        assert_eq!(probe.interval, Duration::from_secs(10));
+        assert_eq!(config.collect.redis[0].tls.as_ref().unwrap().server_name.as_deref(), Some("cache.internal"));
+        assert_eq!(config.collect.postgres[0].sslmode, Some(SslMode::VerifyFull));
+
+        let err = check(&format!(
+            "{MINIMAL}\n[[collect.scrape]]\njob = \"a\"\nurl = \"http://h:1/m\"\ntls = {{ insecure_skip_verify = true }}\n\
+             [[collect.scrape]]\njob = \"b\"\nurl = \"https://h:1/m\"\ninterval = \"2s\"\ntimeout = \"3s\"\n\
+             tls = {{ cert_file = \"c.pem\", server_name = \"x\" }}\n\
+             [[collect.probe]]\ntarget = \"tcp://h:1\"\ntls = {{}}\ninterval = \"10ms\"\n\
+             [[collect.postgres]]\ndsn = \"host=db\"\nsslmode = \"allow\"\n\
+             [[collect.postgres]]\ndsn = \"host=db\"\nsslmode = \"verify-full\"\ntls = {{ insecure_skip_verify = true }}\n"
+        ))
+        .unwrap_err();
+        for needle in [
+            "collect.scrape[0].tls: applies to https:// URLs only",
+            "collect.scrape[1].timeout: must be above zero and below collect.timeout and the entry's interval",
+            "collect.scrape[1].tls.key_file: is missing",
+            "collect.scrape[1].tls.server_name: is not supported for scrape jobs",
+            "collect.probe[0].tls: applies to https:// targets only",
+            "collect.probe[0].interval: must be at least 100ms",
+            "collect.postgres[0].sslmode: \"allow\" is not one of",
+            "collect.postgres[1].tls.insecure_skip_verify: contradicts sslmode",
+        ] {
+            assert!(err.contains(needle), "{needle:?} in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn a_client_key_readable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("client-key.pem");
+        std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "{MINIMAL}\n[[collect.redis]]\naddress = \"cache:6380\"\n\
+                 tls = {{ cert_file = \"client.pem\", key_file = \"client-key.pem\" }}\n"
+            ),
+        )
+        .unwrap();
+        let err = AgentConfig::load(&path, "web-1").unwrap_err().to_string();
+        assert!(err.contains("collect.redis[0].tls.key_file:") && err.contains("is readable by others"), "{err}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        AgentConfig::load(&path, "web-1").unwrap();
     }
 
     #[test]
