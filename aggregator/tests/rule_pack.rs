@@ -277,32 +277,41 @@ fn mutated_pack(area: &str, index: usize, above: bool, always: bool) -> tempfile
 #[test]
 fn unit_tests_fail_when_a_threshold_moves() {
     let with_promtool = promtool_available();
-    let mut mutants = 0;
+    let mut mutants = Vec::new();
     for area in AREAS {
-        let test = format!("tests/{area}_test.yml");
-        for (index, rule) in pack_rules(area).iter().enumerate() {
+        for (index, rule) in pack_rules(area).into_iter().enumerate() {
             let Some((above, _)) = rule.threshold else { continue };
             for always in [false, true] {
-                let dir = mutated_pack(area, index, above, always);
-                let mutated = std::fs::read_to_string(dir.path().join(format!("{area}.yml"))).expect("read");
-                assert!(mutated.contains("1e300"), "{area}.yml rule {index} was not changed");
-                let what = format!(
-                    "{area}.yml {} ({}) {}",
-                    rule.alert,
-                    rule.severity,
-                    if always { "always firing" } else { "never firing" }
-                );
-                let (herd_code, herd) = run(BIN, &["rules", "test", &test], dir.path());
-                assert_eq!(herd_code, 1, "herd-aggregator rules test should fail with {what}:\n{herd}");
-                if with_promtool {
-                    let (promtool_code, promtool) = run("promtool", &["test", "rules", &test], dir.path());
-                    assert_eq!(promtool_code, 1, "promtool test rules should fail with {what}:\n{promtool}");
-                }
-                mutants += 1;
+                mutants.push((area, index, above, always, rule.alert.clone(), rule.severity.clone()));
             }
         }
     }
-    assert!(mutants >= 2 * GUIDE.len(), "only {mutants} mutants");
+    assert!(mutants.len() >= 2 * GUIDE.len(), "only {} mutants", mutants.len());
+    // Each mutant is a few short processes: two workers keep the test near
+    // half a minute without taking over a small machine.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                while let Some((area, index, above, always, alert, severity)) =
+                    mutants.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                {
+                    let test = format!("tests/{area}_test.yml");
+                    let dir = mutated_pack(area, *index, *above, *always);
+                    let mutated = std::fs::read_to_string(dir.path().join(format!("{area}.yml"))).expect("read");
+                    assert!(mutated.contains("1e300"), "{area}.yml rule {index} was not changed");
+                    let how = if *always { "always firing" } else { "never firing" };
+                    let what = format!("{area}.yml {alert} ({severity}) {how}");
+                    let (herd_code, herd) = run(BIN, &["rules", "test", &test], dir.path());
+                    assert_eq!(herd_code, 1, "herd-aggregator rules test should fail with {what}:\n{herd}");
+                    if with_promtool {
+                        let (promtool_code, promtool) = run("promtool", &["test", "rules", &test], dir.path());
+                        assert_eq!(promtool_code, 1, "promtool test rules should fail with {what}:\n{promtool}");
+                    }
+                }
+            });
+        }
+    });
 }
 
 #[test]
