@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the herd-aggregator container image without any image registry:
 # a rootfs tarball (release binary, the glibc libraries ldd names, passwd and
-# group with the herd user, the sample config, the state directory) is ADDed
+# group with the herd user, the sample config, the default rule pack under
+# /etc/herd/rules, the state directory) is ADDed
 # to a FROM scratch image (packaging/Dockerfile.aggregator).
 #
 #   packaging/build-image.sh [--binary PATH] [--tag NAME:TAG]
@@ -52,6 +53,9 @@ mkdir -p "$root"/{usr/bin,etc/herd,var/lib/herd-aggregator,tmp}
 install -m 0755 "$binary" "$root/usr/bin/herd-aggregator"
 if command -v strip >/dev/null; then strip --strip-unneeded "$root/usr/bin/herd-aggregator"; fi
 install -m 0644 "$repo/packaging/aggregator.toml" "$root/etc/herd/aggregator.toml"
+# The default rule pack, which the sample config's [rules] files loads.
+install -d "$root/etc/herd/rules"
+install -m 0644 "$repo"/packaging/rules/*.yml "$root/etc/herd/rules/"
 
 # Shared libraries at the paths the binary asks for (the loader included);
 # none for a static binary.

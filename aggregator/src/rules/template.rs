@@ -2,7 +2,7 @@
 //! annotations use: `{{ $labels.name }}`, `{{ $value }}`,
 //! `{{ $externalLabels.name }}`, `{{ $externalURL }}`, the same through `.`
 //! (`.Labels.name`, `.Value`), pipelines (`{{ $value | humanize }}`), and the
-//! functions `humanize`, `humanizePercentage`, `humanizeDuration`, `printf`,
+//! functions `humanize`, `humanize1024`, `humanizePercentage`, `humanizeDuration`, `printf`,
 //! `toUpper`, `toLower`, `title`, and `{{ if }}`/`{{ else }}`/`{{ else if }}`/`{{ end }}`
 //! with `eq ne lt le gt ge and or not` (numbers compare as numbers, whatever
 //! their Go type). Other control actions (`range`, `with`, `define`) and
@@ -20,7 +20,7 @@ pub enum TemplateError {
     #[error("unterminated quoted string in {0:?}")]
     UnterminatedString(String),
     #[error(
-        "{0:?} is not supported by Herd's template renderer (supported: $labels, $value, $externalLabels, humanize, humanizePercentage, humanizeDuration, printf, toUpper, toLower, title)"
+        "{0:?} is not supported by Herd's template renderer (supported: $labels, $value, $externalLabels, humanize, humanize1024, humanizePercentage, humanizeDuration, printf, toUpper, toLower, title)"
     )]
     Unsupported(String),
     #[error("empty command in {0:?}")]
@@ -113,6 +113,7 @@ impl Val {
 
 const FUNCTIONS: &[&str] = &[
     "humanize",
+    "humanize1024",
     "humanizePercentage",
     "humanizeDuration",
     "printf",
@@ -462,6 +463,7 @@ fn call(function: &str, args: Vec<Val>) -> Result<Val, TemplateError> {
     };
     Ok(match function {
         "humanize" => Val::Str(humanize(number(one(&args)?)?)),
+        "humanize1024" => Val::Str(humanize_1024(number(one(&args)?)?)),
         "humanizePercentage" => Val::Str(format!("{}%", go_float(number(one(&args)?)? * 100.0, Some(4)))),
         "humanizeDuration" => Val::Str(humanize_duration(number(one(&args)?)?)),
         "toUpper" => Val::Str(string(one(&args)?).to_uppercase()),
@@ -535,6 +537,23 @@ fn humanize(mut v: f64) -> String {
             prefix = p;
             v *= 1000.0;
         }
+    }
+    format!("{}{prefix}", go_float(v, Some(4)))
+}
+
+/// Prometheus's `humanize1024`: binary prefixes (`ki`, `Mi`, ...), four
+/// significant digits; values up to 1 in magnitude are printed as they are.
+fn humanize_1024(mut v: f64) -> String {
+    if v.abs() <= 1.0 || !v.is_finite() {
+        return go_float(v, Some(4));
+    }
+    let mut prefix = "";
+    for p in ["ki", "Mi", "Gi", "Ti", "Pi", "Ei", "Zi", "Yi"] {
+        if v.abs() < 1024.0 {
+            break;
+        }
+        prefix = p;
+        v /= 1024.0;
     }
     format!("{}{prefix}", go_float(v, Some(4)))
 }
@@ -778,6 +797,13 @@ mod tests {
             ("{{ humanize $value }}", 0.0012, "1.2m"),
             ("{{ humanize 0 }}", 0.0, "0"),
             ("{{ $value | humanize }}", 999.0, "999"),
+            ("{{ $value | humanize1024 }}", 858993459200.0, "800Gi"),
+            ("{{ humanize1024 $value }}", 1536.0, "1.5ki"),
+            ("{{ $value | humanize1024 }}", 1024.0, "1ki"),
+            ("{{ $value | humanize1024 }}", 1023.99, "1024"),
+            ("{{ $value | humanize1024 }}", -2048.0, "-2ki"),
+            ("{{ $value | humanize1024 }}", 0.5, "0.5"),
+            ("{{ $value | humanize1024 }}", 1e30, "8.272e+05Yi"),
             ("{{ $value | humanizePercentage }}", 0.1234567, "12.35%"),
             ("{{ $value | humanizePercentage }}", 1.0, "100%"),
             ("{{ $value | humanizeDuration }}", 90061.0, "1d 1h 1m 1s"),
