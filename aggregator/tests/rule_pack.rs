@@ -24,7 +24,8 @@ use promql_parser::parser::token::{T_GTR, T_LSS};
 const BIN: &str = env!("CARGO_BIN_EXE_herd-aggregator");
 
 /// The areas of the pack: `<area>.yml` and `tests/<area>_test.yml`.
-const AREAS: [&str; 6] = ["infrastructure", "containers", "postgresql", "redis", "application", "business"];
+const AREAS: [&str; 7] =
+    ["infrastructure", "containers", "postgresql", "redis", "application", "business", "availability"];
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
