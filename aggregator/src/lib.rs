@@ -14,6 +14,7 @@
 //! - `pki` and `demo`: the CLI's certificate commands and the one-command demo.
 #![forbid(unsafe_code)]
 
+pub mod alertmanager;
 pub mod api;
 pub mod demo;
 pub mod fleet;
