@@ -22,6 +22,8 @@ pub mod delivery;
 pub mod dispatch;
 pub mod matcher;
 pub mod silence;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

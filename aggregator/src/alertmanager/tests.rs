@@ -1,0 +1,223 @@
+//! The router end to end in one process: real HTTP receivers (small axum
+//! servers recording what they get), real timers, real state files.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use serde_json::Value as Json;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::dispatch::Alert;
+use super::{Router, config, now_ms};
+
+#[derive(Debug, Clone)]
+struct Received {
+    path: String,
+    authorization: Option<String>,
+    body: Json,
+    at: Instant,
+}
+
+type Log = Arc<Mutex<Vec<Received>>>;
+
+/// An HTTP server that records every POST; `/fail` answers 500, others 200.
+async fn recorder() -> (String, Log) {
+    let log: Log = Arc::default();
+    async fn record(State(log): State<Log>, uri: Uri, headers: HeaderMap, body: axum::body::Bytes) -> StatusCode {
+        let body = serde_json::from_slice(&body).unwrap_or(Json::Null);
+        let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        log.lock().unwrap().push(Received { path: uri.path().to_owned(), authorization, body, at: Instant::now() });
+        if uri.path() == "/fail" { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK }
+    }
+    let app = axum::Router::new().fallback(axum::routing::post(record)).with_state(Arc::clone(&log));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), log)
+}
+
+fn config_text(base: &str) -> String {
+    format!(
+        r#"
+global:
+  resolve_timeout: 5m
+route:
+  receiver: hook
+  group_by: [alertname]
+  group_wait: 300ms
+  group_interval: 1s
+  repeat_interval: 1h
+  routes:
+    - {{matchers: ['severity=~".+"'], receiver: hook, continue: true}}
+    - {{matchers: ['severity=~".+"'], receiver: slack, continue: true}}
+    - {{matchers: ['severity=~".+"'], receiver: pager, continue: true}}
+    - {{matchers: ['severity=~".+"'], receiver: broken, continue: true}}
+receivers:
+  - name: hook
+    webhook_configs:
+      - url: {base}/hook
+        http_config: {{basic_auth: {{username: herd, password: secret}}}}
+  - name: slack
+    slack_configs:
+      - api_url: {base}/slack
+        channel: '#database-alerts'
+        title: '{{{{ .GroupLabels.alertname }}}}'
+        text: '{{{{ range .Alerts }}}}{{{{ .Annotations.description }}}}{{{{ end }}}}'
+        color: '{{{{ if eq .Status "firing" }}}}danger{{{{ else }}}}good{{{{ end }}}}'
+  - name: pager
+    pagerduty_configs:
+      - routing_key: R0UT1NG
+        url: {base}/pagerduty
+        severity: '{{{{ .CommonLabels.severity }}}}'
+  - name: broken
+    webhook_configs:
+      - url: {base}/fail
+"#
+    )
+}
+
+fn alert(ends_at_ms: i64) -> Alert {
+    let labels = BTreeMap::from([
+        ("alertname".to_owned(), "PostgresDown".to_owned()),
+        ("instance".to_owned(), "db-1:5432".to_owned()),
+        ("severity".to_owned(), "critical".to_owned()),
+    ]);
+    let annotations = BTreeMap::from([("description".to_owned(), "db-1 is down".to_owned())]);
+    Alert::new(labels, annotations, 1_700_000_000_000, ends_at_ms, "http://herd.test/graph?g0.expr=pg_up".to_owned())
+}
+
+fn received(log: &Log, path: &str) -> Vec<Received> {
+    log.lock().unwrap().iter().filter(|r| r.path == path).cloned().collect()
+}
+
+async fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check()
+}
+
+fn stat(router: &Router, receiver: &str) -> (u64, u64) {
+    let stats = router.stats();
+    let s = stats.iter().find(|s| s.receiver == receiver).unwrap();
+    (s.notifications.load(std::sync::atomic::Ordering::Relaxed), s.failed.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receivers_get_exact_payloads_and_a_failing_one_delays_nobody() {
+    let (base, log) = recorder().await;
+    let state = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let config = config::parse("test.yml", &config_text(&base)).unwrap();
+    let router = Router::start(config, Some(state.path()), "http://herd.test".into(), &shutdown, &mut tasks);
+    let sent_at = Instant::now();
+    router.receive(vec![alert(i64::MAX)]);
+
+    assert!(wait_until(Duration::from_secs(5), || !received(&log, "/hook").is_empty()).await, "webhook not notified");
+    let hook = received(&log, "/hook").remove(0);
+    // group_wait is 300 ms; the broken receiver's retries must not hold the webhook up.
+    let delay = hook.at - sent_at;
+    assert!(delay >= Duration::from_millis(250) && delay < Duration::from_millis(1500), "webhook after {delay:?}");
+    assert_eq!(hook.authorization.as_deref(), Some("Basic aGVyZDpzZWNyZXQ="));
+    let body = &hook.body;
+    assert_eq!(body["version"], "4");
+    assert_eq!(body["receiver"], "hook");
+    assert_eq!(body["status"], "firing");
+    assert_eq!(body["groupKey"], r#"{}/{severity=~".+"}/0:{alertname="PostgresDown"}"#);
+    assert_eq!(body["truncatedAlerts"], 0);
+    assert_eq!(body["externalURL"], "http://herd.test");
+    assert_eq!(body["groupLabels"], serde_json::json!({"alertname": "PostgresDown"}));
+    assert_eq!(body["commonLabels"]["instance"], "db-1:5432");
+    assert_eq!(body["commonAnnotations"], serde_json::json!({"description": "db-1 is down"}));
+    let first = &body["alerts"][0];
+    assert_eq!(first["status"], "firing");
+    assert_eq!(first["startsAt"], "2023-11-14T22:13:20Z");
+    assert_eq!(first["endsAt"], "0001-01-01T00:00:00Z");
+    assert_eq!(first["generatorURL"], "http://herd.test/graph?g0.expr=pg_up");
+    assert_eq!(first["fingerprint"].as_str().unwrap().len(), 16);
+    let keys: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys.len(), 10, "{keys:?}");
+
+    assert!(wait_until(Duration::from_secs(2), || !received(&log, "/slack").is_empty()).await);
+    let slack = received(&log, "/slack").remove(0).body;
+    assert_eq!(slack["channel"], "#database-alerts");
+    assert_eq!(slack["username"], "Alertmanager");
+    assert_eq!(slack["attachments"][0]["title"], "PostgresDown");
+    assert_eq!(slack["attachments"][0]["text"], "db-1 is down");
+    assert_eq!(slack["attachments"][0]["color"], "danger");
+    assert_eq!(slack["attachments"][0]["title_link"], "http://herd.test");
+
+    assert!(wait_until(Duration::from_secs(2), || !received(&log, "/pagerduty").is_empty()).await);
+    let trigger = received(&log, "/pagerduty").remove(0).body;
+    assert_eq!(trigger["routing_key"], "R0UT1NG");
+    assert_eq!(trigger["event_action"], "trigger");
+    assert_eq!(trigger["payload"]["severity"], "critical");
+    assert_eq!(trigger["payload"]["summary"], "[FIRING:1] PostgresDown");
+    assert_eq!(trigger["payload"]["source"], "Herd");
+    assert_eq!(trigger["payload"]["custom_details"]["num_firing"], "1");
+    let dedup_key = trigger["dedup_key"].as_str().unwrap().to_owned();
+
+    // The broken receiver is retried with backoff and every failure counted.
+    assert!(
+        wait_until(Duration::from_secs(5), || stat(&router, "broken").1 >= 3).await,
+        "{:?}",
+        stat(&router, "broken")
+    );
+    assert!(received(&log, "/fail").len() >= 3);
+    assert_eq!(stat(&router, "hook"), (1, 0));
+
+    // Resolved: the webhook and PagerDuty (send_resolved by default) hear of it, Slack does not.
+    router.receive(vec![alert(now_ms())]);
+    assert!(wait_until(Duration::from_secs(3), || received(&log, "/hook").len() == 2).await);
+    let resolved = received(&log, "/hook").remove(1).body;
+    assert_eq!(resolved["status"], "resolved");
+    assert_eq!(resolved["alerts"][0]["status"], "resolved");
+    assert_ne!(resolved["alerts"][0]["endsAt"], "0001-01-01T00:00:00Z");
+    assert!(wait_until(Duration::from_secs(2), || received(&log, "/pagerduty").len() == 2).await);
+    let resolve = received(&log, "/pagerduty").remove(1).body;
+    assert_eq!(resolve["event_action"], "resolve");
+    assert_eq!(resolve["dedup_key"], dedup_key.as_str());
+    assert!(resolve.get("payload").is_none());
+    assert_eq!(received(&log, "/slack").len(), 1);
+
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_does_not_notify_again_within_repeat_interval() {
+    let (base, log) = recorder().await;
+    let state = tempfile::tempdir().unwrap();
+    let text = config_text(&base);
+    for round in 0..2 {
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let config = config::parse("test.yml", &text).unwrap();
+        let router = Router::start(config, Some(state.path()), "http://herd.test".into(), &shutdown, &mut tasks);
+        router.receive(vec![alert(i64::MAX)]);
+        if round == 0 {
+            assert!(wait_until(Duration::from_secs(5), || received(&log, "/hook").len() == 1).await);
+            // The log is written after delivery; wait for the file.
+            assert!(wait_until(Duration::from_secs(2), || state.path().join("router/nflog.json").exists()).await);
+        } else {
+            // group_wait (300 ms) passes, the group flushes, the log says it was told.
+            assert!(
+                wait_until(Duration::from_secs(2), || router
+                    .with_state(|d, _| d.next_flush_ms().is_some_and(|t| t > now_ms() + 500)))
+                .await
+            );
+            assert_eq!(received(&log, "/hook").len(), 1, "notified again after a restart");
+        }
+        shutdown.cancel();
+        while tasks.join_next().await.is_some() {}
+    }
+}
