@@ -352,13 +352,15 @@ async fn delete_silence(State(router): State<Arc<Router>>, Path(id): Path<String
 async fn status(State(router): State<Arc<Router>>) -> Response {
     axum::Json(json!({
         "cluster": {"name": "herd", "status": "disabled", "peers": []},
+        // The Alertmanager API version Herd answers as (amtool warns on a
+        // mismatch); what it really is goes in `revision`.
         "versionInfo": {
-            "branch": "",
+            "branch": "herd",
             "buildDate": "",
             "buildUser": "",
             "goVersion": "",
-            "revision": "",
-            "version": format!("herd-aggregator {}", env!("CARGO_PKG_VERSION")),
+            "revision": format!("herd-aggregator {}", env!("CARGO_PKG_VERSION")),
+            "version": "0.25.0",
         },
         "config": {"original": router.config().original},
         "uptime": rfc3339(router.started_ms),
