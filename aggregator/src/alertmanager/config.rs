@@ -203,6 +203,16 @@ struct RawEmail {
     headers: BTreeMap<String, String>,
     html: Option<String>,
     text: Option<String>,
+    tls_config: Option<RawTlsConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTlsConfig {
+    ca_file: Option<PathBuf>,
+    server_name: Option<String>,
+    #[serde(default)]
+    insecure_skip_verify: bool,
 }
 
 // ---- the validated form ----
@@ -378,6 +388,11 @@ pub struct EmailConfig {
     pub headers: Vec<(String, Template)>,
     pub text: Template,
     pub html: Option<Template>,
+    /// PEM of extra CAs to trust (`tls_config.ca_file`), besides the system's.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The name the server's certificate must have (`tls_config.server_name`); default: the smarthost's host.
+    pub server_name: Option<String>,
+    pub insecure_skip_verify: bool,
 }
 
 /// Parses a Prometheus duration: `30s`, `5m`, `12h`, `1d`, `1w`, `1y`, `100ms`, `1h30m`.
@@ -459,7 +474,7 @@ fn http_auth(raw: Option<&RawHttpConfig>) -> HttpAuth {
     HttpAuth { authorization }
 }
 
-fn base64(bytes: &[u8]) -> String {
+pub(crate) fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
@@ -746,6 +761,14 @@ fn build(raw: RawConfig, text: &str, problems: &mut Vec<String>) -> RouterConfig
                 let parsed = t(&Some(v), "", &format!("headers.{k}"));
                 headers.push((k, parsed));
             }
+            let tls = c.tls_config.as_ref();
+            let ca_pem = tls.and_then(|t| t.ca_file.as_ref()).and_then(|path| match std::fs::read(path) {
+                Ok(pem) => Some(pem),
+                Err(err) => {
+                    problems.push(format!("{}: cannot read {}: {err}", key("tls_config.ca_file"), path.display()));
+                    None
+                }
+            });
             integrations.push(Integration::Email(EmailConfig {
                 send_resolved: c.send_resolved.unwrap_or(false),
                 to,
@@ -758,6 +781,9 @@ fn build(raw: RawConfig, text: &str, problems: &mut Vec<String>) -> RouterConfig
                 headers,
                 text,
                 html,
+                ca_pem,
+                server_name: tls.and_then(|t| t.server_name.clone()),
+                insecure_skip_verify: tls.is_some_and(|t| t.insecure_skip_verify),
             }));
         }
         let _ = (&global.smtp_auth_identity, &global.smtp_auth_secret);

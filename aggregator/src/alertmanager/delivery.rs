@@ -2,8 +2,9 @@
 //! Alertmanager's webhook JSON (version "4"), Slack incoming-webhook JSON,
 //! PagerDuty Events API v2. Templates are rendered over Alertmanager's
 //! notification data (`.Receiver`, `.Status`, `.Alerts`, `.GroupLabels`,
-//! `.CommonLabels`, `.CommonAnnotations`, `.ExternalURL`). HTTP is blocking
-//! (ureq): call `deliver` on a blocking thread.
+//! `.CommonLabels`, `.CommonAnnotations`, `.ExternalURL`). Email goes over
+//! SMTP with STARTTLS (or TLS on port 465) through lettre and rustls. All
+//! I/O is blocking (ureq, lettre): call `deliver` on a blocking thread.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,10 +28,8 @@ pub enum DeliveryError {
     Http { url: String, source: Box<ureq::Error> },
     #[error("template: {0}")]
     Template(#[from] TemplateError),
-    #[error(
-        "email delivery is not built into Herd's router yet: route this receiver through an Alertmanager or a webhook"
-    )]
-    EmailUnsupported,
+    #[error("email: {message}")]
+    Email { message: String, transient: bool },
 }
 
 impl DeliveryError {
@@ -39,7 +38,8 @@ impl DeliveryError {
         match self {
             DeliveryError::Status { status, .. } => *status == 429 || *status >= 500,
             DeliveryError::Http { .. } => true,
-            DeliveryError::Template(_) | DeliveryError::EmailUnsupported => false,
+            DeliveryError::Email { transient, .. } => *transient,
+            DeliveryError::Template(_) => false,
         }
     }
 }
@@ -251,7 +251,7 @@ pub fn deliver(
             let data = template_data(notification, external_url);
             post_json(&config.url, &config.auth, &pagerduty_payload(config, notification, &data)?)
         }
-        Integration::Email(_) => Err(DeliveryError::EmailUnsupported),
+        Integration::Email(config) => send_email(config, &template_data(notification, external_url)),
     }
 }
 
@@ -272,4 +272,76 @@ fn post_json(url: &str, auth: &HttpAuth, body: &Json) -> Result<(), DeliveryErro
     }
     let text = response.into_body().read_to_string().unwrap_or_default();
     Err(DeliveryError::Status { url: url.to_owned(), status, body: text.chars().take(200).collect() })
+}
+
+fn email_error(message: impl std::fmt::Display, transient: bool) -> DeliveryError {
+    DeliveryError::Email { message: message.to_string(), transient }
+}
+
+/// Sends one notification as a mail. `require_tls` (the default) insists on
+/// STARTTLS, as Alertmanager does; port 465 speaks TLS from the start.
+fn send_email(config: &super::config::EmailConfig, data: &TemplateValue) -> Result<(), DeliveryError> {
+    use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+    use lettre::message::{Mailbox, MultiPart, SinglePart};
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+    use lettre::transport::smtp::extension::ClientId;
+    use lettre::{SmtpTransport, Transport};
+
+    let from: Mailbox = render(&config.from, data)?.parse().map_err(|e| email_error(format!("from: {e}"), false))?;
+    let mut builder = lettre::Message::builder().from(from);
+    let to = render(&config.to, data)?;
+    for address in to.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        builder = builder.to(address.parse().map_err(|e| email_error(format!("to {address:?}: {e}"), false))?);
+    }
+    for (name, template) in &config.headers {
+        let value = render(template, data)?;
+        match name.to_ascii_lowercase().as_str() {
+            "subject" => builder = builder.subject(value),
+            "to" | "from" => {}
+            _ => {
+                let name = HeaderName::new_from_ascii(name.clone())
+                    .map_err(|e| email_error(format!("header {name:?}: {e}"), false))?;
+                builder = builder.raw_header(HeaderValue::new(name, value));
+            }
+        }
+    }
+    let text = render(&config.text, data)?;
+    let message = match &config.html {
+        Some(html) => builder.multipart(MultiPart::alternative_plain_html(text, render(html, data)?)),
+        None => builder.singlepart(SinglePart::builder().header(ContentType::TEXT_PLAIN).body(text)),
+    }
+    .map_err(|e| email_error(e, false))?;
+
+    let (host, port) = config
+        .smarthost
+        .rsplit_once(':')
+        .and_then(|(host, port)| Some((host.trim_matches(['[', ']']), port.parse::<u16>().ok()?)))
+        .ok_or_else(|| email_error(format!("smarthost {:?} is not host:port", config.smarthost), false))?;
+    let mut tls = TlsParameters::builder(config.server_name.clone().unwrap_or_else(|| host.to_owned()))
+        .dangerous_accept_invalid_certs(config.insecure_skip_verify);
+    if let Some(pem) = &config.ca_pem {
+        tls = tls.add_root_certificate(Certificate::from_pem(pem).map_err(|e| email_error(e, false))?);
+    }
+    let tls = tls.build_rustls().map_err(|e| email_error(e, false))?;
+    let tls = if port == 465 {
+        Tls::Wrapper(tls)
+    } else if config.require_tls {
+        Tls::Required(tls)
+    } else {
+        Tls::Opportunistic(tls)
+    };
+    let mut transport = SmtpTransport::builder_dangerous(host)
+        .port(port)
+        .tls(tls)
+        .hello_name(ClientId::Domain(config.hello.clone()))
+        .timeout(Some(HTTP_TIMEOUT));
+    if let Some(username) = &config.auth_username {
+        transport =
+            transport.credentials(Credentials::new(username.clone(), config.auth_password.clone().unwrap_or_default()));
+    }
+    transport.build().send(&message).map(|_| ()).map_err(|e| {
+        let transient = !e.is_permanent();
+        email_error(e, transient)
+    })
 }

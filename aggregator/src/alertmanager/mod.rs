@@ -5,7 +5,7 @@
 //! - `matcher`: label matchers in all their Alertmanager spellings.
 //! - `dispatch`: groups, timers, inhibition and the notification log; no I/O, no clock.
 //! - `silence`: silences, saved under the state directory.
-//! - `delivery`: webhook, Slack and PagerDuty payloads and their HTTP posts.
+//! - `delivery`: webhook, Slack and PagerDuty payloads and their HTTP posts; mail over SMTP.
 //! - `api`: Alertmanager's v2 HTTP API (amtool, Grafana, Prometheus as a client).
 //! - `client`: the `herd-aggregator silence` commands, a client of that API.
 //!
@@ -127,9 +127,6 @@ impl Router {
         let mut queues = Vec::new();
         for receiver in &config.receivers {
             for (index, integration) in receiver.integrations.iter().enumerate() {
-                if matches!(integration, Integration::Email(_)) {
-                    warn!(receiver = %receiver.name, "email_configs are not delivered by Herd's router yet; their notifications fail and are counted");
-                }
                 let (sender, rx) = mpsc::channel(INTEGRATION_QUEUE);
                 let stats = Arc::new(IntegrationStats {
                     receiver: receiver.name.clone(),

@@ -221,3 +221,208 @@ async fn a_restart_does_not_notify_again_within_repeat_interval() {
         while tasks.join_next().await.is_some() {}
     }
 }
+
+/// One mail as the test SMTP server received it.
+#[derive(Debug, Clone, Default)]
+struct Mail {
+    /// Whether the envelope and message came after STARTTLS.
+    over_tls: bool,
+    auth_plain: Option<String>,
+    from: String,
+    to: Vec<String>,
+    data: String,
+}
+
+/// A small SMTP server on loopback speaking enough ESMTP for a client to
+/// deliver one mail: EHLO, STARTTLS (with a certificate for `localhost`),
+/// AUTH PLAIN, MAIL, RCPT, DATA, QUIT. With `offer_starttls` false it never offers TLS.
+fn smtp_server(offer_starttls: bool) -> (u16, String, Arc<Mutex<Vec<Mail>>>) {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_pem = cert.pem();
+    let key_der = rustls::pki_types::PrivateKeyDer::try_from(signing_key.serialize_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls_config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key_der)
+            .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mails: Arc<Mutex<Vec<Mail>>> = Arc::default();
+    let recorded = Arc::clone(&mails);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (tls_config, recorded) = (Arc::clone(&tls_config), Arc::clone(&recorded));
+            std::thread::spawn(move || {
+                let _ = smtp_session(stream, tls_config, offer_starttls, &recorded);
+            });
+        }
+    });
+    (port, cert_pem, mails)
+}
+
+fn read_line(stream: &mut impl std::io::Read) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        if stream.read(&mut byte)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        line.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&line[..line.len() - 2]).into_owned())
+}
+
+enum SmtpStep {
+    StartTls,
+    Done,
+}
+
+/// Runs commands until QUIT or STARTTLS.
+fn smtp_commands(
+    stream: &mut (impl std::io::Read + std::io::Write),
+    over_tls: bool,
+    offer_starttls: bool,
+    mail: &mut Mail,
+    recorded: &Mutex<Vec<Mail>>,
+) -> std::io::Result<SmtpStep> {
+    loop {
+        let line = read_line(stream)?;
+        let verb = line.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+        let reply: String = match verb.as_str() {
+            "EHLO" | "HELO" if over_tls || !offer_starttls => "250-herd-test\r\n250 AUTH PLAIN LOGIN\r\n".into(),
+            "EHLO" | "HELO" => "250-herd-test\r\n250-STARTTLS\r\n250 AUTH PLAIN LOGIN\r\n".into(),
+            "STARTTLS" if offer_starttls && !over_tls => {
+                stream.write_all(b"220 ready to start TLS\r\n")?;
+                return Ok(SmtpStep::StartTls);
+            }
+            "AUTH" => {
+                mail.auth_plain = line.split_whitespace().nth(2).map(str::to_owned);
+                "235 2.7.0 accepted\r\n".into()
+            }
+            "MAIL" => {
+                mail.over_tls = over_tls;
+                mail.from = line.split_once(':').map(|(_, a)| a.trim().to_owned()).unwrap_or_default();
+                "250 ok\r\n".into()
+            }
+            "RCPT" => {
+                mail.to.push(line.split_once(':').map(|(_, a)| a.trim().to_owned()).unwrap_or_default());
+                "250 ok\r\n".into()
+            }
+            "DATA" => {
+                stream.write_all(b"354 go ahead\r\n")?;
+                let mut data = String::new();
+                loop {
+                    let line = read_line(stream)?;
+                    if line == "." {
+                        break;
+                    }
+                    data.push_str(&line);
+                    data.push('\n');
+                }
+                mail.data = data;
+                recorded.lock().unwrap().push(std::mem::take(mail));
+                "250 queued\r\n".into()
+            }
+            "QUIT" => {
+                stream.write_all(b"221 bye\r\n")?;
+                return Ok(SmtpStep::Done);
+            }
+            "RSET" | "NOOP" => "250 ok\r\n".into(),
+            _ => "502 not implemented\r\n".into(),
+        };
+        stream.write_all(reply.as_bytes())?;
+    }
+}
+
+fn smtp_session(
+    mut tcp: std::net::TcpStream,
+    tls_config: Arc<rustls::ServerConfig>,
+    offer_starttls: bool,
+    recorded: &Mutex<Vec<Mail>>,
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    tcp.write_all(b"220 herd-test ESMTP\r\n")?;
+    let mut mail = Mail::default();
+    if let SmtpStep::StartTls = smtp_commands(&mut tcp, false, offer_starttls, &mut mail, recorded)? {
+        let connection = rustls::ServerConnection::new(tls_config).map_err(std::io::Error::other)?;
+        let mut tls = rustls::StreamOwned::new(connection, tcp);
+        smtp_commands(&mut tls, true, offer_starttls, &mut mail, recorded)?;
+    }
+    Ok(())
+}
+
+fn email_config(port: u16, ca_file: &std::path::Path, require_tls: bool) -> String {
+    format!(
+        r#"
+global:
+  smtp_smarthost: 'localhost:{port}'
+  smtp_from: 'alerts@herd.test'
+  smtp_auth_username: 'apikey'
+  smtp_auth_password: 'secret'
+route:
+  receiver: default
+  group_by: [alertname]
+  group_wait: 100ms
+receivers:
+  - name: default
+    email_configs:
+      - to: 'oncall@herd.test'
+        require_tls: {require_tls}
+        tls_config: {{ca_file: '{ca}'}}
+        headers:
+          Subject: '[Alert] {{{{ .GroupLabels.alertname }}}}'
+"#,
+        ca = ca_file.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_is_sent_over_starttls_with_the_templated_subject() {
+    let (port, cert_pem, mails) = smtp_server(true);
+    let state = tempfile::tempdir().unwrap();
+    let ca_file = state.path().join("smtp-ca.pem");
+    std::fs::write(&ca_file, &cert_pem).unwrap();
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let config = config::parse("test.yml", &email_config(port, &ca_file, true)).unwrap();
+    let router = Router::start(config, Some(state.path()), "http://herd.test".into(), &shutdown, &mut tasks);
+    router.receive(vec![alert(i64::MAX)]);
+    assert!(
+        wait_until(Duration::from_secs(10), || !mails.lock().unwrap().is_empty()).await,
+        "no mail; stats {:?}",
+        stat(&router, "default")
+    );
+    let mail = mails.lock().unwrap()[0].clone();
+    assert!(mail.over_tls, "mail sent before STARTTLS");
+    assert_eq!(mail.auth_plain.as_deref(), Some(super::config::base64(b"\0apikey\0secret").as_str()));
+    assert_eq!(mail.from, "<alerts@herd.test>");
+    assert_eq!(mail.to, ["<oncall@herd.test>"]);
+    assert!(mail.data.contains("Subject: [Alert] PostgresDown\n"), "{}", mail.data);
+    assert!(mail.data.contains("db-1 is down"), "{}", mail.data);
+    assert_eq!(stat(&router, "default"), (1, 0));
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_tls_refuses_a_server_without_starttls() {
+    let (port, cert_pem, mails) = smtp_server(false);
+    let state = tempfile::tempdir().unwrap();
+    let ca_file = state.path().join("smtp-ca.pem");
+    std::fs::write(&ca_file, &cert_pem).unwrap();
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let config = config::parse("test.yml", &email_config(port, &ca_file, true)).unwrap();
+    let router = Router::start(config, Some(state.path()), "http://herd.test".into(), &shutdown, &mut tasks);
+    router.receive(vec![alert(i64::MAX)]);
+    assert!(wait_until(Duration::from_secs(10), || stat(&router, "default").1 >= 1).await);
+    assert!(mails.lock().unwrap().is_empty(), "mail sent in the clear");
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+}
