@@ -209,7 +209,11 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::CheckConfig { config } => {
-            AggregatorConfig::load(&config).map_err(|err| anyhow::anyhow!("{err}"))?;
+            let loaded = AggregatorConfig::load(&config).map_err(|err| anyhow::anyhow!("{err}"))?;
+            if let Some(router_config) = &loaded.alerting.router_config {
+                herd_aggregator::alertmanager::config::load(router_config)?;
+                println!("{}: ok", router_config.display());
+            }
             println!("{}: ok", config.display());
             Ok(())
         }

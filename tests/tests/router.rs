@@ -176,4 +176,114 @@ fn a_broken_router_configuration_is_refused_at_start() {
     let text = String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout);
     assert!(!output.status.success(), "{text}");
     assert!(text.contains("alertmanager.yml") && text.contains("line"), "{text}");
+    // check-config reads the router's file too.
+    let output = std::process::Command::new(herd_tests::bin("herd-aggregator"))
+        .args(["check-config", "--config", toml.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success() && text.contains("alertmanager.yml") && text.contains("line"), "{text}");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/../aggregator/src/alertmanager/testdata/seed.yml"), &config)
+        .expect("the seed's alertmanager.yml");
+    let output = std::process::Command::new(herd_tests::bin("herd-aggregator"))
+        .args(["check-config", "--config", toml.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "the seed's configuration is refused: {text}");
+}
+
+/// Kills the child when dropped, so a failed assertion leaves no Prometheus behind.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn prometheus_available() -> bool {
+    let found = std::process::Command::new("prometheus").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("HERD_REQUIRE_PEERS").as_deref() != Ok("1"),
+            "prometheus is missing: apt-get install prometheus"
+        );
+        eprintln!("skipped: prometheus is not installed (apt-get install prometheus)");
+    }
+    found
+}
+
+#[test]
+fn a_real_prometheus_sends_its_alerts_to_herd() {
+    if !prometheus_available() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let pki = Pki::create(work.path().join("pki"));
+    let hook = WebhookRecorder::start();
+    let herd_rules = work.path().join("herd-rules.yml");
+    std::fs::write(&herd_rules, "groups: []\n").unwrap();
+    let router_config = work.path().join("alertmanager.yml");
+    std::fs::write(
+        &router_config,
+        format!(
+            "route:\n  receiver: hook\n  group_by: [alertname]\n  group_wait: 1s\n\
+             receivers:\n  - name: hook\n    webhook_configs: [{{url: '{}'}}]\n",
+            hook.url
+        ),
+    )
+    .unwrap();
+    let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+    let aggregator = start_aggregator_with_router(&pki, work.path(), "agg", http, quic, &herd_rules, &router_config);
+
+    std::fs::write(
+        work.path().join("prometheus-rules.yml"),
+        "groups:\n  - name: p\n    rules:\n      - alert: FromPrometheus\n        expr: vector(1)\n        labels: {severity: page}\n        annotations: {summary: sent by Prometheus}\n",
+    )
+    .unwrap();
+    let prometheus_config = work.path().join("prometheus.yml");
+    std::fs::write(
+        &prometheus_config,
+        format!(
+            "global: {{evaluation_interval: 1s}}\nrule_files: [prometheus-rules.yml]\n\
+             alerting:\n  alertmanagers:\n    - api_version: v2\n      static_configs: [{{targets: ['{http}']}}]\n"
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(work.path().join("prometheus.log")).unwrap();
+    let _prometheus = Child(
+        std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", prometheus_config.display()))
+            .arg(format!("--storage.tsdb.path={}", work.path().join("tsdb").display()))
+            // The first alerts go out before Prometheus has discovered its Alertmanagers
+            // (about 5 s): resend every second rather than after the default minute.
+            .arg("--rules.alert.resend-delay=1s")
+            .arg(format!("--web.listen-address=127.0.0.1:{}", free_tcp_port()))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus"),
+    );
+    let listed = wait_for(Duration::from_secs(30), || {
+        api_alerts(http).into_iter().find(|a| a["labels"]["alertname"] == "FromPrometheus")
+    });
+    let listed = listed.unwrap_or_else(|| {
+        panic!(
+            "Prometheus's alert never reached Herd:\n{}\n{}",
+            std::fs::read_to_string(work.path().join("prometheus.log")).unwrap_or_default(),
+            aggregator.process.log()
+        )
+    });
+    assert_eq!(listed["annotations"]["summary"], "sent by Prometheus");
+    assert_eq!(listed["status"]["state"], "active");
+    assert_eq!(listed["receivers"][0]["name"], "hook");
+    let notified = wait_for(Duration::from_secs(10), || {
+        hook.bodies().into_iter().find(|n| alert_names(n).contains(&"FromPrometheus".to_owned()))
+    });
+    let notified = notified.expect("webhook notified");
+    assert_eq!(notified["alerts"][0]["labels"]["severity"], "page");
+    assert!(notified["alerts"][0]["generatorURL"].as_str().unwrap().contains("vector"), "{notified}");
 }
