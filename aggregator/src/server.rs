@@ -182,7 +182,7 @@ pub async fn start(
 
 /// Starts the built-in alert router when `alerting.router_config` is set: the
 /// rule manager's alerts are handed to it (besides any external
-/// Alertmanagers), its counters are written to the store with the other
+/// Alertmanagers), SIGHUP reloads its file, its counters are written to the store with the other
 /// self-metrics, and its Alertmanager v2 API routes are returned to be served
 /// on the HTTP port (empty when no router is configured).
 fn start_router(
@@ -203,6 +203,25 @@ fn start_router(
     let router =
         crate::alertmanager::Router::start(router_config, Some(&config.state_dir), external_url, shutdown, tasks);
     notifier.set_router(Arc::clone(&router));
+    // SIGHUP reloads the router's file along with the rule files; a broken file keeps the running one.
+    match signal(SignalKind::hangup()) {
+        Ok(mut hangup) => {
+            let (reloading, path, stop) = (Arc::clone(&router), path.clone(), shutdown.child_token());
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        Some(()) = hangup.recv() => {
+                            if let Err(err) = reloading.reload(&path) {
+                                tracing::error!(error = %err, "router reload refused, previous configuration keeps running");
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        Err(err) => tracing::warn!(error = %err, "SIGHUP handler not installed: the router reloads only on restart"),
+    }
     let (metrics_router, metrics_store, stop) = (Arc::clone(&router), Arc::clone(store), shutdown.child_token());
     let instance = format!("{}:{}", crate::selfmon::hostname(), http_addr.port());
     tasks.spawn(async move {

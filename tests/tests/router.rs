@@ -141,6 +141,16 @@ fn amtool_alerts_and_silences_against_herd() {
     // Receivers and status as Grafana's data source reads them.
     let (status, body) = herd_tests::http_get(&format!("{url}/api/v2/receivers")).unwrap();
     assert_eq!((status, body.as_str()), (200, r#"[{"name":"hook"}]"#));
+    // SIGHUP reloads the router's file.
+    let text = std::fs::read_to_string(&router_config).unwrap();
+    std::fs::write(&router_config, format!("{text}  - name: second\n    webhook_configs: [{{url: '{}'}}]\n", hook.url))
+        .unwrap();
+    let pid = aggregator.process.pid().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let reloaded = wait_for(Duration::from_secs(10), || {
+        herd_tests::http_get(&format!("{url}/api/v2/receivers")).filter(|(_, body)| body.contains("second"))
+    });
+    assert!(reloaded.is_some(), "not reloaded:\n{}", aggregator.process.log());
     let (status, body) = herd_tests::http_get(&format!("{url}/api/v2/status")).unwrap();
     assert_eq!(status, 200);
     let status: Json = serde_json::from_str(&body).unwrap();

@@ -123,11 +123,11 @@ async fn get_alerts(State(router): State<Arc<Router>>, RawQuery(query): RawQuery
     };
     let now = now_ms();
     let mut alerts: Vec<(String, Json)> = router.with_state(|dispatcher, silences| {
-        let inhibitions = dispatcher.inhibition_index(router.config(), now);
+        let inhibitions = dispatcher.inhibition_index(&router.config(), now);
         dispatcher
             .alerts()
             .filter_map(|alert| {
-                let status = dispatcher.status_with(router.config(), silences, &inhibitions, alert, now);
+                let status = dispatcher.status_with(&router.config(), silences, &inhibitions, alert, now);
                 selected(&router, &query, alert, &status, now).then(|| {
                     let receivers = receivers_of(&router, alert);
                     (format!("{:016x}", alert.fingerprint), gettable_alert(alert, &status, &receivers))
@@ -146,7 +146,7 @@ async fn get_groups(State(router): State<Arc<Router>>, RawQuery(query): RawQuery
     };
     let now = now_ms();
     let groups: Vec<Json> = router.with_state(|dispatcher, silences| {
-        let inhibitions = dispatcher.inhibition_index(router.config(), now);
+        let inhibitions = dispatcher.inhibition_index(&router.config(), now);
         dispatcher
             .groups()
             .into_iter()
@@ -155,7 +155,7 @@ async fn get_groups(State(router): State<Arc<Router>>, RawQuery(query): RawQuery
                     .alerts
                     .iter()
                     .filter_map(|alert| {
-                        let status = dispatcher.status_with(router.config(), silences, &inhibitions, alert, now);
+                        let status = dispatcher.status_with(&router.config(), silences, &inhibitions, alert, now);
                         selected(&router, &query, alert, &status, now)
                             .then(|| gettable_alert(alert, &status, &receivers_of(&router, alert)))
                     })
@@ -364,7 +364,7 @@ async fn status(State(router): State<Arc<Router>>) -> Response {
             "revision": format!("herd-aggregator {}", env!("CARGO_PKG_VERSION")),
             "version": "0.25.0",
         },
-        "config": {"original": router.config().original},
+        "config": {"original": router.config().original.clone()},
         "uptime": rfc3339(router.started_ms),
     }))
     .into_response()

@@ -66,7 +66,9 @@ pub struct IntegrationStats {
 struct Queue {
     receiver: String,
     index: usize,
-    sender: mpsc::Sender<Notification>,
+    /// The integration's current configuration, sent along with each notification.
+    integration: Arc<Integration>,
+    sender: mpsc::Sender<(Notification, Arc<Integration>)>,
     stats: Arc<IntegrationStats>,
 }
 
@@ -76,10 +78,11 @@ struct State {
 }
 
 pub struct Router {
-    config: Arc<RouterConfig>,
+    config: std::sync::RwLock<Arc<RouterConfig>>,
     state: Mutex<State>,
     wake: Notify,
-    queues: Vec<Queue>,
+    queues: Mutex<Vec<Queue>>,
+    shutdown: CancellationToken,
     nflog_path: Option<PathBuf>,
     save_lock: Arc<Mutex<()>>,
     pub external_url: String,
@@ -123,10 +126,55 @@ impl Router {
                 }
             })
             .unwrap_or_default();
-        let mut receivers_of_tasks = Vec::new();
-        let mut queues = Vec::new();
+        let router = Arc::new(Router {
+            config: std::sync::RwLock::new(Arc::new(config)),
+            state: Mutex::new(State { dispatcher: Dispatcher::with_nflog(nflog), silences }),
+            wake: Notify::new(),
+            queues: Mutex::new(Vec::new()),
+            shutdown: shutdown.child_token(),
+            nflog_path,
+            save_lock: Arc::new(Mutex::new(())),
+            external_url,
+            started_ms: now_ms(),
+        });
+        router.update_queues();
+        tasks.spawn(Arc::clone(&router).run_dispatcher(shutdown.child_token()));
+        info!(receivers = router.config().receivers.len(), "alert router started");
+        router
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<RouterConfig> {
+        Arc::clone(&self.config.read().expect("router config lock is not poisoned"))
+    }
+
+    pub fn stats(&self) -> Vec<Arc<IntegrationStats>> {
+        self.queues().iter().map(|q| Arc::clone(&q.stats)).collect()
+    }
+
+    fn queues(&self) -> std::sync::MutexGuard<'_, Vec<Queue>> {
+        self.queues.lock().expect("router queues lock is not poisoned")
+    }
+
+    /// Makes the integration queues match the configuration: a task and queue
+    /// for each new integration, new settings for kept ones, and removed ones
+    /// closed (their task ends once its queue is drained).
+    fn update_queues(self: &Arc<Self>) {
+        let config = self.config();
+        let mut queues = self.queues();
+        let mut kept = Vec::new();
         for receiver in &config.receivers {
             for (index, integration) in receiver.integrations.iter().enumerate() {
+                let integration = Arc::new(integration.clone());
+                let existing = queues.iter().position(|q| {
+                    q.receiver == receiver.name && q.index == index && q.stats.integration == integration.kind()
+                });
+                if let Some(position) = existing {
+                    let mut queue = queues.swap_remove(position);
+                    queue.integration = integration;
+                    kept.push(queue);
+                    continue;
+                }
                 let (sender, rx) = mpsc::channel(INTEGRATION_QUEUE);
                 let stats = Arc::new(IntegrationStats {
                     receiver: receiver.name.clone(),
@@ -135,34 +183,24 @@ impl Router {
                     failed: AtomicU64::new(0),
                     dropped: AtomicU64::new(0),
                 });
-                queues.push(Queue { receiver: receiver.name.clone(), index, sender, stats: Arc::clone(&stats) });
-                receivers_of_tasks.push((integration.clone(), rx, stats));
+                tokio::spawn(Arc::clone(self).run_integration(rx, Arc::clone(&stats), self.shutdown.child_token()));
+                kept.push(Queue { receiver: receiver.name.clone(), index, integration, sender, stats });
             }
         }
-        let router = Arc::new(Router {
-            config: Arc::new(config),
-            state: Mutex::new(State { dispatcher: Dispatcher::with_nflog(nflog), silences }),
-            wake: Notify::new(),
-            queues,
-            nflog_path,
-            save_lock: Arc::new(Mutex::new(())),
-            external_url,
-            started_ms: now_ms(),
-        });
-        for (integration, rx, stats) in receivers_of_tasks {
-            tasks.spawn(Arc::clone(&router).run_integration(integration, rx, stats, shutdown.child_token()));
-        }
-        tasks.spawn(Arc::clone(&router).run_dispatcher(shutdown.child_token()));
-        info!(receivers = router.config.receivers.len(), "alert router started");
-        router
+        *queues = kept;
     }
 
-    pub fn config(&self) -> &RouterConfig {
-        &self.config
-    }
-
-    pub fn stats(&self) -> Vec<Arc<IntegrationStats>> {
-        self.queues.iter().map(|q| Arc::clone(&q.stats)).collect()
+    /// Reloads the configuration from `path`. A broken file is refused whole
+    /// and the running configuration stays. Groups, silences and the
+    /// notification log are kept; alerts are re-routed by the new tree.
+    pub fn reload(self: &Arc<Self>, path: &Path) -> Result<(), RouterConfigError> {
+        let config = Arc::new(config::load(path)?);
+        *self.config.write().expect("router config lock is not poisoned") = Arc::clone(&config);
+        self.update_queues();
+        self.lock().dispatcher.apply_config(&config, now_ms());
+        self.wake.notify_one();
+        info!(config = %path.display(), receivers = config.receivers.len(), "alert router configuration reloaded");
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -189,13 +227,14 @@ impl Router {
     /// Alerts from any source; ones without an end get `resolve_timeout`.
     pub fn receive(&self, alerts: Vec<Alert>) {
         let now = now_ms();
+        let config = self.config();
         {
             let mut state = self.lock();
             for mut alert in alerts {
                 if alert.ends_at_ms <= 0 {
-                    alert.ends_at_ms = now + self.config.resolve_timeout.as_millis() as i64;
+                    alert.ends_at_ms = now + config.resolve_timeout.as_millis() as i64;
                 }
-                state.dispatcher.insert(&self.config, alert, now);
+                state.dispatcher.insert(&config, alert, now);
             }
         }
         self.wake.notify_one();
@@ -223,18 +262,18 @@ impl Router {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
+            let config = self.config();
             let notifications = {
                 let mut guard = self.lock();
                 let state = &mut *guard;
-                state.dispatcher.flush_due(&self.config, &state.silences, now_ms())
+                state.dispatcher.flush_due(&config, &state.silences, now_ms())
             };
+            let queues = self.queues();
             for notification in notifications {
-                let queue = self
-                    .queues
-                    .iter()
-                    .find(|q| q.receiver == notification.receiver && q.index == notification.integration);
+                let queue =
+                    queues.iter().find(|q| q.receiver == notification.receiver && q.index == notification.integration);
                 if let Some(queue) = queue
-                    && queue.sender.try_send(notification).is_err()
+                    && queue.sender.try_send((notification, Arc::clone(&queue.integration))).is_err()
                 {
                     queue.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 }
@@ -244,16 +283,14 @@ impl Router {
 
     async fn run_integration(
         self: Arc<Self>,
-        integration: Integration,
-        mut queue: mpsc::Receiver<Notification>,
+        mut queue: mpsc::Receiver<(Notification, Arc<Integration>)>,
         stats: Arc<IntegrationStats>,
         shutdown: CancellationToken,
     ) {
-        let integration = Arc::new(integration);
         loop {
-            let notification = tokio::select! {
+            let (notification, integration) = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                next = queue.recv() => match next { Some(n) => Arc::new(n), None => return },
+                next = queue.recv() => match next { Some((n, i)) => (Arc::new(n), i), None => return },
             };
             let mut backoff = FIRST_BACKOFF;
             for attempt in 1..=MAX_ATTEMPTS {
@@ -313,7 +350,8 @@ impl Router {
         use herd_common::metric::{Labels, METRIC_NAME};
         // Sum integrations of the same kind within a receiver.
         let mut sums: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
-        for queue in &self.queues {
+        let queues = self.queues();
+        for queue in queues.iter() {
             let s = &queue.stats;
             for (name, value) in [
                 ("herd_router_notifications_total", &s.notifications),

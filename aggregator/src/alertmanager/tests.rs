@@ -426,3 +426,49 @@ async fn require_tls_refuses_a_server_without_starttls() {
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_reroutes_and_a_broken_file_keeps_the_running_configuration() {
+    let (base, log) = recorder().await;
+    let state = tempfile::tempdir().unwrap();
+    let path = state.path().join("alertmanager.yml");
+    let write = |hook: &str| {
+        std::fs::write(
+            &path,
+            format!(
+                "route:\n  receiver: r\n  group_wait: 100ms\n  group_interval: 300ms\nreceivers:\n  - name: r\n    webhook_configs: [{{url: '{base}/{hook}'}}]\n"
+            ),
+        )
+        .unwrap()
+    };
+    write("before");
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let router = Router::start(
+        config::load(&path).unwrap(),
+        Some(state.path()),
+        "http://herd.test".into(),
+        &shutdown,
+        &mut tasks,
+    );
+    router.receive(vec![alert(i64::MAX)]);
+    assert!(wait_until(Duration::from_secs(5), || received(&log, "/before").len() == 1).await);
+
+    std::fs::write(&path, "route: [\n").unwrap();
+    let err = router.reload(&path).unwrap_err().to_string();
+    assert!(err.contains("alertmanager.yml") && err.contains("line"), "{err}");
+    assert!(router.config().original.contains("/before"), "the running configuration was kept");
+
+    // The webhook's URL changes under the same receiver: a new alert in the group goes to the new URL.
+    write("after");
+    router.reload(&path).unwrap();
+    let mut second = alert(i64::MAX);
+    second.labels.insert("instance".into(), "db-2:5432".into());
+    second.fingerprint = super::dispatch::fingerprint(&second.labels);
+    router.receive(vec![second]);
+    assert!(wait_until(Duration::from_secs(5), || received(&log, "/after").len() == 1).await);
+    assert_eq!(received(&log, "/after")[0].body["alerts"].as_array().unwrap().len(), 2);
+    assert_eq!(received(&log, "/before").len(), 1);
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+}
