@@ -472,3 +472,126 @@ async fn reload_reroutes_and_a_broken_file_keeps_the_running_configuration() {
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
 }
+
+async fn call(app: &axum::Router, method: &str, uri: &str, body: &str) -> (StatusCode, Json) {
+    use tower::ServiceExt;
+    let request = axum::http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body.to_owned()))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Json::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_v2_api_refuses_bad_input_clearly_and_keeps_serving() {
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let config = config::parse(
+        "t.yml",
+        "route: {receiver: r, group_wait: 1h}\ninhibit_rules: [{source_matchers: ['severity=\"critical\"'], target_matchers: ['severity=\"warning\"'], equal: [instance]}]\nreceivers: [{name: r}]\n",
+    )
+    .unwrap();
+    let router = Router::start(config, None, "http://herd.test".into(), &shutdown, &mut tasks);
+    let app = super::api::routes(Arc::clone(&router));
+
+    let (status, body) = call(&app, "POST", "/api/v2/alerts", "{not json").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.as_str().unwrap().contains("not valid JSON"), "{body}");
+    let (status, body) =
+        call(&app, "POST", "/api/v2/alerts", r#"[{"labels":{}}, {"labels":{"a":"b"},"startsAt":"yesterday"}]"#).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let message = body.as_str().unwrap();
+    assert!(message.contains("alert 0: at least one label") && message.contains("alert 1: startsAt"), "{message}");
+
+    let alerts = r#"[
+        {"labels":{"alertname":"HostDown","instance":"a","severity":"critical"}},
+        {"labels":{"alertname":"DiskFull","instance":"a","severity":"warning"},"annotations":{"summary":"full"}},
+        {"labels":{"alertname":"DiskFull","instance":"b","severity":"warning"}}
+    ]"#;
+    assert_eq!(call(&app, "POST", "/api/v2/alerts", alerts).await.0, StatusCode::OK);
+    let (_, all) = call(&app, "GET", "/api/v2/alerts", "").await;
+    assert_eq!(all.as_array().unwrap().len(), 3);
+    let inhibited: Vec<&Json> =
+        all.as_array().unwrap().iter().filter(|a| a["status"]["state"] == "suppressed").collect();
+    assert_eq!(inhibited.len(), 1);
+    assert_eq!(inhibited[0]["labels"]["instance"], "a");
+    assert_eq!(inhibited[0]["status"]["inhibitedBy"].as_array().unwrap().len(), 1);
+    let (_, filtered) = call(&app, "GET", "/api/v2/alerts?filter=alertname%3D%22DiskFull%22&inhibited=false", "").await;
+    assert_eq!(filtered.as_array().unwrap().len(), 1);
+    assert_eq!(filtered[0]["labels"]["instance"], "b");
+    let (status, _) = call(&app, "GET", "/api/v2/alerts?filter=%7Bbroken", "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (_, groups) = call(&app, "GET", "/api/v2/alerts/groups", "").await;
+    assert_eq!(groups[0]["receiver"]["name"], "r");
+    assert_eq!(groups[0]["alerts"].as_array().unwrap().len(), 3);
+
+    let silence = |matchers: &str| {
+        format!(
+            r#"{{"matchers":{matchers},"startsAt":"2020-01-01T00:00:00Z","endsAt":"2999-01-01T00:00:00Z","createdBy":"ops","comment":"c"}}"#
+        )
+    };
+    let (status, body) =
+        call(&app, "POST", "/api/v2/silences", &silence(r#"[{"name":"a","value":"(","isRegex":true}]"#)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.as_str().unwrap().contains("regex"), "{body}");
+    let (status, body) =
+        call(&app, "POST", "/api/v2/silences", &silence(r#"[{"name":"a","value":".*","isRegex":true}]"#)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) =
+        call(&app, "POST", "/api/v2/silences", &silence(r#"[{"name":"instance","value":"b","isRegex":false}]"#)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let id = body["silenceID"].as_str().unwrap().to_owned();
+    let (_, got) = call(&app, "GET", &format!("/api/v2/silence/{id}"), "").await;
+    assert_eq!(got["status"]["state"], "active");
+    assert_eq!(got["matchers"][0], serde_json::json!({"name":"instance","value":"b","isRegex":false,"isEqual":true}));
+    let (_, silenced) = call(&app, "GET", "/api/v2/alerts?silenced=false&inhibited=false", "").await;
+    assert_eq!(silenced.as_array().unwrap().len(), 1, "only HostDown is neither silenced nor inhibited");
+    assert_eq!(call(&app, "GET", "/api/v2/silence/nope", "").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(call(&app, "DELETE", &format!("/api/v2/silence/{id}"), "").await.0, StatusCode::OK);
+    let (_, got) = call(&app, "GET", &format!("/api/v2/silence/{id}"), "").await;
+    assert_eq!(got["status"]["state"], "expired");
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_are_written_to_the_store() {
+    use crate::store::{LabelMatcher, MatchOp, MemStore, Storage};
+    let (base, log) = recorder().await;
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let config = config::parse("test.yml", &config_text(&base)).unwrap();
+    let router = Router::start(config, None, "http://herd.test".into(), &shutdown, &mut tasks);
+    router.receive(vec![alert(i64::MAX)]);
+    assert!(
+        wait_until(Duration::from_secs(5), || stat(&router, "broken").1 >= 1 && !received(&log, "/hook").is_empty())
+            .await
+    );
+    let store = MemStore::new();
+    router.record_metrics(&store, "agg:7401", now_ms());
+    let read = |name: &str, receiver: &str| {
+        let matchers = [
+            LabelMatcher::new(MatchOp::Equal, herd_common::metric::METRIC_NAME, name).unwrap(),
+            LabelMatcher::new(MatchOp::Equal, "receiver", receiver).unwrap(),
+        ];
+        let found = store.select(&matchers);
+        assert_eq!(found.len(), 1, "{name}{{receiver={receiver}}}");
+        assert_eq!(found[0].1.get("job"), Some("herd-aggregator"));
+        let mut samples = Vec::new();
+        store.read(found[0].0, i64::MIN, i64::MAX, &mut samples);
+        (found[0].1.get("integration").map(str::to_owned), samples[0].value)
+    };
+    assert_eq!(read("herd_router_notifications_total", "hook"), (Some("webhook".into()), 1.0));
+    assert_eq!(read("herd_router_notifications_failed_total", "hook"), (Some("webhook".into()), 0.0));
+    let (integration, failed) = read("herd_router_notifications_failed_total", "broken");
+    assert_eq!(integration.as_deref(), Some("webhook"));
+    assert!(failed >= 1.0);
+    assert_eq!(read("herd_router_notifications_total", "pager").0.as_deref(), Some("pagerduty"));
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+}
