@@ -215,6 +215,9 @@ async fn a_restart_does_not_notify_again_within_repeat_interval() {
                     .with_state(|d, _| d.next_flush_ms().is_some_and(|t| t > now_ms() + 500)))
                 .await
             );
+            // Give a wrongly queued notification time to be attempted before looking.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(stat(&router, "hook"), (0, 0), "a notification was queued after the restart");
             assert_eq!(received(&log, "/hook").len(), 1, "notified again after a restart");
         }
         shutdown.cancel();
