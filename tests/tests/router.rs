@@ -296,4 +296,13 @@ fn a_real_prometheus_sends_its_alerts_to_herd() {
     let notified = notified.expect("webhook notified");
     assert_eq!(notified["alerts"][0]["labels"]["severity"], "page");
     assert!(notified["alerts"][0]["generatorURL"].as_str().unwrap().contains("vector"), "{notified}");
+    // The router's counters are queryable like every self-metric (written every 5 s).
+    let sent = wait_for(Duration::from_secs(12), || {
+        herd_tests::latest_value(
+            &aggregator,
+            r#"herd_router_notifications_total{job="herd-aggregator",receiver="hook",integration="webhook"}"#,
+        )
+        .filter(|v| *v >= 1.0)
+    });
+    assert!(sent.is_some(), "herd_router_notifications_total not in the store");
 }
