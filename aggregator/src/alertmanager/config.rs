@@ -803,7 +803,7 @@ fn build(raw: RawConfig, text: &str, problems: &mut Vec<String>) -> RouterConfig
 }
 
 /// Alertmanager's default titles come from its `default.tmpl`; this is their gist inline.
-const DEFAULT_TITLE: &str = r#"[{{ .Status | toUpper }}{{ if eq .Status "firing" }}:{{ len .Alerts.Firing }}{{ end }}] {{ .GroupLabels.alertname }}"#;
+const DEFAULT_TITLE: &str = r#"[{{ .Status | toUpper }}{{ if eq .Status "firing" }}:{{ .Alerts.Firing | len }}{{ end }}] {{ .GroupLabels.SortedPairs.Values | join " " }}"#;
 const DEFAULT_EMAIL_TEXT: &str =
     "{{ range .Alerts }}[{{ .Status }}] {{ .Labels }}\n{{ range .Annotations }}{{ . }}\n{{ end }}{{ end }}";
 

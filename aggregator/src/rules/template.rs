@@ -13,9 +13,11 @@
 //! The built-in alert router renders Alertmanager's notification templates
 //! with the same renderer: `Template::parse_notification` additionally accepts
 //! any field path on `.` (`.GroupLabels.alertname`, `.CommonLabels`,
-//! `.Status`, `.ExternalURL`, `.Alerts.Firing`), `{{ range }}` (with
-//! `{{ else }}`), `{{ . }}` and `len`; `render_value` renders it over a
-//! `TemplateValue` tree built by the router.
+//! `.Status`, `.ExternalURL`, `.Alerts.Firing`, the label sets' `.SortedPairs`,
+//! `.Names`, `.Values`), `{{ range }}` (with `{{ else }}`), `{{ . }}`, `len`,
+//! and Alertmanager's `join`, `safeHtml`, `trimSpace`, `reReplaceAll`, `match`
+//! (refused in rule templates, as Prometheus refuses them); `render_value`
+//! renders it over a `TemplateValue` tree built by the router.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -71,7 +73,38 @@ impl TemplateValue {
     fn lookup(&self, path: &[String]) -> Option<TemplateValue> {
         let Some((first, rest)) = path.split_first() else { return Some(self.clone()) };
         match self {
-            TemplateValue::Map(map) => map.get(first)?.lookup(rest),
+            TemplateValue::Map(map) => match map.get(first) {
+                Some(value) => value.lookup(rest),
+                // Alertmanager's KV methods: `.SortedPairs`, `.Names`, `.Values`.
+                None => match first.as_str() {
+                    "SortedPairs" => TemplateValue::List(
+                        map.iter()
+                            .map(|(k, v)| {
+                                TemplateValue::Map(BTreeMap::from([
+                                    ("Name".to_owned(), TemplateValue::Str(k.clone())),
+                                    ("Value".to_owned(), v.clone()),
+                                ]))
+                            })
+                            .collect(),
+                    )
+                    .lookup(rest),
+                    "Names" => TemplateValue::List(map.keys().cloned().map(TemplateValue::Str).collect()).lookup(rest),
+                    "Values" => TemplateValue::List(map.values().cloned().collect()).lookup(rest),
+                    _ => None,
+                },
+            },
+            // `Pairs.Names` and `Pairs.Values`.
+            TemplateValue::List(items) if first == "Names" || first == "Values" => {
+                let field = if first == "Names" { "Name" } else { "Value" };
+                let picked = items
+                    .iter()
+                    .filter_map(|item| match item {
+                        TemplateValue::Map(m) => m.get(field).cloned(),
+                        _ => None,
+                    })
+                    .collect();
+                TemplateValue::List(picked).lookup(rest)
+            }
             TemplateValue::List(items) if first == "Firing" || first == "Resolved" => {
                 let wanted = first.to_lowercase();
                 let selected = items
@@ -216,7 +249,15 @@ const FUNCTIONS: &[&str] = &[
     "or",
     "not",
     "len",
+    "join",
+    "safeHtml",
+    "trimSpace",
+    "reReplaceAll",
+    "match",
 ];
+
+/// Alertmanager's template functions: notification templates only.
+const NOTIFICATION_FUNCTIONS: &[&str] = &["join", "safeHtml", "trimSpace", "reReplaceAll", "match"];
 
 impl Template {
     /// Parses a Prometheus alert label or annotation template.
@@ -468,6 +509,9 @@ fn parse_pipeline(action: &str, syntax: Syntax) -> Result<Vec<Command>, Template
     let mut commands = Vec::new();
     for words in tokens.split(|t| t == "|") {
         let (head, args) = words.split_first().ok_or_else(|| TemplateError::Empty(action.to_owned()))?;
+        if syntax == Syntax::Rule && NOTIFICATION_FUNCTIONS.contains(&head.as_str()) {
+            return Err(TemplateError::UnknownFunction(head.clone()));
+        }
         let command = if FUNCTIONS.contains(&head.as_str()) {
             let args = args.iter().map(|a| parse_operand(a, syntax)).collect::<Result<_, _>>()?;
             Command::Call { function: head.clone(), args }
@@ -672,6 +716,28 @@ fn call(function: &str, args: Vec<Val>) -> Result<Val, TemplateError> {
         "gt" => Val::Bool(compare(&args).map(|(less, equal)| !(less || equal))?),
         "ge" => Val::Bool(!compare(&args)?.0),
         "not" => Val::Bool(!one(&args)?.truthy()),
+        "join" => match args.as_slice() {
+            [Val::Str(separator), Val::Tree(TemplateValue::List(items))] => {
+                Val::Str(items.iter().map(TemplateValue::go_string).collect::<Vec<_>>().join(separator))
+            }
+            _ => return Err(err("want a separator and a list".into())),
+        },
+        "safeHtml" => Val::Str(string(one(&args)?)),
+        "trimSpace" => Val::Str(string(one(&args)?).trim().to_owned()),
+        "reReplaceAll" | "match" => {
+            let (pattern, rest) = args.split_first().ok_or_else(|| err("missing arguments".into()))?;
+            let pattern = string(pattern.clone());
+            let re = regex::Regex::new(&pattern).map_err(|e| err(e.to_string()))?;
+            match (function, rest) {
+                ("match", [text]) => Val::Bool(re.is_match(&string(text.clone()))),
+                ("reReplaceAll", [replacement, text]) => {
+                    // Go's `$1` expansion is the same syntax as the regex crate's.
+                    let replacement = string(replacement.clone());
+                    Val::Str(re.replace_all(&string(text.clone()), replacement.as_str()).into_owned())
+                }
+                _ => return Err(err(format!("wrong number of args: got {}", args.len()))),
+            }
+        }
         "len" => match one(&args)? {
             Val::Str(s) => Val::Num(s.len() as f64),
             Val::Tree(TemplateValue::List(items)) => Val::Num(items.len() as f64),
@@ -1069,6 +1135,18 @@ mod tests {
         assert_eq!(render("{{ range .Alerts.Missing }}x{{ else }}none{{ end }}"), "none");
         assert_eq!(render("{{ .GroupLabels }}"), "map[alertname:DiskFull]");
         assert_eq!(render("{{ .NoSuchField }}"), "");
+        assert_eq!(render(r#"{{ .CommonLabels.SortedPairs.Values | join " " }}"#), "DiskFull ops");
+        assert_eq!(render(r#"{{ join "," .CommonLabels.Names }}"#), "alertname,team");
+        assert_eq!(
+            render(r#"{{ range .CommonLabels.SortedPairs }}{{ .Name }}={{ .Value }};{{ end }}"#),
+            "alertname=DiskFull;team=ops;"
+        );
+        assert_eq!(
+            render(r#"{{ reReplaceAll "(.*):1" "$1" "a:1" }} {{ match "^D" .GroupLabels.alertname }}"#),
+            "a true"
+        );
+        assert_eq!(render(r#"{{ trimSpace " x " | safeHtml }}"#), "x");
+        assert!(Template::parse(r#"{{ join "," $labels }}"#).is_err(), "Alertmanager's functions stay out of rules");
         assert!(Template::parse_notification("{{ range .Alerts }}").is_err());
         assert!(Template::parse_notification("{{ range $i, $a := .Alerts }}{{ end }}").is_err());
         // The rule dialect stays strict.
