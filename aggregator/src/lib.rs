@@ -7,6 +7,7 @@
 //! - `promql`: evaluation of parsed PromQL over `Storage`.
 //! - `rules`: Prometheus rule files, evaluated at their intervals; alert state.
 //! - `notify`: delivers alerts to Alertmanagers.
+//! - `alertmanager`: the built-in alert router (Alertmanager's config, silences, receivers, v2 API).
 //! - `api`: HTTP and JSON, and nothing else does either.
 //! - `fleet`: which agents exist and how they are doing.
 //! - `selfmon`: the aggregator's own metrics, written to the store.
@@ -15,6 +16,7 @@
 //! - `pki` and `demo`: the CLI's certificate commands and the one-command demo.
 #![forbid(unsafe_code)]
 
+pub mod alertmanager;
 pub mod api;
 pub mod demo;
 pub mod fleet;

@@ -55,12 +55,59 @@ enum Command {
     /// Prometheus rule files.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Silences in the built-in alert router (through its Alertmanager v2 API).
+    #[command(subcommand)]
+    Silence(SilenceCommand),
     /// Run PromQL test files in Prometheus's format (load, clear, eval instant at, eval_fail, eval_ordered).
     PromqlTest {
         /// Test files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum SilenceCommand {
+    /// Silence the alerts matching all the given matchers; prints the new silence's ID.
+    Add {
+        #[command(flatten)]
+        api: RouterApi,
+        /// Matchers: `alertname=DiskFull`, `instance=~"db-.*"`, `env!=dev`.
+        #[arg(required = true)]
+        matchers: Vec<String>,
+        /// How long the silence lasts.
+        #[arg(short, long, default_value = "1h", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Who made it (default: $USER).
+        #[arg(short, long, env = "USER", default_value = "herd")]
+        author: String,
+        /// Why.
+        #[arg(short, long)]
+        comment: String,
+    },
+    /// List active and pending silences (those with every given matcher).
+    Query {
+        #[command(flatten)]
+        api: RouterApi,
+        matchers: Vec<String>,
+        /// Include expired silences.
+        #[arg(long)]
+        expired: bool,
+    },
+    /// Expire silences now.
+    Expire {
+        #[command(flatten)]
+        api: RouterApi,
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RouterApi {
+    /// The aggregator's HTTP address.
+    #[arg(long, env = "HERD_ROUTER_URL", default_value = "http://127.0.0.1:7401")]
+    url: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,7 +209,11 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::CheckConfig { config } => {
-            AggregatorConfig::load(&config).map_err(|err| anyhow::anyhow!("{err}"))?;
+            let loaded = AggregatorConfig::load(&config).map_err(|err| anyhow::anyhow!("{err}"))?;
+            if let Some(router_config) = &loaded.alerting.router_config {
+                herd_aggregator::alertmanager::config::load(router_config)?;
+                println!("{}: ok", router_config.display());
+            }
             println!("{}: ok", config.display());
             Ok(())
         }
@@ -225,6 +276,23 @@ fn main() -> anyhow::Result<()> {
             println!("{}", report.summary());
             if report.failed > 0 || unreadable > 0 {
                 std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Silence(command) => {
+            use herd_aggregator::alertmanager::client;
+            match command {
+                SilenceCommand::Add { api, matchers, duration, author, comment } => {
+                    println!("{}", client::add_silence(&api.url, &matchers, duration, &author, &comment)?);
+                }
+                SilenceCommand::Query { api, matchers, expired } => {
+                    print!("{}", client::query_silences(&api.url, &matchers, expired)?);
+                }
+                SilenceCommand::Expire { api, ids } => {
+                    for id in ids {
+                        client::expire_silence(&api.url, &id)?;
+                    }
+                }
             }
             Ok(())
         }

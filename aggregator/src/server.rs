@@ -41,6 +41,8 @@ pub enum StartError {
     Wal(#[from] WalError),
     #[error("cannot load the rule files: {0}")]
     Rules(#[from] ApplyError),
+    #[error("cannot load the alert router's configuration: {0}")]
+    Router(#[from] crate::alertmanager::RouterConfigError),
 }
 
 /// Replays the WAL into `store` and `dedup`; returns the bytes replayed.
@@ -154,6 +156,7 @@ pub async fn start(
 
     let mut tasks = JoinSet::new();
     let (notifier, rules) = start_rules(config, &store, query_limits, http_addr, &shutdown, &mut tasks).await?;
+    let router_routes = start_router(config, &store, &notifier, http_addr, &shutdown, &mut tasks)?;
     tasks.spawn(ingest.run(endpoint, shutdown.child_token()));
     tasks.spawn(up.run(shutdown.child_token()));
     let monitor = crate::selfmon::SelfMonitor {
@@ -168,8 +171,9 @@ pub async fn start(
     let http_shutdown = shutdown.child_token();
     let http_rules = Arc::clone(&rules);
     tasks.spawn(async move {
-        let serve = axum::serve(listener, api::router(state).merge(api::rules::routes(http_rules)))
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
+        let serve =
+            axum::serve(listener, api::router(state).merge(api::rules::routes(http_rules)).merge(router_routes))
+                .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
         if let Err(err) = serve.await {
             tracing::error!(error = %err, "HTTP server failed");
         }
@@ -178,6 +182,68 @@ pub async fn start(
     info!(%quic_addr, %http_addr, "aggregator listening");
     Ok(Running { quic_addr, http_addr, store, fleet, ingest: stats, rules, notifier, tasks })
 }
+
+// ---- built-in alert router ----
+
+/// Starts the built-in alert router when `alerting.router_config` is set: the
+/// rule manager's alerts are handed to it (besides any external
+/// Alertmanagers), SIGHUP reloads its file, its counters are written to the store with the other
+/// self-metrics, and its Alertmanager v2 API routes are returned to be served
+/// on the HTTP port (empty when no router is configured).
+fn start_router(
+    config: &AggregatorConfig,
+    store: &Arc<dyn Storage>,
+    notifier: &Arc<Notifier>,
+    http_addr: SocketAddr,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<axum::Router, StartError> {
+    let Some(path) = &config.alerting.router_config else { return Ok(axum::Router::new()) };
+    let router_config = crate::alertmanager::config::load(path)?;
+    let external_url = config
+        .alerting
+        .external_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}:{}", crate::selfmon::hostname(), http_addr.port()));
+    let router =
+        crate::alertmanager::Router::start(router_config, Some(&config.state_dir), external_url, shutdown, tasks);
+    notifier.set_router(Arc::clone(&router));
+    // SIGHUP reloads the router's file along with the rule files; a broken file keeps the running one.
+    match signal(SignalKind::hangup()) {
+        Ok(mut hangup) => {
+            let (reloading, path, stop) = (Arc::clone(&router), path.clone(), shutdown.child_token());
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        Some(()) = hangup.recv() => {
+                            if let Err(err) = reloading.reload(&path) {
+                                tracing::error!(error = %err, "router reload refused, previous configuration keeps running");
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        Err(err) => tracing::warn!(error = %err, "SIGHUP handler not installed: the router reloads only on restart"),
+    }
+    let (metrics_router, metrics_store, stop) = (Arc::clone(&router), Arc::clone(store), shutdown.child_token());
+    let instance = format!("{}:{}", crate::selfmon::hostname(), http_addr.port());
+    tasks.spawn(async move {
+        let mut ticker = tokio::time::interval(SELF_MONITOR_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticker.tick() => {
+                    metrics_router.record_metrics(metrics_store.as_ref(), &instance, crate::alertmanager::now_ms());
+                }
+            }
+        }
+    });
+    info!(config = %path.display(), "built-in alert router serving Alertmanager's v2 API");
+    Ok(crate::alertmanager::api::routes(router))
+}
+// ---- end of built-in alert router ----
 
 /// Starts the notifier and the rule manager (rules evaluate through their own
 /// engine, so a slow rule never waits for API queries' concurrency slots), and

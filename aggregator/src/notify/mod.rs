@@ -53,6 +53,8 @@ pub struct Notifier {
     queue: Mutex<VecDeque<OutgoingAlert>>,
     wake: Notify,
     pub stats: NotifierStats,
+    /// The built-in router, when `alerting.router_config` is set: it gets every alert too.
+    router: std::sync::OnceLock<std::sync::Arc<crate::alertmanager::Router>>,
 }
 
 /// An alert in Alertmanager's v2 JSON.
@@ -76,7 +78,18 @@ fn rfc3339(ms: i64) -> String {
 
 impl Notifier {
     pub fn new(targets: Vec<AlertmanagerTarget>) -> Self {
-        Self { targets, queue: Mutex::new(VecDeque::new()), wake: Notify::new(), stats: NotifierStats::default() }
+        Self {
+            targets,
+            queue: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
+            stats: NotifierStats::default(),
+            router: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Hands every alert to the built-in router as well (set once, at start).
+    pub fn set_router(&self, router: std::sync::Arc<crate::alertmanager::Router>) {
+        let _ = self.router.set(router);
     }
 
     pub fn has_targets(&self) -> bool {
@@ -85,6 +98,11 @@ impl Notifier {
 
     /// Queues alerts; never waits. A full queue drops its oldest alerts.
     pub fn send(&self, alerts: Vec<OutgoingAlert>) {
+        if let Some(router) = self.router.get()
+            && !alerts.is_empty()
+        {
+            router.receive_rule_alerts(&alerts);
+        }
         if alerts.is_empty() || self.targets.is_empty() {
             return;
         }

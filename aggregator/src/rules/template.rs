@@ -9,6 +9,15 @@
 //! variables are refused when parsing, so a rule that needs them fails its
 //! check instead of rendering wrongly. No crate renders Go templates exactly;
 //! this is small enough to test completely. It reads nothing but its input.
+//!
+//! The built-in alert router renders Alertmanager's notification templates
+//! with the same renderer: `Template::parse_notification` additionally accepts
+//! any field path on `.` (`.GroupLabels.alertname`, `.CommonLabels`,
+//! `.Status`, `.ExternalURL`, `.Alerts.Firing`, the label sets' `.SortedPairs`,
+//! `.Names`, `.Values`), `{{ range }}` (with `{{ else }}`), `{{ . }}`, `len`,
+//! and Alertmanager's `join`, `safeHtml`, `trimSpace`, `reReplaceAll`, `match`
+//! (refused in rule templates, as Prometheus refuses them); `render_value`
+//! renders it over a `TemplateValue` tree built by the router.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -44,6 +53,97 @@ pub struct TemplateData<'a> {
     pub value: f64,
 }
 
+/// The data of a notification template (Alertmanager's `template.Data`):
+/// strings, lists (`.Alerts`) and maps (`.GroupLabels`, `.Annotations`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TemplateValue {
+    Str(String),
+    List(Vec<TemplateValue>),
+    Map(BTreeMap<String, TemplateValue>),
+}
+
+impl TemplateValue {
+    /// A map of strings, e.g. a label set.
+    pub fn string_map<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        TemplateValue::Map(pairs.into_iter().map(|(k, v)| (k.to_owned(), TemplateValue::Str(v.to_owned()))).collect())
+    }
+
+    /// The value at a field path; on a list of alerts, `Firing` and `Resolved`
+    /// select those of that `Status`, as Alertmanager's `Alerts` methods do.
+    fn lookup(&self, path: &[String]) -> Option<TemplateValue> {
+        let Some((first, rest)) = path.split_first() else { return Some(self.clone()) };
+        match self {
+            TemplateValue::Map(map) => match map.get(first) {
+                Some(value) => value.lookup(rest),
+                // Alertmanager's KV methods: `.SortedPairs`, `.Names`, `.Values`.
+                None => match first.as_str() {
+                    "SortedPairs" => TemplateValue::List(
+                        map.iter()
+                            .map(|(k, v)| {
+                                TemplateValue::Map(BTreeMap::from([
+                                    ("Name".to_owned(), TemplateValue::Str(k.clone())),
+                                    ("Value".to_owned(), v.clone()),
+                                ]))
+                            })
+                            .collect(),
+                    )
+                    .lookup(rest),
+                    "Names" => TemplateValue::List(map.keys().cloned().map(TemplateValue::Str).collect()).lookup(rest),
+                    "Values" => TemplateValue::List(map.values().cloned().collect()).lookup(rest),
+                    _ => None,
+                },
+            },
+            // `Pairs.Names` and `Pairs.Values`.
+            TemplateValue::List(items) if first == "Names" || first == "Values" => {
+                let field = if first == "Names" { "Name" } else { "Value" };
+                let picked = items
+                    .iter()
+                    .filter_map(|item| match item {
+                        TemplateValue::Map(m) => m.get(field).cloned(),
+                        _ => None,
+                    })
+                    .collect();
+                TemplateValue::List(picked).lookup(rest)
+            }
+            TemplateValue::List(items) if first == "Firing" || first == "Resolved" => {
+                let wanted = first.to_lowercase();
+                let selected = items
+                    .iter()
+                    .filter(|item| {
+                        matches!(item, TemplateValue::Map(m) if m.get("Status") == Some(&TemplateValue::Str(wanted.clone())))
+                    })
+                    .cloned()
+                    .collect();
+                TemplateValue::List(selected).lookup(rest)
+            }
+            _ => None,
+        }
+    }
+
+    /// Go's `fmt` printing: maps as `map[k:v]`, lists as `[a b]`.
+    fn go_string(&self) -> String {
+        match self {
+            TemplateValue::Str(s) => s.clone(),
+            TemplateValue::List(items) => {
+                format!("[{}]", items.iter().map(TemplateValue::go_string).collect::<Vec<_>>().join(" "))
+            }
+            TemplateValue::Map(map) => {
+                let items: Vec<String> = map.iter().map(|(k, v)| format!("{k}:{}", v.go_string())).collect();
+                format!("map[{}]", items.join(" "))
+            }
+        }
+    }
+}
+
+/// Which dialect a template is parsed in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Syntax {
+    /// Prometheus alert labels and annotations.
+    Rule,
+    /// Alertmanager notification templates.
+    Notification,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template {
     source: String,
@@ -58,6 +158,12 @@ enum Part {
     If {
         condition: Vec<Command>,
         then: Vec<Part>,
+        otherwise: Vec<Part>,
+    },
+    /// `{{ range pipeline }}body{{ else }}otherwise{{ end }}` (notification templates only).
+    Range {
+        over: Vec<Command>,
+        body: Vec<Part>,
         otherwise: Vec<Part>,
     },
 }
@@ -89,6 +195,8 @@ enum Operand {
     Value,
     Str(String),
     Number(f64),
+    /// A field path on `.` (notification templates only); empty for `.` itself.
+    Field(Vec<String>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -96,6 +204,7 @@ enum Val {
     Str(String),
     Num(f64),
     Bool(bool),
+    Tree(TemplateValue),
     Missing,
 }
 
@@ -106,7 +215,18 @@ impl Val {
             Val::Str(s) => !s.is_empty(),
             Val::Num(v) => *v != 0.0,
             Val::Bool(b) => *b,
+            Val::Tree(TemplateValue::Str(s)) => !s.is_empty(),
+            Val::Tree(TemplateValue::List(items)) => !items.is_empty(),
+            Val::Tree(TemplateValue::Map(map)) => !map.is_empty(),
             Val::Missing => false,
+        }
+    }
+
+    fn from_tree(value: Option<TemplateValue>) -> Val {
+        match value {
+            Some(TemplateValue::Str(s)) => Val::Str(s),
+            Some(tree) => Val::Tree(tree),
+            None => Val::Missing,
         }
     }
 }
@@ -129,10 +249,29 @@ const FUNCTIONS: &[&str] = &[
     "and",
     "or",
     "not",
+    "len",
+    "join",
+    "safeHtml",
+    "trimSpace",
+    "reReplaceAll",
+    "match",
 ];
 
+/// Alertmanager's template functions: notification templates only.
+const NOTIFICATION_FUNCTIONS: &[&str] = &["join", "safeHtml", "trimSpace", "reReplaceAll", "match"];
+
 impl Template {
+    /// Parses a Prometheus alert label or annotation template.
     pub fn parse(text: &str) -> Result<Self, TemplateError> {
+        Self::parse_as(text, Syntax::Rule)
+    }
+
+    /// Parses an Alertmanager notification template (see the module docs).
+    pub fn parse_notification(text: &str) -> Result<Self, TemplateError> {
+        Self::parse_as(text, Syntax::Notification)
+    }
+
+    fn parse_as(text: &str, syntax: Syntax) -> Result<Self, TemplateError> {
         let mut items = Vec::new();
         let mut rest = text;
         let mut trim_next_text = false;
@@ -160,7 +299,7 @@ impl Template {
             rest = &rest[close + 2..];
         }
         let mut items = items.into_iter();
-        let (parts, _) = build_block(&mut items, false)?;
+        let (parts, _) = build_block(&mut items, false, syntax)?;
         Ok(Template { source: text.to_owned(), parts })
     }
 
@@ -173,27 +312,61 @@ impl Template {
     /// whole result as `<error expanding template: ...>` rather than failing the rule.
     pub fn render(&self, data: &TemplateData<'_>) -> String {
         let mut out = String::new();
-        match render_parts(&self.parts, data, &mut out) {
+        match render_parts(&self.parts, data, None, &mut out) {
             Ok(()) => out,
             Err(err) => format!("<error expanding template: {err}>"),
         }
     }
+
+    /// Renders a notification template with `.` bound to `dot`. A failing
+    /// function is an error, as Alertmanager fails the notification.
+    pub fn render_value(&self, dot: &TemplateValue) -> Result<String, TemplateError> {
+        let mut out = String::new();
+        render_parts(&self.parts, &TemplateData::default(), Some(dot), &mut out)?;
+        Ok(out)
+    }
 }
 
-fn render_parts(parts: &[Part], data: &TemplateData<'_>, out: &mut String) -> Result<(), TemplateError> {
+fn render_parts(
+    parts: &[Part],
+    data: &TemplateData<'_>,
+    dot: Option<&TemplateValue>,
+    out: &mut String,
+) -> Result<(), TemplateError> {
     for part in parts {
         match part {
             Part::Text(text) => out.push_str(text),
-            Part::Action(commands) => match run_pipeline(commands, data)? {
+            Part::Action(commands) => match run_pipeline(commands, data, dot)? {
                 Val::Str(s) => out.push_str(&s),
                 Val::Num(v) => out.push_str(&go_float(v, None)),
                 Val::Bool(b) => out.push_str(if b { "true" } else { "false" }),
+                Val::Tree(tree) => out.push_str(&tree.go_string()),
                 // missingkey=zero: Prometheus prints a missing label as "".
                 Val::Missing => {}
             },
             Part::If { condition, then, otherwise } => {
-                let branch = if run_pipeline(condition, data)?.truthy() { then } else { otherwise };
-                render_parts(branch, data, out)?;
+                let branch = if run_pipeline(condition, data, dot)?.truthy() { then } else { otherwise };
+                render_parts(branch, data, dot, out)?;
+            }
+            Part::Range { over, body, otherwise } => {
+                // Go ranges over a map's values in key order.
+                let items: Vec<TemplateValue> = match run_pipeline(over, data, dot)? {
+                    Val::Tree(TemplateValue::List(items)) => items,
+                    Val::Tree(TemplateValue::Map(map)) => map.into_values().collect(),
+                    Val::Missing => Vec::new(),
+                    other => {
+                        return Err(TemplateError::Call {
+                            function: "range".into(),
+                            message: format!("range can't iterate over {other:?}"),
+                        });
+                    }
+                };
+                if items.is_empty() {
+                    render_parts(otherwise, data, dot, out)?;
+                }
+                for item in &items {
+                    render_parts(body, data, Some(item), out)?;
+                }
             }
         }
     }
@@ -201,7 +374,11 @@ fn render_parts(parts: &[Part], data: &TemplateData<'_>, out: &mut String) -> Re
 }
 
 /// Parts up to the end of the input, or (inside an `if`) up to its `else` or `end`.
-fn build_block(items: &mut std::vec::IntoIter<Item>, inside_if: bool) -> Result<(Vec<Part>, BlockEnd), TemplateError> {
+fn build_block(
+    items: &mut std::vec::IntoIter<Item>,
+    inside_if: bool,
+    syntax: Syntax,
+) -> Result<(Vec<Part>, BlockEnd), TemplateError> {
     let mut parts = Vec::new();
     while let Some(item) = items.next() {
         let action = match item {
@@ -213,28 +390,49 @@ fn build_block(items: &mut std::vec::IntoIter<Item>, inside_if: bool) -> Result<
         };
         let (keyword, rest) = action.split_once(char::is_whitespace).unwrap_or((action.as_str(), ""));
         match keyword {
-            "if" => parts.push(build_if(rest.trim(), items)?),
+            "if" => parts.push(build_if(rest.trim(), items, syntax)?),
+            "range" if syntax == Syntax::Notification => parts.push(build_range(rest.trim(), items, syntax)?),
             "else" if inside_if => return Ok((parts, BlockEnd::Else(rest.trim().to_owned()))),
             "end" if inside_if && rest.trim().is_empty() => return Ok((parts, BlockEnd::End)),
             "else" | "end" => return Err(TemplateError::Unexpected(format!("{{{{ {action} }}}}"))),
-            _ => parts.push(Part::Action(parse_pipeline(&action)?)),
+            _ => parts.push(Part::Action(parse_pipeline(&action, syntax)?)),
         }
     }
     if inside_if { Err(TemplateError::UnclosedIf) } else { Ok((parts, BlockEnd::Eof)) }
 }
 
-fn build_if(condition: &str, items: &mut std::vec::IntoIter<Item>) -> Result<Part, TemplateError> {
-    let condition = parse_pipeline(condition)?;
-    let (then, end) = build_block(items, true)?;
+fn build_range(over: &str, items: &mut std::vec::IntoIter<Item>, syntax: Syntax) -> Result<Part, TemplateError> {
+    if over.contains(":=") {
+        return Err(TemplateError::Unsupported(format!("{{{{ range {over} }}}}")));
+    }
+    let over = parse_pipeline(over, syntax)?;
+    let (body, end) = build_block(items, true, syntax)?;
     let otherwise = match end {
         BlockEnd::End => Vec::new(),
-        BlockEnd::Else(rest) if rest.is_empty() => match build_block(items, true)? {
+        BlockEnd::Else(rest) if rest.is_empty() => match build_block(items, true, syntax)? {
+            (otherwise, BlockEnd::End) => otherwise,
+            _ => return Err(TemplateError::Unexpected("{{ else }} after {{ else }}".into())),
+        },
+        BlockEnd::Else(rest) => return Err(TemplateError::Unsupported(format!("{{{{ else {rest} }}}}"))),
+        BlockEnd::Eof => return Err(TemplateError::UnclosedIf),
+    };
+    Ok(Part::Range { over, body, otherwise })
+}
+
+fn build_if(condition: &str, items: &mut std::vec::IntoIter<Item>, syntax: Syntax) -> Result<Part, TemplateError> {
+    let condition = parse_pipeline(condition, syntax)?;
+    let (then, end) = build_block(items, true, syntax)?;
+    let otherwise = match end {
+        BlockEnd::End => Vec::new(),
+        BlockEnd::Else(rest) if rest.is_empty() => match build_block(items, true, syntax)? {
             (otherwise, BlockEnd::End) => otherwise,
             _ => return Err(TemplateError::Unexpected("{{ else }} after {{ else }}".into())),
         },
         // `else if c`: an `if` nested in the else branch, closed by the same `end`.
         BlockEnd::Else(rest) => match rest.strip_prefix("if") {
-            Some(condition) if condition.starts_with(char::is_whitespace) => vec![build_if(condition.trim(), items)?],
+            Some(condition) if condition.starts_with(char::is_whitespace) => {
+                vec![build_if(condition.trim(), items, syntax)?]
+            }
             _ => return Err(TemplateError::Unsupported(format!("{{{{ else {rest} }}}}"))),
         },
         BlockEnd::Eof => return Err(TemplateError::UnclosedIf),
@@ -299,7 +497,7 @@ fn tokens(action: &str) -> Result<Vec<String>, TemplateError> {
     Ok(out)
 }
 
-fn parse_pipeline(action: &str) -> Result<Vec<Command>, TemplateError> {
+fn parse_pipeline(action: &str, syntax: Syntax) -> Result<Vec<Command>, TemplateError> {
     let tokens = tokens(action)?;
     if let Some(first) = tokens.first()
         && matches!(first.as_str(), "range" | "with" | "define" | "template" | "block")
@@ -312,22 +510,25 @@ fn parse_pipeline(action: &str) -> Result<Vec<Command>, TemplateError> {
     let mut commands = Vec::new();
     for words in tokens.split(|t| t == "|") {
         let (head, args) = words.split_first().ok_or_else(|| TemplateError::Empty(action.to_owned()))?;
+        if syntax == Syntax::Rule && NOTIFICATION_FUNCTIONS.contains(&head.as_str()) {
+            return Err(TemplateError::UnknownFunction(head.clone()));
+        }
         let command = if FUNCTIONS.contains(&head.as_str()) {
-            let args = args.iter().map(|a| parse_operand(a)).collect::<Result<_, _>>()?;
+            let args = args.iter().map(|a| parse_operand(a, syntax)).collect::<Result<_, _>>()?;
             Command::Call { function: head.clone(), args }
         } else if head.starts_with(|c: char| c.is_ascii_alphabetic()) && !matches!(head.as_str(), "true" | "false") {
             return Err(TemplateError::UnknownFunction(head.clone()));
         } else if !args.is_empty() {
             return Err(TemplateError::Unsupported(format!("{{{{ {action} }}}}")));
         } else {
-            Command::Operand(parse_operand(head)?)
+            Command::Operand(parse_operand(head, syntax)?)
         };
         commands.push(command);
     }
     Ok(commands)
 }
 
-fn parse_operand(token: &str) -> Result<Operand, TemplateError> {
+fn parse_operand(token: &str, syntax: Syntax) -> Result<Operand, TemplateError> {
     if let Some(quoted) = token.strip_prefix('`') {
         return Ok(Operand::Str(quoted.trim_end_matches('`').to_owned()));
     }
@@ -361,6 +562,14 @@ fn parse_operand(token: &str) -> Result<Operand, TemplateError> {
     match token {
         "$value" | ".Value" => Ok(Operand::Value),
         "$externalURL" | ".ExternalURL" => Ok(Operand::ExternalUrl),
+        "." if syntax == Syntax::Notification => Ok(Operand::Field(Vec::new())),
+        _ if syntax == Syntax::Notification && token.starts_with('.') => {
+            let path: Vec<String> = token[1..].split('.').map(str::to_owned).collect();
+            if path.iter().any(|name| name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_')) {
+                return Err(TemplateError::Unsupported(token.to_owned()));
+            }
+            Ok(Operand::Field(path))
+        }
         _ => Err(TemplateError::Unsupported(token.to_owned())),
     }
 }
@@ -388,7 +597,23 @@ fn unquote(token: &str) -> Option<String> {
     Some(out)
 }
 
-fn operand_value(operand: &Operand, data: &TemplateData<'_>) -> Val {
+fn operand_value(operand: &Operand, data: &TemplateData<'_>, dot: Option<&TemplateValue>) -> Val {
+    // A notification template reads everything from `.`.
+    if let Some(dot) = dot {
+        let path = |first: &str, key: &Option<String>| -> Vec<String> {
+            std::iter::once(first.to_owned()).chain(key.iter().cloned()).collect()
+        };
+        let path = match operand {
+            Operand::Labels(key) => path("Labels", key),
+            Operand::ExternalLabels(key) => path("ExternalLabels", key),
+            Operand::ExternalUrl => vec!["ExternalURL".to_owned()],
+            Operand::Value => vec!["Value".to_owned()],
+            Operand::Field(path) => path.clone(),
+            Operand::Str(s) => return Val::Str(s.clone()),
+            Operand::Number(n) => return Val::Num(*n),
+        };
+        return Val::from_tree(dot.lookup(&path));
+    }
     let lookup = |map: &BTreeMap<&str, &str>, key: &Option<String>| match key {
         Some(key) => map.get(key.as_str()).map_or(Val::Missing, |v| Val::Str((*v).to_owned())),
         None => Val::Str(go_map(map)),
@@ -400,6 +625,7 @@ fn operand_value(operand: &Operand, data: &TemplateData<'_>) -> Val {
         Operand::Value => Val::Num(data.value),
         Operand::Str(s) => Val::Str(s.clone()),
         Operand::Number(n) => Val::Num(*n),
+        Operand::Field(_) => Val::Missing,
     }
 }
 
@@ -409,13 +635,17 @@ fn go_map(map: &BTreeMap<&str, &str>) -> String {
     format!("map[{}]", items.join(" "))
 }
 
-fn run_pipeline(commands: &[Command], data: &TemplateData<'_>) -> Result<Val, TemplateError> {
+fn run_pipeline(
+    commands: &[Command],
+    data: &TemplateData<'_>,
+    dot: Option<&TemplateValue>,
+) -> Result<Val, TemplateError> {
     let mut previous: Option<Val> = None;
     for command in commands {
         let value = match command {
-            Command::Operand(operand) => operand_value(operand, data),
+            Command::Operand(operand) => operand_value(operand, data, dot),
             Command::Call { function, args } => {
-                let mut values: Vec<Val> = args.iter().map(|a| operand_value(a, data)).collect();
+                let mut values: Vec<Val> = args.iter().map(|a| operand_value(a, data, dot)).collect();
                 values.extend(previous.take());
                 call(function, values)?
             }
@@ -440,6 +670,7 @@ fn call(function: &str, args: Vec<Val>) -> Result<Val, TemplateError> {
                 s.trim().parse().map_err(|_| err(format!("strconv.ParseFloat: parsing {s:?}: invalid syntax")))
             }
             Val::Bool(_) => Err(err("cannot convert a bool to a number".into())),
+            Val::Tree(_) => Err(err("cannot convert a list or map to a number".into())),
             Val::Missing => Err(err("cannot convert <no value> to a number".into())),
         }
     };
@@ -447,6 +678,7 @@ fn call(function: &str, args: Vec<Val>) -> Result<Val, TemplateError> {
         Val::Str(s) => s,
         Val::Num(v) => go_float(v, None),
         Val::Bool(b) => b.to_string(),
+        Val::Tree(tree) => tree.go_string(),
         Val::Missing => String::new(),
     };
     // (less, equal), numbers as numbers and anything else as text. Go derives
@@ -486,6 +718,34 @@ fn call(function: &str, args: Vec<Val>) -> Result<Val, TemplateError> {
         "gt" => Val::Bool(compare(&args).map(|(less, equal)| !(less || equal))?),
         "ge" => Val::Bool(!compare(&args)?.0),
         "not" => Val::Bool(!one(&args)?.truthy()),
+        "join" => match args.as_slice() {
+            [Val::Str(separator), Val::Tree(TemplateValue::List(items))] => {
+                Val::Str(items.iter().map(TemplateValue::go_string).collect::<Vec<_>>().join(separator))
+            }
+            _ => return Err(err("want a separator and a list".into())),
+        },
+        "safeHtml" => Val::Str(string(one(&args)?)),
+        "trimSpace" => Val::Str(string(one(&args)?).trim().to_owned()),
+        "reReplaceAll" | "match" => {
+            let (pattern, rest) = args.split_first().ok_or_else(|| err("missing arguments".into()))?;
+            let pattern = string(pattern.clone());
+            let re = regex::Regex::new(&pattern).map_err(|e| err(e.to_string()))?;
+            match (function, rest) {
+                ("match", [text]) => Val::Bool(re.is_match(&string(text.clone()))),
+                ("reReplaceAll", [replacement, text]) => {
+                    // Go's `$1` expansion is the same syntax as the regex crate's.
+                    let replacement = string(replacement.clone());
+                    Val::Str(re.replace_all(&string(text.clone()), replacement.as_str()).into_owned())
+                }
+                _ => return Err(err(format!("wrong number of args: got {}", args.len()))),
+            }
+        }
+        "len" => match one(&args)? {
+            Val::Str(s) => Val::Num(s.len() as f64),
+            Val::Tree(TemplateValue::List(items)) => Val::Num(items.len() as f64),
+            Val::Tree(TemplateValue::Map(map)) => Val::Num(map.len() as f64),
+            other => return Err(err(format!("len of {other:?}"))),
+        },
         // Go's and/or return an argument, not a bool.
         "and" => args.iter().find(|a| !a.truthy()).or(args.last()).cloned().unwrap_or(Val::Missing),
         "or" => args.iter().find(|a| a.truthy()).or(args.last()).cloned().unwrap_or(Val::Missing),
@@ -723,6 +983,8 @@ fn printf(format: &str, args: Vec<Val>) -> String {
             (verb, Val::Num(v)) => format!("%!{verb}(float64={})", go_float(*v, None)),
             (verb, Val::Str(s)) => format!("%!{verb}(string={s})"),
             (verb, Val::Missing) => format!("%!{verb}(<nil>)"),
+            ('s' | 'v', Val::Tree(tree)) => tree.go_string(),
+            (verb, Val::Tree(tree)) => format!("%!{verb}({})", tree.go_string()),
         };
         let body =
             if flags.contains('+') && matches!(arg, Val::Num(v) if v >= 0.0) { format!("+{body}") } else { body };
@@ -752,6 +1014,7 @@ fn printf(format: &str, args: Vec<Val>) -> String {
                 Val::Str(s) => format!("string={s}"),
                 Val::Num(n) => format!("float64={}", go_float(*n, None)),
                 Val::Bool(b) => format!("bool={b}"),
+                Val::Tree(tree) => tree.go_string(),
                 Val::Missing => "<nil>".into(),
             })
             .collect();
@@ -853,5 +1116,67 @@ mod tests {
         ] {
             assert!(Template::parse(template).is_err(), "{template:?} parsed");
         }
+    }
+
+    fn notification_data(status: &str) -> TemplateValue {
+        let alert = |name: &str, status: &str, description: &str| {
+            TemplateValue::Map(BTreeMap::from([
+                ("Status".to_owned(), TemplateValue::Str(status.to_owned())),
+                ("Labels".to_owned(), TemplateValue::string_map([("alertname", "DiskFull"), ("instance", name)])),
+                ("Annotations".to_owned(), TemplateValue::string_map([("description", description)])),
+            ]))
+        };
+        TemplateValue::Map(BTreeMap::from([
+            ("Status".to_owned(), TemplateValue::Str(status.to_owned())),
+            ("GroupLabels".to_owned(), TemplateValue::string_map([("alertname", "DiskFull")])),
+            ("CommonLabels".to_owned(), TemplateValue::string_map([("alertname", "DiskFull"), ("team", "ops")])),
+            ("ExternalURL".to_owned(), TemplateValue::Str("http://herd:7401".to_owned())),
+            (
+                "Alerts".to_owned(),
+                TemplateValue::List(vec![
+                    alert("a:1", "firing", "a is full. "),
+                    alert("b:1", "resolved", "b is fine. "),
+                ]),
+            ),
+        ]))
+    }
+
+    #[test]
+    fn notification_templates_as_alertmanager_renders_them() {
+        let data = notification_data("firing");
+        let render = |text: &str| Template::parse_notification(text).unwrap().render_value(&data).unwrap();
+        assert_eq!(render("[Alert] {{ .GroupLabels.alertname }}"), "[Alert] DiskFull");
+        assert_eq!(render("{{ range .Alerts }}{{ .Annotations.description }}{{ end }}"), "a is full. b is fine. ");
+        assert_eq!(render(r#"{{ if eq .Status "firing" }}danger{{ else }}good{{ end }}"#), "danger");
+        let resolved = notification_data("resolved");
+        let color =
+            Template::parse_notification(r#"{{ if eq .Status "firing" }}danger{{ else }}good{{ end }}"#).unwrap();
+        assert_eq!(color.render_value(&resolved).unwrap(), "good");
+        assert_eq!(render("{{ .CommonLabels.team | toUpper }} {{ .ExternalURL }}"), "OPS http://herd:7401");
+        assert_eq!(
+            render("{{ len .Alerts.Firing }} firing, {{ len .Alerts.Resolved }} resolved"),
+            "1 firing, 1 resolved"
+        );
+        assert_eq!(render("{{ range .Alerts.Firing }}{{ .Labels.instance }} {{ end }}"), "a:1 ");
+        assert_eq!(render("{{ range .Alerts.Missing }}x{{ else }}none{{ end }}"), "none");
+        assert_eq!(render("{{ .GroupLabels }}"), "map[alertname:DiskFull]");
+        assert_eq!(render("{{ .NoSuchField }}"), "");
+        assert_eq!(render(r#"{{ .CommonLabels.SortedPairs.Values | join " " }}"#), "DiskFull ops");
+        assert_eq!(render(r#"{{ join "," .CommonLabels.Names }}"#), "alertname,team");
+        assert_eq!(
+            render(r#"{{ range .CommonLabels.SortedPairs }}{{ .Name }}={{ .Value }};{{ end }}"#),
+            "alertname=DiskFull;team=ops;"
+        );
+        assert_eq!(
+            render(r#"{{ reReplaceAll "(.*):1" "$1" "a:1" }} {{ match "^D" .GroupLabels.alertname }}"#),
+            "a true"
+        );
+        assert_eq!(render(r#"{{ trimSpace " x " | safeHtml }}"#), "x");
+        assert!(Template::parse(r#"{{ join "," $labels }}"#).is_err(), "Alertmanager's functions stay out of rules");
+        assert!(Template::parse_notification("{{ range .Alerts }}").is_err());
+        assert!(Template::parse_notification("{{ range $i, $a := .Alerts }}{{ end }}").is_err());
+        // The rule dialect stays strict.
+        assert!(Template::parse("{{ .GroupLabels.alertname }}").is_err());
+        assert!(Template::parse("{{ range .Alerts }}{{ end }}").is_err());
     }
 }

@@ -60,6 +60,8 @@ pub struct RawAlerting {
     pub external_url: Option<String>,
     #[serde(default)]
     pub alertmanagers: Vec<RawAlertmanager>,
+    /// An Alertmanager configuration file for the built-in router (relative to this file).
+    pub router_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -85,6 +87,8 @@ pub struct AlertingConfig {
     pub resend_delay: Duration,
     pub external_url: Option<String>,
     pub alertmanagers: Vec<AlertmanagerConfig>,
+    /// The built-in router's Alertmanager configuration file, made absolute.
+    pub router_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -281,7 +285,9 @@ impl RawAggregatorConfig {
                 timeout: raw.timeout.unwrap_or(DEFAULT_ALERTMANAGER_TIMEOUT),
             });
         }
-        let alerting = AlertingConfig { resend_delay, external_url: self.alerting.external_url, alertmanagers };
+        let router_config = self.alerting.router_config.map(|p| resolve(base_dir, &p));
+        let alerting =
+            AlertingConfig { resend_delay, external_url: self.alerting.external_url, alertmanagers, router_config };
         let config = AggregatorConfig {
             quic_listen,
             http_listen,
