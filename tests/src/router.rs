@@ -7,11 +7,11 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value as Json;
 
-use crate::{Aggregator, Pki, Process, wait_for};
+use crate::{Aggregator, Pki};
 
 /// Starts (or restarts) aggregator `name` (state under `work/name-state`) with
 /// `[rules] files = [rules]` evaluated every second and the router configured by `router_config`.
@@ -24,45 +24,26 @@ pub fn start_aggregator_with_router(
     rules: &Path,
     router_config: &Path,
 ) -> Aggregator {
-    if !pki.path("localhost.pem").exists() {
-        pki.issue_server("localhost");
-    }
-    let config = work.join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nquic_listen = \"{quic}\"\nhttp_listen = \"{http}\"\nstate_dir = \"{state}\"\nheartbeat_interval = \"1s\"\n\
-             [tls]\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\
-             [rules]\nfiles = [\"{rules}\"]\nevaluation_interval = \"1s\"\n\
-             [alerting]\nresend_delay = \"1s\"\nrouter_config = \"{router}\"\n",
-            state = work.join(format!("{name}-state")).display(),
-            ca = pki.path("ca.pem").display(),
-            cert = pki.path("localhost.pem").display(),
-            key = pki.path("localhost-key.pem").display(),
-            rules = rules.display(),
-            router = router_config.display(),
-        ),
-    )
-    .expect("write aggregator config");
-    let process =
-        Process::spawn(name, "herd-aggregator", &["serve", "--config", config.to_str().expect("utf-8")], work);
-    let aggregator = Aggregator { process, http, quic };
-    let ready = wait_for(Duration::from_secs(10), || aggregator.get("/-/ready").filter(|(status, _)| *status == 200));
-    assert!(ready.is_some(), "aggregator not ready within 10 s:\n{}", aggregator.process.log());
-    aggregator
+    let extra = format!(
+        "[rules]\nfiles = [\"{rules}\"]\nevaluation_interval = \"1s\"\n\
+         [alerting]\nresend_delay = \"1s\"\nrouter_config = \"{router}\"\n",
+        rules = rules.display(),
+        router = router_config.display(),
+    );
+    Aggregator::start_configured(pki, work, name, http, quic, &extra)
 }
 
 /// An HTTP server on loopback that answers every request 200 and keeps the JSON bodies it got.
 pub struct WebhookRecorder {
     pub url: String,
-    bodies: Arc<Mutex<Vec<Json>>>,
+    bodies: Arc<Mutex<Vec<(SystemTime, Json)>>>,
 }
 
 impl WebhookRecorder {
     pub fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let url = format!("http://{}/hook", listener.local_addr().expect("address"));
-        let bodies: Arc<Mutex<Vec<Json>>> = Arc::default();
+        let bodies: Arc<Mutex<Vec<(SystemTime, Json)>>> = Arc::default();
         let recorded = Arc::clone(&bodies);
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
@@ -77,11 +58,16 @@ impl WebhookRecorder {
 
     /// The bodies received so far.
     pub fn bodies(&self) -> Vec<Json> {
+        self.received().into_iter().map(|(_, body)| body).collect()
+    }
+
+    /// The bodies received so far, with the time each arrived.
+    pub fn received(&self) -> Vec<(SystemTime, Json)> {
         self.bodies.lock().expect("recorder lock").clone()
     }
 }
 
-fn serve_one(stream: std::net::TcpStream, recorded: &Mutex<Vec<Json>>) -> std::io::Result<()> {
+fn serve_one(stream: std::net::TcpStream, recorded: &Mutex<Vec<(SystemTime, Json)>>) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut length = 0usize;
@@ -104,7 +90,7 @@ fn serve_one(stream: std::net::TcpStream, recorded: &Mutex<Vec<Json>>) -> std::i
     let mut body = vec![0; length.min(16 << 20)];
     reader.read_exact(&mut body)?;
     if let Ok(json) = serde_json::from_slice(&body) {
-        recorded.lock().expect("recorder lock").push(json);
+        recorded.lock().expect("recorder lock").push((SystemTime::now(), json));
     }
     let mut stream = stream;
     stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
