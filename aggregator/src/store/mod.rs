@@ -6,6 +6,7 @@
 //! `memory::MemStore` keeps everything in memory; the durable store
 //! (compressed head, write-ahead log, blocks) implements the same trait.
 
+pub mod chunk;
 pub mod memory;
 
 use std::sync::Arc;
