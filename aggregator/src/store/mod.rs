@@ -6,7 +6,10 @@
 //! `memory::MemStore` keeps everything in memory; the durable store
 //! (compressed head, write-ahead log, blocks) implements the same trait.
 
+pub mod block;
 pub mod chunk;
+pub mod db;
+pub mod head;
 pub mod memory;
 
 use std::sync::Arc;
