@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fleet::Fleet;
 use crate::ingest::IngestStats;
+use crate::store::db::Db;
 use crate::store::{Sample, Storage};
 use crate::wal::WalStats;
 
@@ -20,6 +21,8 @@ pub struct SelfMonitor {
     pub fleet: Arc<Fleet>,
     pub ingest: Arc<IngestStats>,
     pub wal: Arc<WalStats>,
+    /// The durable store's own figures (head, blocks, compactions, rejects).
+    pub db: Option<Arc<Db>>,
     pub instance: String,
     pub interval: Duration,
 }
@@ -53,14 +56,43 @@ impl SelfMonitor {
             ("herd_fleet_agents_connected", self.fleet.connected_count() as f64),
         ];
         for (name, value) in figures {
-            let labels = Labels::from_pairs([
-                (METRIC_NAME, name),
-                ("job", "herd-aggregator"),
-                ("instance", self.instance.as_str()),
-            ]);
-            let series = self.store.series_ref(&labels);
-            let _ = self.store.append(series, Sample { timestamp_ms, value });
+            self.put(timestamp_ms, name, None, value);
         }
+        if let Some(db) = &self.db {
+            let head = &db.head.counters;
+            let (blocks, block_bytes) = db.block_stats();
+            let store_figures = [
+                ("herd_store_head_series", None, db.head.series_count() as f64),
+                ("herd_store_head_chunk_bytes", None, db.head.chunk_bytes() as f64),
+                ("herd_store_out_of_order_samples_total", None, load(&head.out_of_order_samples)),
+                ("herd_store_series_created_total", None, load(&head.series_created)),
+                ("herd_store_series_released_total", None, load(&head.series_released)),
+                ("herd_store_blocks", None, blocks as f64),
+                ("herd_store_blocks_bytes", None, block_bytes as f64),
+                ("herd_store_head_cuts_total", None, load(&db.counters.head_cuts)),
+                ("herd_store_compactions_total", None, load(&db.counters.compactions)),
+                ("herd_store_compaction_duration_seconds_total", None, load(&db.counters.compaction_micros) / 1e6),
+                ("herd_store_blocks_deleted_total", None, load(&db.counters.blocks_deleted_retention)),
+                (
+                    "herd_store_rejected_samples_total",
+                    Some("duplicate_timestamp"),
+                    load(&head.rejected_duplicate_timestamp),
+                ),
+                ("herd_store_rejected_samples_total", Some("unknown_series"), load(&head.rejected_unknown_series)),
+            ];
+            for (name, reason, value) in store_figures {
+                self.put(timestamp_ms, name, reason, value);
+            }
+        }
+    }
+
+    fn put(&self, timestamp_ms: i64, name: &str, reason: Option<&str>, value: f64) {
+        let mut pairs = vec![(METRIC_NAME, name), ("job", "herd-aggregator"), ("instance", self.instance.as_str())];
+        if let Some(reason) = reason {
+            pairs.push(("reason", reason));
+        }
+        let series = self.store.series_ref(&Labels::from_pairs(pairs));
+        let _ = self.store.append(series, Sample { timestamp_ms, value });
     }
 }
 
@@ -86,6 +118,7 @@ mod tests {
             fleet: Arc::new(Fleet::new()),
             ingest,
             wal: Arc::new(WalStats::default()),
+            db: None,
             instance: "agg:7401".into(),
             interval: Duration::from_secs(5),
         };

@@ -10,6 +10,7 @@ pub mod block;
 pub mod chunk;
 pub mod db;
 pub mod head;
+pub mod maintenance;
 pub mod memory;
 
 use std::sync::Arc;

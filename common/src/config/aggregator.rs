@@ -36,6 +36,8 @@ pub struct RawAggregatorConfig {
     pub rules: RawRules,
     #[serde(default)]
     pub alerting: RawAlerting,
+    #[serde(default)]
+    pub storage: super::storage::RawStorage,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -132,6 +134,7 @@ pub struct AggregatorConfig {
     pub lookback_delta: Duration,
     pub rules: RulesConfig,
     pub alerting: AlertingConfig,
+    pub storage: super::storage::StorageConfig,
 }
 
 impl AggregatorConfig {
@@ -221,7 +224,9 @@ impl RawAggregatorConfig {
             });
         }
         let alerting = AlertingConfig { resend_delay, external_url: self.alerting.external_url, alertmanagers };
+        let storage = self.storage.validate(&mut problems);
         let config = AggregatorConfig {
+            storage,
             quic_listen,
             http_listen,
             state_dir,

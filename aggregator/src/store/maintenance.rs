@@ -1,0 +1,103 @@
+//! The store's periodic housekeeping: cut the head into a block when a block
+//! boundary is passed, checkpoint and truncate the WAL behind it, compact
+//! blocks, and delete blocks past retention. Runs on its own task; the heavy
+//! parts run on blocking threads.
+//!
+//! Order of a cut, and why it is safe to crash anywhere in it:
+//! 1. the WAL writer rolls to segment N: every record of an acknowledged
+//!    batch appended before is in a segment below N, and its samples were
+//!    appended to the store before (ingest appends, then logs);
+//! 2. the head's old data is written as a block (`.tmp` + rename);
+//! 3. `checkpoint.N` is written (`.tmp` + rename) from the head as it is now
+//!    (series, their head samples) and the per-agent sequence ranges;
+//! 4. segments below N and older checkpoints are deleted.
+//!
+//! A crash before 3 replays the old checkpoint and all segments: the samples
+//! already in the new block are appended to the head again, and reads return
+//! an equal timestamp once. A crash after 3 replays the new checkpoint.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error};
+
+use super::db::Db;
+use crate::ingest::dedup::Dedup;
+use crate::wal::{self, Wal, WalError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MaintenanceError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Block(#[from] super::block::BlockError),
+}
+
+pub struct Maintenance {
+    pub db: Arc<Db>,
+    pub wal: Wal,
+    pub dedup: Arc<Dedup>,
+    pub interval: Duration,
+}
+
+impl Maintenance {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {
+                    // A failure (disk full) is retried next tick; nothing is lost, the WAL keeps it all.
+                    if let Err(err) = self.tick().await {
+                        error!(error = %err, "store maintenance failed; retrying next interval");
+                    }
+                }
+            }
+        }
+    }
+
+    /// One round: cut + checkpoint if due, then compaction and retention.
+    pub async fn tick(&self) -> Result<(), MaintenanceError> {
+        if let Some(before) = self.db.due_cut() {
+            let first_kept = self.wal.roll().await?;
+            let (db, dedup, wal) = (Arc::clone(&self.db), Arc::clone(&self.dedup), self.wal.clone());
+            tokio::task::spawn_blocking(move || cut_and_checkpoint(&db, &dedup, &wal, before, first_kept))
+                .await
+                .expect("store maintenance does not panic")?;
+        }
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || -> Result<(), MaintenanceError> {
+            db.compact()?;
+            db.apply_retention();
+            Ok(())
+        })
+        .await
+        .expect("store maintenance does not panic")
+    }
+}
+
+fn cut_and_checkpoint(db: &Db, dedup: &Dedup, wal: &Wal, before: i64, first_kept: u64) -> Result<(), MaintenanceError> {
+    db.cut(before)?;
+    let written = wal::write_checkpoint(wal.dir(), first_kept, |w| {
+        db.head.snapshot(|series_ref, labels, samples| {
+            w.record(|b| wal::encode_series(series_ref, labels, b));
+            if !samples.is_empty() {
+                w.record(|b| {
+                    wal::encode_head_samples(series_ref, samples.iter().map(|s| (s.timestamp_ms, s.value)), b)
+                });
+            }
+        });
+        for (agent, ranges) in dedup.snapshot() {
+            w.record(|b| wal::encode_seq_ranges(&agent, &ranges, b));
+        }
+    })?;
+    let freed = wal::truncate(wal.dir(), first_kept, &wal.holds)?;
+    wal.stats.bytes.fetch_add(written, Ordering::Relaxed);
+    let _ = wal.stats.bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(freed)));
+    debug!(checkpoint = first_kept, checkpoint_bytes = written, freed_bytes = freed, "WAL checkpointed");
+    Ok(())
+}
