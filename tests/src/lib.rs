@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod relay;
+pub mod store;
 
 use serde_json::Value as Json;
 

@@ -136,6 +136,11 @@ impl Db {
         (blocks.len() as u64, blocks.iter().map(|b| b.meta.stats.bytes).sum())
     }
 
+    /// Samples held by all blocks.
+    pub fn block_samples(&self) -> u64 {
+        self.blocks().iter().map(|b| b.meta.stats.samples).sum()
+    }
+
     /// Ids, time ranges and levels of the blocks, oldest first.
     pub fn block_ranges(&self) -> Vec<(String, i64, i64, u32)> {
         self.blocks()
