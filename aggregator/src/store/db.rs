@@ -282,10 +282,14 @@ impl Db {
     }
 
     /// Deletes whole blocks past `retention_ms` (relative to the newest
-    /// sample stored) and, if `retention_bytes` is set, the oldest blocks
+    /// sample stored, or now if that is in the future) and, if `retention_bytes` is set, the oldest blocks
     /// while they take more. Returns the number deleted.
     pub fn apply_retention(&self) -> usize {
-        let newest = self.max_t();
+        // A sample stamped in the future must not age everything else out.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(i64::MAX, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let newest = self.max_t().min(now_ms);
         let mut doomed = Vec::new();
         {
             let mut blocks = self.blocks.write().expect("blocks lock is never poisoned");
@@ -377,9 +381,19 @@ impl Storage for Db {
         }
         self.head.read(series, min_t, max_t, out);
         drop(blocks);
-        let mut tail = out.split_off(start);
-        sort_dedup(&mut tail);
-        out.append(&mut tail);
+        // Sources overlap only after backfill into a cut range: usually this is a no-op check.
+        if !out[start..].windows(2).all(|w| w[0].timestamp_ms < w[1].timestamp_ms) {
+            out[start..].sort_by_key(|s| s.timestamp_ms);
+            let mut kept = start;
+            for i in start..out.len() {
+                if kept > start && out[kept - 1].timestamp_ms == out[i].timestamp_ms {
+                    continue;
+                }
+                out[kept] = out[i];
+                kept += 1;
+            }
+            out.truncate(kept);
+        }
     }
 
     fn select_in_range(&self, matchers: &[LabelMatcher], min_t: i64, max_t: i64) -> Vec<(SeriesRef, Arc<Labels>)> {

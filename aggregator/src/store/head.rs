@@ -140,9 +140,25 @@ impl SeriesData {
     }
 
     fn has_data_in(&self, min_t: i64, max_t: i64) -> bool {
-        let mut found = Vec::new();
-        self.read(min_t, max_t, &mut found);
-        !found.is_empty()
+        let from = self.ooo.partition_point(|s| s.timestamp_ms < min_t);
+        if self.ooo.get(from).is_some_and(|s| s.timestamp_ms <= max_t) {
+            return true;
+        }
+        // Chunk bounds answer most cases; a chunk spanning the range without
+        // a sample in it is decoded.
+        let in_chunk =
+            |mut iter: super::chunk::ChunkIter<'_>| iter.any(|s| s.timestamp_ms >= min_t && s.timestamp_ms <= max_t);
+        for chunk in self.chunks.iter().filter(|c| c.max_t >= min_t && c.min_t <= max_t) {
+            if (chunk.min_t >= min_t || chunk.max_t <= max_t) || in_chunk(chunk.iter()) {
+                return true;
+            }
+        }
+        match self.last {
+            Some(last) if !self.open.is_empty() && last.timestamp_ms >= min_t && self.open.min_t() <= max_t => {
+                self.open.min_t() >= min_t || last.timestamp_ms <= max_t || in_chunk(self.open.iter())
+            }
+            _ => false,
+        }
     }
 
     fn bytes(&self) -> usize {
@@ -553,6 +569,13 @@ mod tests {
         let mut some = Vec::new();
         head.read(r, 95, 125, &mut some);
         assert_eq!(some.iter().map(|s| s.timestamp_ms).collect::<Vec<_>>(), vec![100, 110, 120]);
+        for (min_t, max_t, expected) in [(1, 9, false), (1201, 1209, false), (1205, 1210, true), (9990, 20_000, true)] {
+            assert_eq!(head.has_data_in(r, min_t, max_t), expected, "{min_t}..={max_t}");
+        }
+        let late = head.series_ref(&Labels::from_pairs([("__name__", "late")]));
+        head.append(late, sample(100, 1.0)).unwrap();
+        head.append(late, sample(50, 1.0)).unwrap();
+        assert!(head.has_data_in(late, 40, 60) && !head.has_data_in(late, 60, 90));
     }
 
     #[test]
