@@ -52,7 +52,7 @@ pub enum StartError {
 
 /// Replays the WAL (latest checkpoint, then newer segments) into the
 /// store's head and `dedup`; returns the bytes replayed.
-fn replay_wal(dir: &std::path::Path, db: &Db, dedup: &Dedup) -> Result<u64, WalError> {
+pub(crate) fn replay_wal(dir: &std::path::Path, db: &Db, dedup: &Dedup) -> Result<u64, WalError> {
     let started = std::time::Instant::now();
     // Replay keeps the WAL's refs where it can (WAL readers resolve segment
     // records with the checkpoint's series); a clash maps to a new ref.
