@@ -183,8 +183,20 @@ impl Db {
         let started = Instant::now();
         let mut blocks = self.blocks.write().expect("blocks lock is never poisoned");
         let series = self.head.cut(before);
-        let written =
-            block::write(&self.blocks_dir, &id, series.into_iter(), Compaction { level: 1, sources: vec![] })?;
+        let copies = series.iter().map(|(labels, chunks)| (Arc::clone(labels), chunks.clone()));
+        let written = match block::write(&self.blocks_dir, &id, copies, Compaction { level: 1, sources: vec![] }) {
+            Ok(written) => written,
+            Err(error) => {
+                // Put the data back: queries keep seeing it and the next round retries.
+                for (labels, chunks) in &series {
+                    let series_ref = self.head.series_ref(labels);
+                    for sample in chunks.iter().flat_map(|c| c.iter()) {
+                        let _ = self.head.append(series_ref, sample);
+                    }
+                }
+                return Err(error);
+            }
+        };
         self.maintenance.lock().expect("maintenance lock").last_cut_before = before;
         self.counters.head_cuts.fetch_add(1, Ordering::Relaxed);
         let Some(block) = written else { return Ok(None) };
@@ -464,6 +476,28 @@ mod tests {
             read_all(&reopened, a),
             expected[..expected.iter().position(|s| s.timestamp_ms >= 8 * HOUR).unwrap()]
         );
+    }
+
+    #[test]
+    fn a_failed_cut_puts_the_data_back_into_the_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = db(&dir.path().join("blocks"));
+        let a = store.series_ref(&Labels::from_pairs([("__name__", "a")]));
+        for t in (0..4 * HOUR).step_by(60_000) {
+            store.append(a, Sample { timestamp_ms: t, value: 1.0 }).unwrap();
+        }
+        // The blocks directory is replaced by a file: the block cannot be written.
+        fs::remove_dir_all(dir.path().join("blocks")).unwrap();
+        fs::write(dir.path().join("blocks"), b"").unwrap();
+        let before = store.due_cut().unwrap();
+        assert!(store.cut(before).is_err());
+        assert_eq!(read_all(&store, a).len(), 240);
+        assert_eq!(store.due_cut(), Some(before), "retried next round");
+        fs::remove_file(dir.path().join("blocks")).unwrap();
+        fs::create_dir(dir.path().join("blocks")).unwrap();
+        store.cut(before).unwrap().unwrap();
+        assert_eq!(read_all(&store, a).len(), 240);
+        assert_eq!(store.block_samples(), 120);
     }
 
     #[test]
