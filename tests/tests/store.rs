@@ -122,7 +122,7 @@ fn data_cut_into_blocks_and_checkpointed_survives_sigkill() {
     .unwrap_or_else(|| panic!("no blocks or checkpoint: {:?}\n{}", blocks(&state), aggregator.process.log()));
     agent.kill();
     // Everything the agent got acknowledged is synced by now; the store holds nothing else.
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(1500));
     let before = query_times(&aggregator, "w");
     assert!(before.len() >= 30, "{}", before.len());
     aggregator.process.kill();

@@ -16,6 +16,16 @@ const HOUR_MS: i64 = 3_600_000;
 const STEP_MS: i64 = 60_000;
 const START_MS: i64 = 1_764_000_000_000;
 
+/// Resident memory of this process, from /proc.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -38,6 +48,7 @@ fn a_hundred_thousand_series_read_back_exactly_at_a_few_bytes_per_sample() {
     let hours = env_or("HERD_SCALE_HOURS", 3) as i64;
     let dir = tempfile::tempdir().unwrap();
     let db = Arc::new(Db::open(dir.path(), DbOptions::new(HOUR_MS, 30 * 24 * HOUR_MS, None)).unwrap());
+    let rss_before = rss_bytes();
     let started = Instant::now();
     let refs: Vec<_> = (0..series_count)
         .map(|i| {
@@ -65,12 +76,14 @@ fn a_hundred_thousand_series_read_back_exactly_at_a_few_bytes_per_sample() {
     let (blocks, block_bytes) = db.block_stats();
     let in_head = appended - in_blocks;
     let head_bytes = db.head.chunk_bytes() as u64;
+    let rss_growth = rss_bytes().saturating_sub(rss_before);
     let disk_per_sample = block_bytes as f64 / in_blocks as f64;
     let head_per_sample = head_bytes as f64 / in_head as f64;
     println!(
         "{series_count} series x {steps} samples = {appended} samples in {ingest_secs:.1} s ({:.0} samples/s); \
          {blocks} blocks, {block_bytes} bytes for {in_blocks} samples = {disk_per_sample:.2} B/sample on disk; \
-         head chunks {head_bytes} bytes for {in_head} samples = {head_per_sample:.2} B/sample",
+         head chunks {head_bytes} bytes for {in_head} samples = {head_per_sample:.2} B/sample; \
+         process RSS grew {rss_growth} bytes (series table, postings, chunks, allocator slack)",
         appended as f64 / ingest_secs
     );
     assert!(blocks >= 1 && in_blocks > 0);
