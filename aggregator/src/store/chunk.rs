@@ -9,14 +9,48 @@
 //! - sample 0: timestamp (64 bits), value (64 bits);
 //! - every later sample: the delta of the delta to the previous timestamp
 //!   (`0` = same spacing, `10`+14 bits, `110`+17 bits, `1110`+20 bits,
-//!   `1111`+64 bits), then the value's XOR with the previous one (`0` = same
-//!   value; `10` = inside the previous window of meaningful bits; `11` + 6 bits
-//!   of leading zeros + 6 bits of meaningful length, then the bits).
+//!   `1111`+64 bits), then the value: `0` = same value; `10` = XOR with the
+//!   previous value, inside the previous window of meaningful bits; `110` =
+//!   XOR with a new window (6 bits of leading zeros, 6 bits of meaningful
+//!   length, then the bits); `111` = for integer values (counters of bytes,
+//!   packets, requests), the delta of the delta to the previous integer
+//!   value (`0` = the same delta, else `1` + 6 bits of length + the zigzag
+//!   bits). The encoder picks the shorter of XOR and integer per sample.
 //!
 //! Timestamps must strictly increase within a chunk; arithmetic wraps, so any
 //! i64 sequence round-trips.
 
+use herd_common::varint::{unzigzag, zigzag};
+
 use super::Sample;
+
+/// `value` as an integer when the integer converts back to the same bits
+/// (so not -0.0, NaN, infinities or anything beyond 2^53).
+fn as_integer(value: f64) -> Option<i64> {
+    if !value.is_finite() || value.fract() != 0.0 || value.abs() >= 9_007_199_254_740_992.0 {
+        return None;
+    }
+    let integer = value as i64;
+    ((integer as f64).to_bits() == value.to_bits()).then_some(integer)
+}
+
+/// Integer state shared by encoder and decoder, updated after every sample.
+#[derive(Debug, Clone, Copy, Default)]
+struct IntegerState {
+    last: Option<i64>,
+    delta: i64,
+}
+
+impl IntegerState {
+    fn update(&mut self, value: f64) {
+        let current = as_integer(value);
+        self.delta = match (self.last, current) {
+            (Some(a), Some(b)) => b.wrapping_sub(a),
+            _ => 0,
+        };
+        self.last = current;
+    }
+}
 
 /// A chunk is closed after this many samples, so reads decode little beyond
 /// what they need and a block cut re-encodes little.
@@ -97,6 +131,7 @@ pub struct ChunkEncoder {
     leading: u32,
     /// Meaningful bits of the previous XOR window; 0 = no window yet.
     significant: u32,
+    integer: IntegerState,
 }
 
 impl ChunkEncoder {
@@ -157,23 +192,49 @@ impl ChunkEncoder {
                 let leading = xor.leading_zeros().min(63);
                 let trailing = xor.trailing_zeros();
                 let window_trailing = 64 - self.leading - self.significant;
-                if self.significant > 0 && leading >= self.leading && trailing >= window_trailing {
-                    w.bits(0b10, 2);
-                    w.bits(xor >> window_trailing, self.significant);
-                } else {
-                    let significant = 64 - leading - trailing;
-                    w.bits(0b11, 2);
-                    w.bits(u64::from(leading), 6);
-                    // 64 meaningful bits are written as 0 (6 bits hold 0..=63).
-                    w.bits(u64::from(significant & 63), 6);
-                    w.bits(xor >> trailing, significant);
-                    self.leading = leading;
-                    self.significant = significant;
+                let reuse = self.significant > 0 && leading >= self.leading && trailing >= window_trailing;
+                let xor_cost = if reuse { 2 + self.significant } else { 3 + 12 + (64 - leading - trailing) };
+                // The integer encoding: the delta of the delta, zigzagged.
+                let integer = match (self.integer.last, as_integer(sample.value)) {
+                    (Some(last), Some(current)) => {
+                        let dod = current.wrapping_sub(last).wrapping_sub(self.integer.delta);
+                        let zz = zigzag(dod);
+                        let length = 64 - zz.leading_zeros();
+                        Some((zz, length, if zz == 0 { 4 } else { 4 + 6 + length }))
+                    }
+                    _ => None,
+                };
+                match integer {
+                    Some((zz, length, cost)) if cost < xor_cost => {
+                        w.bits(0b111, 3);
+                        if zz == 0 {
+                            w.bit(false);
+                        } else {
+                            w.bit(true);
+                            w.bits(u64::from(length - 1), 6);
+                            w.bits(zz, length);
+                        }
+                    }
+                    _ if reuse => {
+                        w.bits(0b10, 2);
+                        w.bits(xor >> window_trailing, self.significant);
+                    }
+                    _ => {
+                        let significant = 64 - leading - trailing;
+                        w.bits(0b110, 3);
+                        w.bits(u64::from(leading), 6);
+                        // 64 meaningful bits are written as 0 (6 bits hold 0..=63).
+                        w.bits(u64::from(significant & 63), 6);
+                        w.bits(xor >> trailing, significant);
+                        self.leading = leading;
+                        self.significant = significant;
+                    }
                 }
             }
         }
         self.last_t = sample.timestamp_ms;
         self.last_bits = bits;
+        self.integer.update(sample.value);
         self.count += 1;
     }
 
@@ -224,6 +285,7 @@ pub struct ChunkIter<'a> {
     bits: u64,
     leading: u32,
     significant: u32,
+    integer: IntegerState,
 }
 
 impl<'a> ChunkIter<'a> {
@@ -237,6 +299,7 @@ impl<'a> ChunkIter<'a> {
             bits: 0,
             leading: 0,
             significant: 0,
+            integer: IntegerState::default(),
         }
     }
 
@@ -264,21 +327,35 @@ impl<'a> ChunkIter<'a> {
             self.delta = self.delta.wrapping_add(dod);
             self.t = self.t.wrapping_add(self.delta);
             if r.bit()? {
-                if r.bit()? {
+                if !r.bit()? {
+                    if self.significant == 0 {
+                        return None;
+                    }
+                    let trailing = 64 - self.leading - self.significant;
+                    self.bits ^= r.bits(self.significant)? << trailing;
+                } else if !r.bit()? {
                     self.leading = r.bits(6)? as u32;
                     let significant = r.bits(6)? as u32;
                     self.significant = if significant == 0 { 64 } else { significant };
                     if self.leading + self.significant > 64 {
                         return None;
                     }
-                } else if self.significant == 0 {
-                    return None;
+                    let trailing = 64 - self.leading - self.significant;
+                    self.bits ^= r.bits(self.significant)? << trailing;
+                } else {
+                    let last = self.integer.last?;
+                    let dod = if r.bit()? {
+                        let length = r.bits(6)? as u32 + 1;
+                        unzigzag(r.bits(length)?)
+                    } else {
+                        0
+                    };
+                    let current = last.wrapping_add(self.integer.delta).wrapping_add(dod);
+                    self.bits = (current as f64).to_bits();
                 }
-                let trailing = 64 - self.leading - self.significant;
-                let xor = r.bits(self.significant)? << trailing;
-                self.bits ^= xor;
             }
         }
+        self.integer.update(f64::from_bits(self.bits));
         Some(Sample { timestamp_ms: self.t, value: f64::from_bits(self.bits) })
     }
 }
@@ -339,6 +416,26 @@ mod tests {
         }
 
         #[test]
+        fn integer_valued_sequences_round_trip_bit_exactly(
+            start in -(1i64 << 53)..(1i64 << 53),
+            steps in proptest::collection::vec(prop_oneof![Just(0i64), 0i64..10, -1000i64..1000, any::<i64>().prop_map(|d| d >> 8)], 0..400),
+            odd in proptest::collection::vec(prop_oneof![Just(-0.0f64), Just(0.5), Just(9.007_199_254_740_993e15), Just(stale_nan())], 0..5),
+        ) {
+            let mut value = start;
+            let mut samples: Vec<Sample> = steps.iter().enumerate().map(|(k, &step)| {
+                value = value.wrapping_add(step);
+                Sample { timestamp_ms: k as i64 * 15_000, value: value as f64 }
+            }).collect();
+            // Non-integers in between switch the integer state off and on.
+            for (i, &v) in odd.iter().enumerate() {
+                if let Some(s) = samples.get_mut(i * 37 % 400) {
+                    s.value = v;
+                }
+            }
+            prop_assert_eq!(bits(&round_trip(&samples)), bits(&samples));
+        }
+
+        #[test]
         fn decoding_any_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300), count in any::<u16>()) {
             let decoded = ChunkIter::new(&bytes, count).count();
             prop_assert!(decoded <= count as usize);
@@ -387,6 +484,15 @@ mod tests {
             assert!(per_sample < bound, "{name}: {per_sample} bytes/sample");
             assert_eq!(bits(&round_trip(samples)), bits(samples));
         }
+        // A whole-number counter at a steady rate (bytes sent by an idle
+        // service) costs a few bits: the integer encoding.
+        let steady: Vec<Sample> =
+            (0..1200).map(|i| Sample { timestamp_ms: i * 15_000, value: (5_000_000_000 + i * 4_608) as f64 }).collect();
+        let mut chunks = Vec::new();
+        Chunk::encode_all(&steady, &mut chunks);
+        let bytes: usize = chunks.iter().map(|c| c.bytes.len()).sum();
+        assert!((bytes as f64) / 1200.0 < 0.8, "{bytes} bytes");
+        assert_eq!(bits(&round_trip(&steady)), bits(&steady));
         // A constant value at a steady interval is nearly free.
         let flat: Vec<Sample> = (0..1200).map(|i| Sample { timestamp_ms: i * 15_000, value: 1.0 }).collect();
         let mut chunks = Vec::new();
