@@ -4,7 +4,7 @@
 //! import API in the same run (its disk bytes per sample after a flush).
 //!
 //!   cargo build --release -p herd-tests --bin bench-store
-//!   target/release/bench-store [SERIES] [HOURS]      (defaults 100000 and 4)
+//!   target/release/bench-store [SERIES] [HOURS]      (defaults 20000 and 4)
 //!
 //! Prints figures and ratios; asserts nothing.
 
@@ -168,7 +168,7 @@ fn victoria(series: usize, steps: i64) -> Option<f64> {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let series: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let series: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000);
     let hours: i64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(4);
     let steps = hours * HOUR_MS / STEP_MS;
     herd(series, steps);
