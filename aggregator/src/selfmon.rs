@@ -132,4 +132,43 @@ mod tests {
         assert_eq!(samples[0].value, 3.0);
         assert_eq!(store.stats().series, 9);
     }
+
+    #[test]
+    fn the_durable_store_reports_its_own_figures() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(dir.path(), crate::store::db::DbOptions::new(3_600_000, 86_400_000, None)).unwrap());
+        let x = db.series_ref(&Labels::from_pairs([(METRIC_NAME, "x")]));
+        db.append(x, Sample { timestamp_ms: 10, value: 1.0 }).unwrap();
+        db.append(x, Sample { timestamp_ms: 5, value: 1.0 }).unwrap();
+        assert!(db.append(x, Sample { timestamp_ms: 10, value: 2.0 }).is_err());
+        db.cut(11).unwrap();
+        let store: Arc<dyn Storage> = Arc::clone(&db) as Arc<dyn Storage>;
+        let monitor = SelfMonitor {
+            store: Arc::clone(&store),
+            fleet: Arc::new(Fleet::new()),
+            ingest: Arc::new(IngestStats::default()),
+            wal: Arc::new(WalStats::default()),
+            db: Some(db),
+            instance: "agg:7401".into(),
+            interval: Duration::from_secs(5),
+        };
+        monitor.record();
+        let value = |name: &str, reason: Option<&str>| {
+            let mut matchers = vec![LabelMatcher::new(MatchOp::Equal, METRIC_NAME, name).unwrap()];
+            if let Some(reason) = reason {
+                matchers.push(LabelMatcher::new(MatchOp::Equal, "reason", reason).unwrap());
+            }
+            let found = store.select(&matchers);
+            assert_eq!(found.len(), 1, "{name}");
+            let mut samples = Vec::new();
+            store.read(found[0].0, i64::MIN, i64::MAX, &mut samples);
+            samples[0].value
+        };
+        assert_eq!(value("herd_store_blocks", None), 1.0);
+        assert!(value("herd_store_blocks_bytes", None) > 0.0);
+        assert_eq!(value("herd_store_out_of_order_samples_total", None), 1.0);
+        assert_eq!(value("herd_store_rejected_samples_total", Some("duplicate_timestamp")), 1.0);
+        assert_eq!(value("herd_store_head_cuts_total", None), 1.0);
+        assert_eq!(value("herd_store_series_released_total", None), 1.0);
+    }
 }
