@@ -21,6 +21,7 @@ use herd_common::varint::{self, put as put_varint, unzigzag, zigzag};
 use serde::{Deserialize, Serialize};
 
 use super::chunk::{Chunk, ChunkIter};
+use super::head::LabelPool;
 use super::{LabelMatcher, MatchOp, Sample};
 
 const INDEX_MAGIC: &[u8; 8] = b"HERDIDX1";
@@ -96,6 +97,7 @@ pub fn write(
     id: &str,
     series: impl Iterator<Item = (Arc<Labels>, Vec<Chunk>)>,
     compaction: Compaction,
+    pool: &LabelPool,
 ) -> Result<Option<Block>, BlockError> {
     let tmp = parent.join(format!("{id}.tmp"));
     let io = |source| BlockError::Io { path: tmp.clone(), source };
@@ -183,7 +185,7 @@ pub fn write(
     let dir = parent.join(id);
     fs::rename(&tmp, &dir).map_err(io)?;
     File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
-    open(&dir).map(Some)
+    open(&dir, pool).map(Some)
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -222,7 +224,7 @@ impl<'a> Reader<'a> {
 }
 
 /// Opens a complete block directory.
-pub fn open(dir: &Path) -> Result<Block, BlockError> {
+pub fn open(dir: &Path, pool: &LabelPool) -> Result<Block, BlockError> {
     let io = |source| BlockError::Io { path: dir.to_owned(), source };
     let corrupt = |problem: &str| BlockError::Corrupt { path: dir.to_owned(), problem: problem.to_owned() };
     let meta: BlockMeta = serde_json::from_slice(&fs::read(dir.join("meta.json")).map_err(io)?)
@@ -240,7 +242,7 @@ pub fn open(dir: &Path) -> Result<Block, BlockError> {
     let chunks = File::open(dir.join("chunks")).map_err(io)?;
     let chunks_len = chunks.metadata().map_err(io)?.len();
     let parsed =
-        parse_index(&index[INDEX_MAGIC.len()..body_len], chunks_len).ok_or_else(|| corrupt("index malformed"))?;
+        parse_index(&index[INDEX_MAGIC.len()..body_len], chunks_len, pool).ok_or_else(|| corrupt("index malformed"))?;
     let (series, postings) = parsed;
     let by_labels = series.iter().enumerate().map(|(i, s)| (Arc::clone(&s.labels), i as u32)).collect();
     Ok(Block { dir: dir.to_owned(), meta, series, by_labels, postings, chunks })
@@ -248,7 +250,7 @@ pub fn open(dir: &Path) -> Result<Block, BlockError> {
 
 type Postings = HashMap<String, HashMap<String, Vec<u32>>>;
 
-fn parse_index(bytes: &[u8], chunks_len: u64) -> Option<(Vec<BlockSeries>, Postings)> {
+fn parse_index(bytes: &[u8], chunks_len: u64, pool: &LabelPool) -> Option<(Vec<BlockSeries>, Postings)> {
     let mut r = Reader { bytes, pos: 0 };
     let series_count = r.count()?;
     let mut series = Vec::with_capacity(series_count);
@@ -258,7 +260,7 @@ fn parse_index(bytes: &[u8], chunks_len: u64) -> Option<(Vec<BlockSeries>, Posti
         for _ in 0..label_count {
             pairs.push((r.string()?, r.string()?));
         }
-        let labels = Arc::new(Labels::from_sorted(pairs).ok()?);
+        let labels = pool.intern(Labels::from_sorted(pairs).ok()?);
         let chunk_count = r.count()?;
         let mut chunks = Vec::with_capacity(chunk_count);
         for _ in 0..chunk_count {
@@ -390,11 +392,14 @@ mod tests {
                 (labels, chunks)
             })
             .collect();
-        let block =
-            write(dir.path(), "b1", series.into_iter(), Compaction { level: 1, sources: vec![] }).unwrap().unwrap();
+        let pool = LabelPool::default();
+        let block = write(dir.path(), "b1", series.into_iter(), Compaction { level: 1, sources: vec![] }, &pool)
+            .unwrap()
+            .unwrap();
         assert_eq!((block.meta.min_time, block.meta.max_time), (0, 299_000));
         assert_eq!((block.meta.stats.series, block.meta.stats.samples), (50, 15_000));
-        let reopened = open(&dir.path().join("b1")).unwrap();
+        let reopened = open(&dir.path().join("b1"), &pool).unwrap();
+        assert_eq!(pool.len(), 50, "both copies share the label sets");
         let m = |op, n: &str, v: &str| LabelMatcher::new(op, n, v).unwrap();
         let found = reopened.select(&[m(MatchOp::RegexMatch, "i", "00.")], i64::MIN, i64::MAX);
         assert_eq!(found.len(), 10);
@@ -413,8 +418,8 @@ mod tests {
         let mut bytes = fs::read(&index).unwrap();
         bytes[20] ^= 1;
         fs::write(&index, bytes).unwrap();
-        assert!(matches!(open(&dir.path().join("b1")), Err(BlockError::Corrupt { .. })));
-        assert!(write(dir.path(), "empty", std::iter::empty(), Compaction::default()).unwrap().is_none());
+        assert!(matches!(open(&dir.path().join("b1"), &pool), Err(BlockError::Corrupt { .. })));
+        assert!(write(dir.path(), "empty", std::iter::empty(), Compaction::default(), &pool).unwrap().is_none());
         assert!(!dir.path().join("empty").exists() && !dir.path().join("empty.tmp").exists());
     }
 }

@@ -81,6 +81,7 @@ impl Db {
     pub fn open(blocks_dir: &Path, options: DbOptions) -> Result<Self, BlockError> {
         let io = |source| BlockError::Io { path: blocks_dir.to_owned(), source };
         fs::create_dir_all(blocks_dir).map_err(io)?;
+        let head = Head::new();
         let mut blocks = Vec::new();
         let mut next_block_number = 1;
         for entry in fs::read_dir(blocks_dir).map_err(io)?.flatten() {
@@ -94,7 +95,7 @@ impl Db {
             if let Ok(number) = name.parse::<u64>() {
                 next_block_number = next_block_number.max(number + 1);
             }
-            match block::open(&path) {
+            match block::open(&path, &head.pool) {
                 Ok(block) => blocks.push(Arc::new(block)),
                 Err(error) => tracing::error!(%error, "skipping an unreadable block"),
             }
@@ -114,7 +115,7 @@ impl Db {
         info!(blocks = blocks.len(), dir = %blocks_dir.display(), "blocks loaded");
         Ok(Self {
             blocks_dir: blocks_dir.to_owned(),
-            head: Head::new(),
+            head,
             blocks: RwLock::new(blocks),
             options,
             maintenance: Mutex::new(MaintenanceState { last_cut_before: i64::MIN, next_block_number }),
@@ -184,7 +185,13 @@ impl Db {
         let mut blocks = self.blocks.write().expect("blocks lock is never poisoned");
         let series = self.head.cut(before);
         let copies = series.iter().map(|(labels, chunks)| (Arc::clone(labels), chunks.clone()));
-        let written = match block::write(&self.blocks_dir, &id, copies, Compaction { level: 1, sources: vec![] }) {
+        let written = match block::write(
+            &self.blocks_dir,
+            &id,
+            copies,
+            Compaction { level: 1, sources: vec![] },
+            &self.head.pool,
+        ) {
             Ok(written) => written,
             Err(error) => {
                 // Put the data back: queries keep seeing it and the next round retries.
@@ -267,7 +274,7 @@ impl Db {
         let level = sources.iter().map(|b| b.meta.compaction.level).max().unwrap_or(1) + 1;
         let compaction = Compaction { level, sources: sources.iter().map(|b| b.id().to_owned()).collect() };
         let id = self.next_block_id();
-        let written = block::write(&self.blocks_dir, &id, series, compaction);
+        let written = block::write(&self.blocks_dir, &id, series, compaction, &self.head.pool);
         if let Some(e) = error {
             let _ = fs::remove_dir_all(self.blocks_dir.join(&id));
             return Err(e);

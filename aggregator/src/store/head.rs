@@ -192,6 +192,49 @@ pub(crate) fn merge_into(a: &[Sample], b: &[Sample], out: &mut Vec<Sample>) {
     out.extend_from_slice(&b[j..]);
 }
 
+/// One shared copy of each label set, for the head and every block: a
+/// series' labels would otherwise be held once per block it has data in.
+#[derive(Default)]
+pub struct LabelPool {
+    labels: Mutex<HashSet<Arc<Labels>>>,
+}
+
+impl LabelPool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Arc<Labels>>> {
+        self.labels.lock().expect("label pool lock is never poisoned")
+    }
+
+    pub fn intern(&self, labels: Labels) -> Arc<Labels> {
+        let mut pool = self.lock();
+        if let Some(found) = pool.get(&labels) {
+            return Arc::clone(found);
+        }
+        let labels = Arc::new(labels);
+        pool.insert(Arc::clone(&labels));
+        labels
+    }
+
+    pub fn intern_ref(&self, labels: &Labels) -> Arc<Labels> {
+        if let Some(found) = self.lock().get(labels) {
+            return Arc::clone(found);
+        }
+        self.intern(labels.clone())
+    }
+
+    /// Forgets label sets nothing else holds (after blocks are deleted).
+    pub fn sweep(&self) {
+        self.lock().retain(|labels| Arc::strong_count(labels) > 1);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 pub struct HeadSeries {
     pub labels: Arc<Labels>,
     data: Mutex<SeriesData>,
@@ -246,6 +289,7 @@ pub struct HeadCounters {
 
 pub struct Head {
     index: RwLock<Index>,
+    pub pool: LabelPool,
     /// The newest timestamp appended, `i64::MIN` when none.
     max_t: AtomicI64,
     pub counters: HeadCounters,
@@ -253,7 +297,12 @@ pub struct Head {
 
 impl Default for Head {
     fn default() -> Self {
-        Self { index: RwLock::default(), max_t: AtomicI64::new(i64::MIN), counters: HeadCounters::default() }
+        Self {
+            index: RwLock::default(),
+            pool: LabelPool::default(),
+            max_t: AtomicI64::new(i64::MIN),
+            counters: HeadCounters::default(),
+        }
     }
 }
 
@@ -289,7 +338,7 @@ impl Head {
         }
         let series_ref = index.next_ref;
         index.next_ref += 1;
-        let labels = Arc::new(labels.clone());
+        let labels = self.pool.intern_ref(labels);
         index.series.insert(
             series_ref,
             Arc::new(HeadSeries { labels: Arc::clone(&labels), data: Mutex::new(SeriesData::default()) }),
@@ -309,7 +358,7 @@ impl Head {
         }
         let series_ref = if index.series.contains_key(&wanted) { index.next_ref } else { wanted };
         index.next_ref = index.next_ref.max(series_ref + 1);
-        let labels = Arc::new(labels.clone());
+        let labels = self.pool.intern_ref(labels);
         index.series.insert(
             series_ref,
             Arc::new(HeadSeries { labels: Arc::clone(&labels), data: Mutex::new(SeriesData::default()) }),

@@ -73,6 +73,7 @@ impl Maintenance {
         tokio::task::spawn_blocking(move || -> Result<(), MaintenanceError> {
             db.compact()?;
             db.apply_retention();
+            db.head.pool.sweep();
             Ok(())
         })
         .await
