@@ -475,14 +475,31 @@ mod tests {
         assert_eq!(store.select_in_range(&[name("gone")], 2 * HOUR, 3 * HOUR).len(), 0);
         let job = LabelMatcher::new(MatchOp::Equal, "job", "node").unwrap();
         assert_eq!(store.select_in_range(&[job], 0, HOUR).len(), 2);
-        // Blocks come back on open; the head part is the WAL's job.
+        // Blocks come back on open; the head part is the WAL's job. A
+        // half-written block and a block already merged into another are deleted.
         drop(store);
+        fs::create_dir(dir.path().join("000000000099.tmp")).unwrap();
+        fs::write(dir.path().join("000000000099.tmp/chunks"), b"partial").unwrap();
         let reopened = db(dir.path());
+        assert!(!dir.path().join("000000000099.tmp").exists());
+        assert_eq!(reopened.block_stats().0, 1);
         let a = reopened.series_ref(&Labels::from_pairs([("__name__", "a"), ("job", "node")]));
         assert_eq!(
             read_all(&reopened, a),
             expected[..expected.iter().position(|s| s.timestamp_ms >= 8 * HOUR).unwrap()]
         );
+        // A compaction that crashed after writing its result but before deleting its sources.
+        let source = reopened.block_ranges()[0].0.clone();
+        let mut chunks = Vec::new();
+        Chunk::encode_all(&[Sample { timestamp_ms: 0, value: 1.0 }], &mut chunks);
+        let labels = Arc::new(Labels::from_pairs([("__name__", "merged")]));
+        let compaction = Compaction { level: 2, sources: vec![source.clone()] };
+        block::write(dir.path(), "000000000100", std::iter::once((labels, chunks)), compaction, &reopened.head.pool)
+            .unwrap();
+        drop(reopened);
+        let after_crash = db(dir.path());
+        assert_eq!(after_crash.block_ranges().iter().map(|b| b.0.as_str()).collect::<Vec<_>>(), vec!["000000000100"]);
+        assert!(!dir.path().join(&source).exists());
     }
 
     #[test]
