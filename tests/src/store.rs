@@ -83,3 +83,69 @@ pub fn wal_segments(state: &Path) -> Vec<u64> {
 pub fn wal_checkpoints(state: &Path) -> Vec<u64> {
     names(&state.join("wal")).iter().filter_map(|n| n.strip_prefix("checkpoint.")?.parse().ok()).collect()
 }
+
+/// A UDP relay to `target` that can be cut (drops everything) and restored:
+/// an agent behind it buffers while cut, then backfills.
+pub struct SwitchableRelay {
+    pub addr: SocketAddr,
+    pub open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl SwitchableRelay {
+    pub fn start(target: SocketAddr, open: bool) -> Self {
+        use std::net::UdpSocket;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").expect("bind relay front"));
+        let back = Arc::new(UdpSocket::bind("127.0.0.1:0").expect("bind relay back"));
+        back.connect(target).expect("connect relay back");
+        for socket in [&front, &back] {
+            socket.set_read_timeout(Some(Duration::from_millis(20))).expect("read timeout");
+        }
+        let addr = front.local_addr().expect("relay address");
+        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let open = Arc::new(AtomicBool::new(open));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for to_target in [true, false] {
+            let (front, back, client, open, stop) =
+                (Arc::clone(&front), Arc::clone(&back), Arc::clone(&client), Arc::clone(&open), Arc::clone(&stop));
+            threads.push(std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !stop.load(Ordering::Relaxed) {
+                    if to_target {
+                        if let Ok((n, from)) = front.recv_from(&mut buf) {
+                            *client.lock().expect("relay lock") = Some(from);
+                            if open.load(Ordering::Relaxed) {
+                                let _ = back.send(&buf[..n]);
+                            }
+                        }
+                    } else if let Ok(n) = back.recv(&mut buf) {
+                        let to = *client.lock().expect("relay lock");
+                        if let Some(to) = to
+                            && open.load(Ordering::Relaxed)
+                        {
+                            let _ = front.send_to(&buf[..n], to);
+                        }
+                    }
+                }
+            }));
+        }
+        Self { addr, open, stop, threads }
+    }
+
+    pub fn set_open(&self, open: bool) {
+        self.open.store(open, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for SwitchableRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}

@@ -174,3 +174,52 @@ fn retention_deletes_old_blocks_and_wal_segments_and_keeps_recent_data() {
     });
     assert!(deleted.is_some(), "herd_store_blocks_deleted_total not above 0");
 }
+
+#[test]
+fn backfill_into_time_already_cut_into_blocks_is_stored_and_survives_a_restart() {
+    let work = tempfile::tempdir().unwrap();
+    let pki = Pki::create(work.path().join("pki"));
+    pki.issue_agent("live");
+    pki.issue_agent("late");
+    let (http, quic) = addresses();
+    let storage = "block_duration = \"2s\"\ncheck_interval = \"200ms\"\nretention_time = \"1h\"\n";
+    let mut aggregator = start_aggregator_with_storage(&pki, work.path(), "agg", http, quic, storage);
+    let state = state_dir(work.path(), "agg");
+    // "live" keeps the head moving (and blocks being cut) while "late" is cut off.
+    let live = agent_config(work.path(), &pki, "live", quic, "100ms");
+    let _live = start_agent(work.path(), "live", &live);
+    let relay = SwitchableRelay::start(quic, false);
+    let late = agent_config(work.path(), &pki, "late", relay.addr, "100ms");
+    let _late = start_agent(work.path(), "late", &late);
+    let cut_off_at = now_ms();
+    wait_for(Duration::from_secs(30), || (blocks(&state).len() >= 3).then_some(()))
+        .unwrap_or_else(|| panic!("no blocks cut: {}", aggregator.process.log()));
+    assert!(query_times(&aggregator, "late").is_empty(), "the relay let something through");
+    relay.set_open(true);
+    let reconnected_at = now_ms();
+    // Everything "late" buffered arrives, although its time range is in blocks already.
+    let times = wait_for(Duration::from_secs(40), || {
+        let times: Vec<i64> = query_times(&aggregator, "late").into_iter().collect();
+        (times.first().is_some_and(|&t| t < cut_off_at + 1_000) && covers(&times, times[0], reconnected_at, 400))
+            .then_some(times)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "backfill incomplete: {:?}",
+            gaps(&query_times(&aggregator, "late").into_iter().collect::<Vec<_>>(), 400)
+        )
+    });
+    assert!(times.len() >= 30, "{} samples", times.len());
+    // The backfilled samples get cut into blocks of their own and survive SIGKILL.
+    wait_for(Duration::from_secs(20), || {
+        let log = aggregator.process.log();
+        (log.matches("head cut into a block").count() >= 6).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no further cuts: {}", aggregator.process.log()));
+    drop(relay);
+    aggregator.process.kill();
+    let aggregator = start_aggregator_with_storage(&pki, work.path(), "agg", http, quic, storage);
+    let after = query_times(&aggregator, "late");
+    let missing: Vec<&i64> = times.iter().filter(|t| !after.contains(t)).collect();
+    assert!(missing.is_empty(), "backfilled samples lost after restart: {missing:?}");
+}
