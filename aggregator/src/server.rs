@@ -71,10 +71,10 @@ pub(crate) fn replay_wal(dir: &std::path::Path, db: &Db, dedup: &Dedup) -> Resul
             }
             dedup.insert(&agent, seq);
         }
-        WalRecord::HeadSamples { series_ref, samples: values } => {
+        WalRecord::HeadChunk { series_ref, count, bytes } => {
             if let Some(&series) = refs.get(&series_ref) {
-                for (timestamp_ms, value) in values {
-                    let _ = db.append(series, Sample { timestamp_ms, value });
+                for sample in crate::store::chunk::ChunkIter::new(&bytes, count) {
+                    let _ = db.append(series, sample);
                     samples += 1;
                 }
             }

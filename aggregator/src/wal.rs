@@ -9,8 +9,9 @@
 //! - `1` series: store ref, label count, then name/value pairs.
 //! - `2` samples: agent id, batch sequence, timestamp, count, then per sample
 //!   a store ref and the value's IEEE-754 bits.
-//! - `3` head samples (checkpoints only): store ref, count, then per sample
-//!   the timestamp's delta to the previous one (zigzag) and the value's bits.
+//! - `3` head chunk (checkpoints only): store ref, sample count, then the
+//!   bytes of one compressed chunk (`store/chunk.rs`'s format, about a
+//!   quarter of the size of plain samples).
 //! - `4` sequence ranges (checkpoints only): agent id, count, then per range
 //!   its first sequence and its length minus one.
 //!
@@ -45,7 +46,7 @@ pub(crate) const MAX_RECORD_BYTES: usize = 64 << 20;
 pub(crate) const HEADER_BYTES: usize = 8;
 const KIND_SERIES: u8 = 1;
 const KIND_SAMPLES: u8 = 2;
-const KIND_HEAD_SAMPLES: u8 = 3;
+const KIND_HEAD_CHUNK: u8 = 3;
 const KIND_SEQ_RANGES: u8 = 4;
 const CHECKPOINT_PREFIX: &str = "checkpoint.";
 /// Submissions waiting for the writer before submitters wait.
@@ -78,10 +79,11 @@ pub enum WalRecord {
         timestamp_ms: i64,
         samples: Vec<(u64, f64)>,
     },
-    /// One series' samples (timestamp, value), from a checkpoint.
-    HeadSamples {
+    /// A compressed chunk of one series' head samples, from a checkpoint.
+    HeadChunk {
         series_ref: u64,
-        samples: Vec<(i64, f64)>,
+        count: u16,
+        bytes: Vec<u8>,
     },
     /// Inclusive ranges of batch sequences an agent had stored, from a checkpoint.
     SeqRanges {
@@ -118,18 +120,13 @@ pub fn encode_samples(agent: &str, seq: u64, timestamp_ms: i64, samples: &[(u64,
     });
 }
 
-/// Appends one framed head-samples record (checkpoints) to `out`.
-pub fn encode_head_samples(series_ref: u64, samples: impl ExactSizeIterator<Item = (i64, f64)>, out: &mut Vec<u8>) {
+/// Appends one framed head-chunk record (checkpoints) to `out`.
+pub fn encode_head_chunk(series_ref: u64, count: u16, chunk: &[u8], out: &mut Vec<u8>) {
     frame(out, |payload| {
-        payload.push(KIND_HEAD_SAMPLES);
+        payload.push(KIND_HEAD_CHUNK);
         put_varint(series_ref, payload);
-        put_varint(samples.len() as u64, payload);
-        let mut previous = 0i64;
-        for (timestamp_ms, value) in samples {
-            put_varint(zigzag(timestamp_ms.wrapping_sub(previous)), payload);
-            previous = timestamp_ms;
-            payload.extend_from_slice(&value.to_bits().to_le_bytes());
-        }
+        put_varint(u64::from(count), payload);
+        put_bytes(chunk, payload);
     });
 }
 
@@ -221,16 +218,11 @@ pub(crate) fn decode(payload: &[u8]) -> Option<WalRecord> {
             }
             WalRecord::Samples { agent, seq, timestamp_ms, samples }
         }
-        KIND_HEAD_SAMPLES => {
+        KIND_HEAD_CHUNK => {
             let series_ref = r.varint()?;
-            let count = usize::try_from(r.varint()?).ok()?;
-            let mut samples = Vec::with_capacity(count.min(payload.len() / 9));
-            let mut timestamp_ms = 0i64;
-            for _ in 0..count {
-                timestamp_ms = timestamp_ms.wrapping_add(unzigzag(r.varint()?));
-                samples.push((timestamp_ms, r.f64()?));
-            }
-            WalRecord::HeadSamples { series_ref, samples }
+            let count = u16::try_from(r.varint()?).ok()?;
+            let bytes = r.bytes()?.to_vec();
+            WalRecord::HeadChunk { series_ref, count, bytes }
         }
         KIND_SEQ_RANGES => {
             let agent = r.string()?;
@@ -724,7 +716,7 @@ mod tests {
         wal.holds.set("remote", 1);
         write_checkpoint(dir.path(), second, |w| {
             w.record(|b| encode_series(1, &labels(), b));
-            w.record(|b| encode_head_samples(1, [(0, 0.0), (1, 1.0)].into_iter(), b));
+            w.record(|b| encode_head_chunk(1, 2, &[1, 2, 3], b));
             w.record(|b| encode_seq_ranges("a", &[(0, 1)], b));
         })
         .unwrap();
@@ -738,7 +730,7 @@ mod tests {
         fs::create_dir(dir.path().join("checkpoint.00000009.tmp")).unwrap();
         let (records, _) = replay_all(dir.path());
         assert_eq!(records.len(), 4, "{records:?}");
-        assert_eq!(records[1], WalRecord::HeadSamples { series_ref: 1, samples: vec![(0, 0.0), (1, 1.0)] });
+        assert_eq!(records[1], WalRecord::HeadChunk { series_ref: 1, count: 2, bytes: vec![1, 2, 3] });
         assert_eq!(records[2], WalRecord::SeqRanges { agent: "a".into(), ranges: vec![(0, 1)] });
         assert!(matches!(&records[3], WalRecord::Samples { seq: 2, .. }));
         assert!(!dir.path().join("checkpoint.00000009.tmp").exists());
@@ -753,6 +745,11 @@ mod tests {
             let mut samples = vec![KIND_SAMPLES, 1, b'a', 1, 0, 0xff, 0xff, 0xff, 0xff, 0x0f];
             samples.extend_from_slice(&garbage);
             let _ = decode(&samples);
+            for kind in [KIND_SERIES, KIND_HEAD_CHUNK, KIND_SEQ_RANGES] {
+                let mut record = vec![kind];
+                record.extend_from_slice(&garbage);
+                let _ = decode(&record);
+            }
         }
     }
 }

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use herd_aggregator::store::chunk::ChunkIter;
 use herd_aggregator::wal::{self, WalRecord};
 use herd_tests::store::*;
 use herd_tests::*;
@@ -52,9 +53,9 @@ fn wal_times(wal_dir: &Path, instance: &str) -> (BTreeSet<i64>, u64) {
                 times.insert(timestamp_ms);
             }
         }
-        WalRecord::HeadSamples { series_ref, samples } => {
+        WalRecord::HeadChunk { series_ref, count, bytes } => {
             if refs.contains(&series_ref) {
-                times.extend(samples.iter().map(|s| s.0));
+                times.extend(ChunkIter::new(&bytes, count).map(|s| s.timestamp_ms));
             }
         }
         WalRecord::SeqRanges { .. } => {}

@@ -9,7 +9,8 @@
 //!    appended to the store before (ingest appends, then logs);
 //! 2. the head's old data is written as a block (`.tmp` + rename);
 //! 3. `checkpoint.N` is written (`.tmp` + rename) from the head as it is now
-//!    (series, their head samples) and the per-agent sequence ranges;
+//!    (series, their head samples as compressed chunks) and the per-agent
+//!    sequence ranges;
 //! 4. segments below N and older checkpoints are deleted.
 //!
 //! A crash before 3 replays the old checkpoint and all segments: the samples
@@ -23,6 +24,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
+use super::chunk::Chunk;
 use super::db::Db;
 use crate::ingest::dedup::Dedup;
 use crate::wal::{self, Wal, WalError};
@@ -83,13 +85,14 @@ impl Maintenance {
 
 fn cut_and_checkpoint(db: &Db, dedup: &Dedup, wal: &Wal, before: i64, first_kept: u64) -> Result<(), MaintenanceError> {
     db.cut(before)?;
+    let mut chunks = Vec::new();
     let written = wal::write_checkpoint(wal.dir(), first_kept, |w| {
         db.head.snapshot(|series_ref, labels, samples| {
             w.record(|b| wal::encode_series(series_ref, labels, b));
-            if !samples.is_empty() {
-                w.record(|b| {
-                    wal::encode_head_samples(series_ref, samples.iter().map(|s| (s.timestamp_ms, s.value)), b)
-                });
+            chunks.clear();
+            Chunk::encode_all(samples, &mut chunks);
+            for chunk in &chunks {
+                w.record(|b| wal::encode_head_chunk(series_ref, chunk.count, &chunk.bytes, b));
             }
         });
         for (agent, ranges) in dedup.snapshot() {
