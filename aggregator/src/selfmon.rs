@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fleet::Fleet;
 use crate::ingest::IngestStats;
+use crate::store::db::Db;
 use crate::store::{Sample, Storage};
 use crate::wal::WalStats;
 
@@ -20,6 +21,8 @@ pub struct SelfMonitor {
     pub fleet: Arc<Fleet>,
     pub ingest: Arc<IngestStats>,
     pub wal: Arc<WalStats>,
+    /// The durable store's own figures (head, blocks, compactions, rejects).
+    pub db: Option<Arc<Db>>,
     pub instance: String,
     pub interval: Duration,
 }
@@ -53,14 +56,43 @@ impl SelfMonitor {
             ("herd_fleet_agents_connected", self.fleet.connected_count() as f64),
         ];
         for (name, value) in figures {
-            let labels = Labels::from_pairs([
-                (METRIC_NAME, name),
-                ("job", "herd-aggregator"),
-                ("instance", self.instance.as_str()),
-            ]);
-            let series = self.store.series_ref(&labels);
-            let _ = self.store.append(series, Sample { timestamp_ms, value });
+            self.put(timestamp_ms, name, None, value);
         }
+        if let Some(db) = &self.db {
+            let head = &db.head.counters;
+            let (blocks, block_bytes) = db.block_stats();
+            let store_figures = [
+                ("herd_store_head_series", None, db.head.series_count() as f64),
+                ("herd_store_head_chunk_bytes", None, db.head.chunk_bytes() as f64),
+                ("herd_store_out_of_order_samples_total", None, load(&head.out_of_order_samples)),
+                ("herd_store_series_created_total", None, load(&head.series_created)),
+                ("herd_store_series_released_total", None, load(&head.series_released)),
+                ("herd_store_blocks", None, blocks as f64),
+                ("herd_store_blocks_bytes", None, block_bytes as f64),
+                ("herd_store_head_cuts_total", None, load(&db.counters.head_cuts)),
+                ("herd_store_compactions_total", None, load(&db.counters.compactions)),
+                ("herd_store_compaction_duration_seconds_total", None, load(&db.counters.compaction_micros) / 1e6),
+                ("herd_store_blocks_deleted_total", None, load(&db.counters.blocks_deleted_retention)),
+                (
+                    "herd_store_rejected_samples_total",
+                    Some("duplicate_timestamp"),
+                    load(&head.rejected_duplicate_timestamp),
+                ),
+                ("herd_store_rejected_samples_total", Some("unknown_series"), load(&head.rejected_unknown_series)),
+            ];
+            for (name, reason, value) in store_figures {
+                self.put(timestamp_ms, name, reason, value);
+            }
+        }
+    }
+
+    fn put(&self, timestamp_ms: i64, name: &str, reason: Option<&str>, value: f64) {
+        let mut pairs = vec![(METRIC_NAME, name), ("job", "herd-aggregator"), ("instance", self.instance.as_str())];
+        if let Some(reason) = reason {
+            pairs.push(("reason", reason));
+        }
+        let series = self.store.series_ref(&Labels::from_pairs(pairs));
+        let _ = self.store.append(series, Sample { timestamp_ms, value });
     }
 }
 
@@ -86,6 +118,7 @@ mod tests {
             fleet: Arc::new(Fleet::new()),
             ingest,
             wal: Arc::new(WalStats::default()),
+            db: None,
             instance: "agg:7401".into(),
             interval: Duration::from_secs(5),
         };
@@ -98,5 +131,44 @@ mod tests {
         store.read(found[0].0, i64::MIN, i64::MAX, &mut samples);
         assert_eq!(samples[0].value, 3.0);
         assert_eq!(store.stats().series, 9);
+    }
+
+    #[test]
+    fn the_durable_store_reports_its_own_figures() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(dir.path(), crate::store::db::DbOptions::new(3_600_000, 86_400_000, None)).unwrap());
+        let x = db.series_ref(&Labels::from_pairs([(METRIC_NAME, "x")]));
+        db.append(x, Sample { timestamp_ms: 10, value: 1.0 }).unwrap();
+        db.append(x, Sample { timestamp_ms: 5, value: 1.0 }).unwrap();
+        assert!(db.append(x, Sample { timestamp_ms: 10, value: 2.0 }).is_err());
+        db.cut(11).unwrap();
+        let store: Arc<dyn Storage> = Arc::clone(&db) as Arc<dyn Storage>;
+        let monitor = SelfMonitor {
+            store: Arc::clone(&store),
+            fleet: Arc::new(Fleet::new()),
+            ingest: Arc::new(IngestStats::default()),
+            wal: Arc::new(WalStats::default()),
+            db: Some(db),
+            instance: "agg:7401".into(),
+            interval: Duration::from_secs(5),
+        };
+        monitor.record();
+        let value = |name: &str, reason: Option<&str>| {
+            let mut matchers = vec![LabelMatcher::new(MatchOp::Equal, METRIC_NAME, name).unwrap()];
+            if let Some(reason) = reason {
+                matchers.push(LabelMatcher::new(MatchOp::Equal, "reason", reason).unwrap());
+            }
+            let found = store.select(&matchers);
+            assert_eq!(found.len(), 1, "{name}");
+            let mut samples = Vec::new();
+            store.read(found[0].0, i64::MIN, i64::MAX, &mut samples);
+            samples[0].value
+        };
+        assert_eq!(value("herd_store_blocks", None), 1.0);
+        assert!(value("herd_store_blocks_bytes", None) > 0.0);
+        assert_eq!(value("herd_store_out_of_order_samples_total", None), 1.0);
+        assert_eq!(value("herd_store_rejected_samples_total", Some("duplicate_timestamp")), 1.0);
+        assert_eq!(value("herd_store_head_cuts_total", None), 1.0);
+        assert_eq!(value("herd_store_series_released_total", None), 1.0);
     }
 }

@@ -20,7 +20,9 @@ use crate::ingest::{Ingest, IngestStats};
 use crate::notify::{AlertmanagerTarget, Notifier};
 use crate::promql::{Engine, Limits};
 use crate::rules::{ApplyError, EvalContext, ManagerOptions, RuleManager};
-use crate::store::{MemStore, Storage};
+use crate::store::Storage;
+use crate::store::db::{Db, DbOptions};
+use crate::store::maintenance::Maintenance;
 use crate::store::{Sample, SeriesRef};
 use crate::wal::{self, Wal, WalError, WalRecord};
 
@@ -39,30 +41,47 @@ pub enum StartError {
     Http { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Wal(#[from] WalError),
+    #[error("cannot open the store's blocks: {0}")]
+    Blocks(#[from] crate::store::block::BlockError),
     #[error("cannot load the rule files: {0}")]
     Rules(#[from] ApplyError),
     #[error("cannot load the alert router's configuration: {0}")]
     Router(#[from] crate::alertmanager::RouterConfigError),
 }
 
-/// Replays the WAL into `store` and `dedup`; returns the bytes replayed.
-fn replay_wal(dir: &std::path::Path, store: &dyn Storage, dedup: &Dedup) -> Result<u64, WalError> {
+/// Replays the WAL (latest checkpoint, then newer segments) into the
+/// store's head and `dedup`; returns the bytes replayed.
+pub(crate) fn replay_wal(dir: &std::path::Path, db: &Db, dedup: &Dedup) -> Result<u64, WalError> {
     let started = std::time::Instant::now();
-    // WAL refs are those of the process that wrote them: map them to this one's.
+    // Replay keeps the WAL's refs where it can (WAL readers resolve segment
+    // records with the checkpoint's series); a clash maps to a new ref.
     let mut refs: std::collections::HashMap<u64, SeriesRef> = std::collections::HashMap::new();
     let mut samples = 0u64;
     let stats = wal::replay(dir, |record| match record {
         WalRecord::Series { series_ref, labels } => {
-            refs.insert(series_ref, store.series_ref(&labels));
+            refs.insert(series_ref, db.head.series_ref_for_replay(series_ref, &labels));
         }
         WalRecord::Samples { agent, seq, timestamp_ms, samples: values } => {
             for (series_ref, value) in values {
                 if let Some(&series) = refs.get(&series_ref) {
-                    let _ = store.append(series, Sample { timestamp_ms, value });
+                    let _ = db.append(series, Sample { timestamp_ms, value });
                     samples += 1;
                 }
             }
             dedup.insert(&agent, seq);
+        }
+        WalRecord::HeadChunk { series_ref, count, bytes } => {
+            if let Some(&series) = refs.get(&series_ref) {
+                for sample in crate::store::chunk::ChunkIter::new(&bytes, count) {
+                    let _ = db.append(series, sample);
+                    samples += 1;
+                }
+            }
+        }
+        WalRecord::SeqRanges { agent, ranges } => {
+            for (start, end) in ranges {
+                dedup.insert_range(&agent, start, end);
+            }
         }
     })?;
     info!(
@@ -75,6 +94,42 @@ fn replay_wal(dir: &std::path::Path, store: &dyn Storage, dedup: &Dedup) -> Resu
         "WAL replayed"
     );
     Ok(stats.bytes)
+}
+
+/// Opens the durable store (blocks under `<state_dir>/blocks`, head replayed
+/// from `<state_dir>/wal`), starts the WAL writer and the store's maintenance
+/// task (head cuts, WAL checkpoints, compaction, retention).
+async fn open_store(
+    config: &AggregatorConfig,
+    dedup: &Arc<Dedup>,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<(Arc<Db>, Wal), StartError> {
+    let storage = &config.storage;
+    let as_ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let options =
+        DbOptions::new(as_ms(storage.block_duration), as_ms(storage.retention_time), storage.retention_size_bytes);
+    let wal_dir = config.state_dir.join("wal");
+    let blocks_dir = config.state_dir.join("blocks");
+    let (db, replayed_bytes) = {
+        let dedup = Arc::clone(dedup);
+        tokio::task::spawn_blocking(move || -> Result<(Arc<Db>, u64), StartError> {
+            let db = Arc::new(Db::open(&blocks_dir, options)?);
+            let bytes = replay_wal(&wal_dir, &db, &dedup)?;
+            Ok((db, bytes))
+        })
+        .await
+        .expect("store opening does not panic")?
+    };
+    let wal = Wal::start(&config.state_dir.join("wal"), replayed_bytes)?;
+    let maintenance = Maintenance {
+        db: Arc::clone(&db),
+        wal: wal.clone(),
+        dedup: Arc::clone(dedup),
+        interval: storage.check_interval,
+    };
+    tasks.spawn(maintenance.run(shutdown.child_token()));
+    Ok((db, wal))
 }
 
 /// A started aggregator.
@@ -111,16 +166,10 @@ pub async fn start(
         .map_err(|source| StartError::Http { addr: config.http_listen, source })?;
     let http_addr = listener.local_addr().map_err(|source| StartError::Http { addr: config.http_listen, source })?;
 
-    let store: Arc<dyn Storage> = Arc::new(MemStore::new());
     let dedup = Arc::new(Dedup::default());
-    let wal_dir = config.state_dir.join("wal");
-    let replayed_bytes = {
-        let (store, dedup, dir) = (Arc::clone(&store), Arc::clone(&dedup), wal_dir.clone());
-        tokio::task::spawn_blocking(move || replay_wal(&dir, store.as_ref(), &dedup))
-            .await
-            .expect("WAL replay does not panic")?
-    };
-    let wal = Wal::start(&wal_dir, replayed_bytes)?;
+    let mut tasks = JoinSet::new();
+    let (db, wal) = open_store(config, &dedup, &shutdown, &mut tasks).await?;
+    let store: Arc<dyn Storage> = Arc::clone(&db) as Arc<dyn Storage>;
     let fleet = Arc::new(Fleet::new());
     let up = crate::up::UpWriter {
         store: Arc::clone(&store),
@@ -154,7 +203,6 @@ pub async fn start(
             .with_max_concurrent_queries(usize::try_from(limits.max_concurrency).unwrap_or(usize::MAX)),
     );
 
-    let mut tasks = JoinSet::new();
     let (notifier, rules) = start_rules(config, &store, query_limits, http_addr, &shutdown, &mut tasks).await?;
     let router_routes = start_router(config, &store, &notifier, http_addr, &shutdown, &mut tasks)?;
     tasks.spawn(ingest.run(endpoint, shutdown.child_token()));
@@ -164,6 +212,7 @@ pub async fn start(
         fleet: Arc::clone(&fleet),
         ingest: Arc::clone(&stats),
         wal: Arc::clone(&wal.stats),
+        db: Some(Arc::clone(&db)),
         instance: format!("{}:{}", crate::selfmon::hostname(), http_addr.port()),
         interval: SELF_MONITOR_INTERVAL,
     };

@@ -9,6 +9,19 @@
 //! - `1` series: store ref, label count, then name/value pairs.
 //! - `2` samples: agent id, batch sequence, timestamp, count, then per sample
 //!   a store ref and the value's IEEE-754 bits.
+//! - `3` head chunk (checkpoints only): store ref, sample count, then the
+//!   bytes of one compressed chunk (`store/chunk.rs`'s format, about a
+//!   quarter of the size of plain samples).
+//! - `4` sequence ranges (checkpoints only): agent id, count, then per range
+//!   its first sequence and its length minus one.
+//!
+//! Checkpoints: after the store cuts head data into a block, the writer is
+//! rolled to a new segment N and `wal/checkpoint.NNNNNNNN/` is written (via a
+//! `.tmp` directory and a rename) with what segments below N held that is
+//! still needed: every series record, the head's samples and the per-agent
+//! sequence ranges. Then segments below N (and below the lowest
+//! [`SegmentHolds`] hold) and older checkpoints are deleted. Replay reads
+//! the latest checkpoint, then the segments numbered N and above.
 //!
 //! One writer thread appends what ingest sessions submit and syncs once for
 //! everything that queued up meanwhile (group commit), then completes each
@@ -33,6 +46,9 @@ pub(crate) const MAX_RECORD_BYTES: usize = 64 << 20;
 pub(crate) const HEADER_BYTES: usize = 8;
 const KIND_SERIES: u8 = 1;
 const KIND_SAMPLES: u8 = 2;
+const KIND_HEAD_CHUNK: u8 = 3;
+const KIND_SEQ_RANGES: u8 = 4;
+const CHECKPOINT_PREFIX: &str = "checkpoint.";
 /// Submissions waiting for the writer before submitters wait.
 const QUEUE_DEPTH: usize = 1024;
 
@@ -53,8 +69,27 @@ pub enum WalError {
 /// A decoded record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WalRecord {
-    Series { series_ref: u64, labels: Labels },
-    Samples { agent: String, seq: u64, timestamp_ms: i64, samples: Vec<(u64, f64)> },
+    Series {
+        series_ref: u64,
+        labels: Labels,
+    },
+    Samples {
+        agent: String,
+        seq: u64,
+        timestamp_ms: i64,
+        samples: Vec<(u64, f64)>,
+    },
+    /// A compressed chunk of one series' head samples, from a checkpoint.
+    HeadChunk {
+        series_ref: u64,
+        count: u16,
+        bytes: Vec<u8>,
+    },
+    /// Inclusive ranges of batch sequences an agent had stored, from a checkpoint.
+    SeqRanges {
+        agent: String,
+        ranges: Vec<(u64, u64)>,
+    },
 }
 
 /// Appends one framed series record to `out`.
@@ -81,6 +116,29 @@ pub fn encode_samples(agent: &str, seq: u64, timestamp_ms: i64, samples: &[(u64,
         for &(series_ref, value) in samples {
             put_varint(series_ref, payload);
             payload.extend_from_slice(&value.to_bits().to_le_bytes());
+        }
+    });
+}
+
+/// Appends one framed head-chunk record (checkpoints) to `out`.
+pub fn encode_head_chunk(series_ref: u64, count: u16, chunk: &[u8], out: &mut Vec<u8>) {
+    frame(out, |payload| {
+        payload.push(KIND_HEAD_CHUNK);
+        put_varint(series_ref, payload);
+        put_varint(u64::from(count), payload);
+        put_bytes(chunk, payload);
+    });
+}
+
+/// Appends one framed sequence-ranges record (checkpoints) to `out`.
+pub fn encode_seq_ranges(agent: &str, ranges: &[(u64, u64)], out: &mut Vec<u8>) {
+    frame(out, |payload| {
+        payload.push(KIND_SEQ_RANGES);
+        put_bytes(agent.as_bytes(), payload);
+        put_varint(ranges.len() as u64, payload);
+        for &(start, end) in ranges {
+            put_varint(start, payload);
+            put_varint(end.saturating_sub(start), payload);
         }
     });
 }
@@ -160,6 +218,22 @@ pub(crate) fn decode(payload: &[u8]) -> Option<WalRecord> {
             }
             WalRecord::Samples { agent, seq, timestamp_ms, samples }
         }
+        KIND_HEAD_CHUNK => {
+            let series_ref = r.varint()?;
+            let count = u16::try_from(r.varint()?).ok()?;
+            let bytes = r.bytes()?.to_vec();
+            WalRecord::HeadChunk { series_ref, count, bytes }
+        }
+        KIND_SEQ_RANGES => {
+            let agent = r.string()?;
+            let count = usize::try_from(r.varint()?).ok()?;
+            let mut ranges = Vec::with_capacity(count.min(payload.len() / 2));
+            for _ in 0..count {
+                let start = r.varint()?;
+                ranges.push((start, start.checked_add(r.varint()?)?));
+            }
+            WalRecord::SeqRanges { agent, ranges }
+        }
         _ => return None,
     };
     (r.pos == payload.len()).then_some(record)
@@ -194,53 +268,174 @@ pub(crate) fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
     Ok(found)
 }
 
-/// Replays every segment in `dir` in order, calling `apply` per record.
-/// Torn or corrupt records end their segment's replay and are cut off.
+/// The complete checkpoints in `dir` (`checkpoint.NNNNNNNN`), by number.
+pub fn checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
+    let entries = fs::read_dir(dir).map_err(|source| WalError::ReadDir { path: dir.to_owned(), source })?;
+    let mut found: Vec<(u64, PathBuf)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let path = entry.path();
+            let number = path.file_name()?.to_str()?.strip_prefix(CHECKPOINT_PREFIX)?.parse::<u64>().ok()?;
+            Some((number, path))
+        })
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// Replays the latest checkpoint in `dir`, then every segment numbered at or
+/// above it, in order, calling `apply` per record. Torn or corrupt records
+/// end their segment's replay and are cut off. Half-written checkpoints are
+/// deleted.
 pub fn replay(dir: &Path, mut apply: impl FnMut(WalRecord)) -> Result<ReplayStats, WalError> {
     fs::create_dir_all(dir).map_err(|source| WalError::CreateDir { path: dir.to_owned(), source })?;
+    for entry in fs::read_dir(dir).map_err(|source| WalError::ReadDir { path: dir.to_owned(), source })?.flatten() {
+        let path = entry.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with(CHECKPOINT_PREFIX) && name.ends_with(".tmp") {
+            warn!(checkpoint = %path.display(), "deleting a half-written WAL checkpoint");
+            let _ = fs::remove_dir_all(&path);
+        }
+    }
     let mut stats = ReplayStats::default();
-    for (_, path) in segments(dir)? {
-        let err = |source| WalError::Segment { path: path.clone(), source };
-        let file = File::open(&path).map_err(err)?;
-        let length = file.metadata().map_err(err)?.len();
-        let mut reader = BufReader::with_capacity(1 << 20, file);
-        let mut offset = 0u64;
-        let mut payload = Vec::new();
-        let problem = loop {
-            let mut header = [0u8; HEADER_BYTES];
-            match reader.read_exact(&mut header) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    break (offset < length).then_some("torn record header");
-                }
-                Err(e) => return Err(err(e)),
-            }
-            let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-            let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-            if len > MAX_RECORD_BYTES || offset + (HEADER_BYTES + len) as u64 > length {
-                break Some("torn or oversized record");
-            }
-            payload.resize(len, 0);
-            reader.read_exact(&mut payload).map_err(err)?;
-            if crc32fast::hash(&payload) != crc {
-                break Some("checksum mismatch");
-            }
-            let Some(record) = decode(&payload) else { break Some("undecodable record") };
-            apply(record);
-            stats.records += 1;
-            offset += (HEADER_BYTES + len) as u64;
-        };
-        stats.segments += 1;
-        stats.bytes += offset;
-        if let Some(problem) = problem {
-            warn!(segment = %path.display(), offset, dropped_bytes = length - offset, problem, "cutting off the end of a WAL segment");
-            let file = OpenOptions::new().write(true).open(&path).map_err(err)?;
-            file.set_len(offset).map_err(err)?;
-            file.sync_all().map_err(err)?;
-            stats.truncated_segments += 1;
+    let mut first_segment = 0;
+    if let Some((number, checkpoint)) = checkpoints(dir)?.pop() {
+        for (_, path) in segments(&checkpoint)? {
+            replay_segment(&path, &mut apply, &mut stats)?;
+        }
+        first_segment = number;
+    }
+    for (number, path) in segments(dir)? {
+        if number >= first_segment {
+            replay_segment(&path, &mut apply, &mut stats)?;
         }
     }
     Ok(stats)
+}
+
+fn replay_segment(path: &Path, apply: &mut impl FnMut(WalRecord), stats: &mut ReplayStats) -> Result<(), WalError> {
+    let err = |source| WalError::Segment { path: path.to_owned(), source };
+    let file = File::open(path).map_err(err)?;
+    let length = file.metadata().map_err(err)?.len();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut offset = 0u64;
+    let mut payload = Vec::new();
+    let problem = loop {
+        let mut header = [0u8; HEADER_BYTES];
+        match reader.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                break (offset < length).then_some("torn record header");
+            }
+            Err(e) => return Err(err(e)),
+        }
+        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+        if len > MAX_RECORD_BYTES || offset + (HEADER_BYTES + len) as u64 > length {
+            break Some("torn or oversized record");
+        }
+        payload.resize(len, 0);
+        reader.read_exact(&mut payload).map_err(err)?;
+        if crc32fast::hash(&payload) != crc {
+            break Some("checksum mismatch");
+        }
+        let Some(record) = decode(&payload) else { break Some("undecodable record") };
+        apply(record);
+        stats.records += 1;
+        offset += (HEADER_BYTES + len) as u64;
+    };
+    stats.segments += 1;
+    stats.bytes += offset;
+    if let Some(problem) = problem {
+        warn!(segment = %path.display(), offset, dropped_bytes = length - offset, problem, "cutting off the end of a WAL segment");
+        let file = OpenOptions::new().write(true).open(path).map_err(err)?;
+        file.set_len(offset).map_err(err)?;
+        file.sync_all().map_err(err)?;
+        stats.truncated_segments += 1;
+    }
+    Ok(())
+}
+
+/// Writes a checkpoint's records; see [`write_checkpoint`].
+pub struct CheckpointWriter {
+    file: std::io::BufWriter<File>,
+    buffer: Vec<u8>,
+    bytes: u64,
+    error: Option<std::io::Error>,
+}
+
+impl CheckpointWriter {
+    /// Adds the records `encode` appends (with the `encode_*` functions).
+    pub fn record(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
+        self.buffer.clear();
+        encode(&mut self.buffer);
+        self.bytes += self.buffer.len() as u64;
+        if self.error.is_none()
+            && let Err(e) = self.file.write_all(&self.buffer)
+        {
+            self.error = Some(e);
+        }
+    }
+}
+
+/// Writes `wal/checkpoint.NNNNNNNN` (`number` = the first segment replay
+/// reads after it) through a `.tmp` directory, synced and renamed; returns
+/// its size in bytes.
+pub fn write_checkpoint(dir: &Path, number: u64, fill: impl FnOnce(&mut CheckpointWriter)) -> Result<u64, WalError> {
+    let name = format!("{CHECKPOINT_PREFIX}{number:08}");
+    let tmp = dir.join(format!("{name}.tmp"));
+    let err = |source| WalError::Segment { path: tmp.clone(), source };
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(err)?;
+    }
+    fs::create_dir_all(&tmp).map_err(err)?;
+    let file = File::create(tmp.join(format!("{:08}.seg", 0))).map_err(err)?;
+    let mut writer = CheckpointWriter {
+        file: std::io::BufWriter::with_capacity(1 << 20, file),
+        buffer: Vec::new(),
+        bytes: 0,
+        error: None,
+    };
+    fill(&mut writer);
+    if let Some(e) = writer.error {
+        return Err(err(e));
+    }
+    let file = writer.file.into_inner().map_err(|e| err(e.into_error()))?;
+    file.sync_all().map_err(err)?;
+    File::open(&tmp).and_then(|d| d.sync_all()).map_err(err)?;
+    let target = dir.join(&name);
+    if target.exists() {
+        fs::remove_dir_all(&target).map_err(err)?;
+    }
+    fs::rename(&tmp, &target).map_err(err)?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    Ok(writer.bytes)
+}
+
+/// Deletes the checkpoints older than checkpoint `number` and the segments
+/// below it, except those at or above the lowest hold. Returns the bytes freed.
+pub fn truncate(dir: &Path, number: u64, holds: &SegmentHolds) -> Result<u64, WalError> {
+    let limit = holds.lowest().map_or(number, |held| held.min(number));
+    let mut freed = 0;
+    for (segment, path) in segments(dir)? {
+        if segment >= limit {
+            break;
+        }
+        let err = |source| WalError::Segment { path: path.clone(), source };
+        freed += fs::metadata(&path).map_err(err)?.len();
+        fs::remove_file(&path).map_err(err)?;
+    }
+    for (checkpoint, path) in checkpoints(dir)? {
+        if checkpoint < number {
+            freed += dir_bytes(&path);
+            fs::remove_dir_all(&path).map_err(|source| WalError::Segment { path: path.clone(), source })?;
+        }
+    }
+    Ok(freed)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir).map_or(0, |entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
 }
 
 /// Segments that readers of the WAL other than replay (remote-write queues)
@@ -280,10 +475,18 @@ struct Submission {
     done: oneshot::Sender<Result<(), String>>,
 }
 
+enum Command {
+    Append(Submission),
+    /// Start a new segment unless the current one is empty; answers the
+    /// number of the segment later appends go to.
+    Roll(oneshot::Sender<Result<u64, String>>),
+}
+
 /// Handle to the writer thread; cheap to clone.
 #[derive(Clone)]
 pub struct Wal {
-    tx: mpsc::Sender<Submission>,
+    tx: mpsc::Sender<Command>,
+    dir: PathBuf,
     pub stats: Arc<WalStats>,
     pub holds: Arc<SegmentHolds>,
 }
@@ -304,13 +507,26 @@ impl Wal {
             .spawn(move || writer.run(rx))
             .map_err(|source| WalError::Segment { path: dir.to_owned(), source })?;
         info!(dir = %dir.display(), segment = next, "WAL writer started");
-        Ok(Self { tx, stats, holds: Arc::new(SegmentHolds::default()) })
+        Ok(Self { tx, dir: dir.to_owned(), stats, holds: Arc::new(SegmentHolds::default()) })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Makes every later append go to a new segment (unless the current one
+    /// is still empty); returns that segment's number. Everything appended
+    /// before is in lower-numbered segments.
+    pub async fn roll(&self) -> Result<u64, WalError> {
+        let (done, wait) = oneshot::channel();
+        self.tx.send(Command::Roll(done)).await.map_err(|_| WalError::Stopped)?;
+        wait.await.map_err(|_| WalError::Stopped)?.map_err(WalError::Write)
     }
 
     /// Appends framed records and waits until they are synced to disk.
     pub async fn append(&self, bytes: Vec<u8>) -> Result<(), WalError> {
         let (done, wait) = oneshot::channel();
-        self.tx.send(Submission { bytes, done }).await.map_err(|_| WalError::Stopped)?;
+        self.tx.send(Command::Append(Submission { bytes, done })).await.map_err(|_| WalError::Stopped)?;
         wait.await.map_err(|_| WalError::Stopped)?.map_err(WalError::Write)
     }
 }
@@ -336,23 +552,46 @@ impl Writer {
         File::open(&self.dir)?.sync_all()
     }
 
-    fn run(mut self, mut rx: mpsc::Receiver<Submission>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut group: Vec<Submission> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
-            group.push(first);
-            while let Ok(more) = rx.try_recv() {
-                group.push(more);
+            let mut roll = None;
+            let mut next = Some(first);
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Append(submission) => group.push(submission),
+                    Command::Roll(reply) => {
+                        roll = Some(reply);
+                        break;
+                    }
+                }
                 if group.len() >= 256 {
                     break;
                 }
+                next = rx.try_recv().ok();
             }
-            let result = self.write_group(&group).map_err(|e| e.to_string());
-            if let Err(error) = &result {
-                warn!(%error, "WAL write failed");
+            if !group.is_empty() {
+                self.complete_group(&mut group);
             }
-            for submission in group.drain(..) {
-                let _ = submission.done.send(result.clone());
+            if let Some(reply) = roll {
+                let result = if self.written == 0 {
+                    Ok(self.number)
+                } else {
+                    self.number += 1;
+                    self.open_segment().map(|()| self.number).map_err(|e| e.to_string())
+                };
+                let _ = reply.send(result);
             }
+        }
+    }
+
+    fn complete_group(&mut self, group: &mut Vec<Submission>) {
+        let result = self.write_group(group).map_err(|e| e.to_string());
+        if let Err(error) = &result {
+            warn!(%error, "WAL write failed");
+        }
+        for submission in group.drain(..) {
+            let _ = submission.done.send(result.clone());
         }
     }
 
@@ -454,6 +693,50 @@ mod tests {
         assert_eq!(records.len(), 3);
     }
 
+    #[tokio::test]
+    async fn a_checkpoint_replaces_the_segments_below_it_except_held_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::start(dir.path(), 0).unwrap();
+        let append = |seq: u64| {
+            let mut bytes = Vec::new();
+            encode_samples("a", seq, seq as i64, &[(1, seq as f64)], &mut bytes);
+            wal.append(bytes)
+        };
+        let mut series = Vec::new();
+        encode_series(1, &labels(), &mut series);
+        wal.append(series).await.unwrap();
+        append(0).await.unwrap();
+        let first = wal.roll().await.unwrap();
+        assert_eq!(wal.roll().await.unwrap(), first, "an empty segment is not rolled again");
+        append(1).await.unwrap();
+        let second = wal.roll().await.unwrap();
+        append(2).await.unwrap();
+        assert_eq!((first, second), (1, 2));
+        // A reader still needs segment 1: it survives the checkpoint at 2.
+        wal.holds.set("remote", 1);
+        write_checkpoint(dir.path(), second, |w| {
+            w.record(|b| encode_series(1, &labels(), b));
+            w.record(|b| encode_head_chunk(1, 2, &[1, 2, 3], b));
+            w.record(|b| encode_seq_ranges("a", &[(0, 1)], b));
+        })
+        .unwrap();
+        truncate(dir.path(), second, &wal.holds).unwrap();
+        let numbers: Vec<u64> = segments(dir.path()).unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(numbers, vec![1, 2]);
+        wal.holds.release("remote");
+        truncate(dir.path(), second, &wal.holds).unwrap();
+        let numbers: Vec<u64> = segments(dir.path()).unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(numbers, vec![2]);
+        fs::create_dir(dir.path().join("checkpoint.00000009.tmp")).unwrap();
+        let (records, _) = replay_all(dir.path());
+        assert_eq!(records.len(), 4, "{records:?}");
+        assert_eq!(records[1], WalRecord::HeadChunk { series_ref: 1, count: 2, bytes: vec![1, 2, 3] });
+        assert_eq!(records[2], WalRecord::SeqRanges { agent: "a".into(), ranges: vec![(0, 1)] });
+        assert!(matches!(&records[3], WalRecord::Samples { seq: 2, .. }));
+        assert!(!dir.path().join("checkpoint.00000009.tmp").exists());
+        assert_eq!(checkpoints(dir.path()).unwrap().len(), 1);
+    }
+
     #[test]
     fn decoding_garbage_never_panics() {
         for len in 0..64u8 {
@@ -462,6 +745,11 @@ mod tests {
             let mut samples = vec![KIND_SAMPLES, 1, b'a', 1, 0, 0xff, 0xff, 0xff, 0xff, 0x0f];
             samples.extend_from_slice(&garbage);
             let _ = decode(&samples);
+            for kind in [KIND_SERIES, KIND_HEAD_CHUNK, KIND_SEQ_RANGES] {
+                let mut record = vec![kind];
+                record.extend_from_slice(&garbage);
+                let _ = decode(&record);
+            }
         }
     }
 }

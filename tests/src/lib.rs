@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 pub mod relay;
 pub mod router;
+pub mod store;
 
 use serde_json::Value as Json;
 

@@ -42,6 +42,28 @@ impl SeqSet {
     pub fn ranges(&self) -> usize {
         self.ranges.len()
     }
+
+    /// Adds every sequence in `start..=end`.
+    pub fn insert_range(&mut self, start: u64, end: u64) {
+        let (mut first, mut last) = (start.min(end), start.max(end));
+        let touching: Vec<(u64, u64)> = self
+            .ranges
+            .range(..=last.saturating_add(1))
+            .filter(|&(_, &e)| e.saturating_add(1) >= first)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in touching {
+            self.ranges.remove(&s);
+            first = first.min(s);
+            last = last.max(e);
+        }
+        self.ranges.insert(first, last);
+    }
+
+    /// The inclusive ranges, ascending.
+    pub fn to_ranges(&self) -> Vec<(u64, u64)> {
+        self.ranges.iter().map(|(&s, &e)| (s, e)).collect()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +74,18 @@ pub struct Dedup {
 impl Dedup {
     pub fn contains(&self, agent: &str, seq: u64) -> bool {
         self.agents.lock().expect("dedup lock is never poisoned").get(agent).is_some_and(|set| set.contains(seq))
+    }
+
+    /// Adds a range of sequences (WAL checkpoint replay).
+    pub fn insert_range(&self, agent: &str, start: u64, end: u64) {
+        let mut agents = self.agents.lock().expect("dedup lock is never poisoned");
+        agents.entry(agent.to_owned()).or_default().insert_range(start, end);
+    }
+
+    /// Every agent's ranges (for a WAL checkpoint).
+    pub fn snapshot(&self) -> Vec<(String, Vec<(u64, u64)>)> {
+        let agents = self.agents.lock().expect("dedup lock is never poisoned");
+        agents.iter().map(|(agent, set)| (agent.clone(), set.to_ranges())).collect()
     }
 
     pub fn insert(&self, agent: &str, seq: u64) -> bool {
@@ -83,5 +117,10 @@ mod tests {
         }
         assert!(set.insert(u64::MAX));
         assert!(set.insert(0));
+        let mut ranges = SeqSet::default();
+        for (start, end) in [(10, 12), (20, 30), (13, 19), (40, 41), (0, 2)] {
+            ranges.insert_range(start, end);
+        }
+        assert_eq!(ranges.to_ranges(), vec![(0, 2), (10, 30), (40, 41)]);
     }
 }

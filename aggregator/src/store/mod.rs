@@ -3,9 +3,15 @@
 //! range. Ingest writes through it, PromQL and the HTTP API read through it,
 //! and none of them knows where the data lives.
 //!
-//! `memory::MemStore` keeps everything in memory; the durable store
-//! (compressed head, write-ahead log, blocks) implements the same trait.
+//! `db::Db` is the aggregator's durable store (compressed head made durable
+//! by the WAL, immutable blocks on disk, compaction and retention);
+//! `memory::MemStore` keeps everything in memory for unit tests.
 
+pub mod block;
+pub mod chunk;
+pub mod db;
+pub mod head;
+pub mod maintenance;
 pub mod memory;
 
 use std::sync::Arc;

@@ -36,6 +36,8 @@ pub struct RawAggregatorConfig {
     pub rules: RawRules,
     #[serde(default)]
     pub alerting: RawAlerting,
+    #[serde(default)]
+    pub storage: super::storage::RawStorage,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -171,6 +173,7 @@ pub struct AggregatorConfig {
     pub query_limits: QueryLimitsConfig,
     pub rules: RulesConfig,
     pub alerting: AlertingConfig,
+    pub storage: super::storage::StorageConfig,
 }
 
 impl AggregatorConfig {
@@ -288,7 +291,9 @@ impl RawAggregatorConfig {
         let router_config = self.alerting.router_config.map(|p| resolve(base_dir, &p));
         let alerting =
             AlertingConfig { resend_delay, external_url: self.alerting.external_url, alertmanagers, router_config };
+        let storage = self.storage.validate(&mut problems);
         let config = AggregatorConfig {
+            storage,
             quic_listen,
             http_listen,
             state_dir,

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod aggregator;
 pub mod client_tls;
+pub mod storage;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
