@@ -9,6 +9,7 @@
 //! - `notify`: delivers alerts to Alertmanagers.
 //! - `api`: HTTP and JSON, and nothing else does either.
 //! - `fleet`: which agents exist and how they are doing.
+//! - `remote`: Prometheus remote_write out (WAL-tailing queues) and in (`/api/v1/write`).
 //! - `selfmon`: the aggregator's own metrics, written to the store.
 //! - `server`: wires the above for `serve` and `demo`.
 //! - `pki` and `demo`: the CLI's certificate commands and the one-command demo.
@@ -21,6 +22,7 @@ pub mod ingest;
 pub mod notify;
 pub mod pki;
 pub mod promql;
+pub mod remote;
 pub mod rules;
 pub mod selfmon;
 pub mod server;

@@ -36,6 +36,10 @@ pub struct RawAggregatorConfig {
     pub rules: RawRules,
     #[serde(default)]
     pub alerting: RawAlerting,
+    #[serde(default)]
+    pub remote_write: Vec<super::remote_write::RawRemoteWrite>,
+    #[serde(default)]
+    pub remote_write_receiver: super::remote_write::RawReceiver,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -132,6 +136,7 @@ pub struct AggregatorConfig {
     pub lookback_delta: Duration,
     pub rules: RulesConfig,
     pub alerting: AlertingConfig,
+    pub remote: super::remote_write::RemoteConfig,
 }
 
 impl AggregatorConfig {
@@ -221,6 +226,8 @@ impl RawAggregatorConfig {
             });
         }
         let alerting = AlertingConfig { resend_delay, external_url: self.alerting.external_url, alertmanagers };
+        let remote =
+            super::remote_write::validate(self.remote_write, self.remote_write_receiver, base_dir, &mut problems);
         let config = AggregatorConfig {
             quic_listen,
             http_listen,
@@ -232,6 +239,7 @@ impl RawAggregatorConfig {
             lookback_delta,
             rules,
             alerting,
+            remote,
         };
         problems.finish(source_name, config)
     }

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod aggregator;
+pub mod remote_write;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
