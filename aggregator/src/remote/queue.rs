@@ -159,6 +159,7 @@ pub struct Queue {
     holds: Arc<SegmentHolds>,
     pub stats: Arc<RemoteStats>,
     sender: Arc<Sender>,
+    reshard_every: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -215,7 +216,14 @@ impl Queue {
             holds,
             stats,
             config,
+            reshard_every: RESHARD_EVERY,
         })
+    }
+
+    /// How often the shard count is reconsidered (tests shorten it).
+    pub fn with_reshard_interval(mut self, every: Duration) -> Self {
+        self.reshard_every = every;
+        self
     }
 
     /// Runs until `shutdown`; the WAL is read on a blocking thread.
@@ -343,7 +351,7 @@ impl Reader {
                 self.save_position();
                 last_position_save = Instant::now();
             }
-            if last_reshard.elapsed() >= RESHARD_EVERY {
+            if last_reshard.elapsed() >= self.queue.reshard_every {
                 self.reconsider_shards(position, last_reshard.elapsed());
                 last_reshard = Instant::now();
             }
@@ -758,7 +766,235 @@ impl Buffers {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+
+    use herd_common::config::remote_write::QueueConfig;
+
     use super::*;
+    use crate::wal::Wal;
+
+    /// A loopback receiver that decodes what it gets; it can answer the first
+    /// requests with an error status and delay every answer.
+    #[derive(Default)]
+    struct Received {
+        samples: Mutex<Vec<(String, i64, f64)>>,
+        fail_first: AtomicUsize,
+        fail_status: std::sync::atomic::AtomicU16,
+        delay_ms: AtomicU64,
+        requests: AtomicUsize,
+    }
+
+    async fn receiver(received: Arc<Received>) -> std::net::SocketAddr {
+        use axum::http::StatusCode;
+        async fn write(
+            axum::extract::State(received): axum::extract::State<Arc<Received>>,
+            body: axum::body::Bytes,
+        ) -> StatusCode {
+            received.requests.fetch_add(1, Ordering::SeqCst);
+            let delay = received.delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            let failing = received.fail_first.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if failing.is_ok() {
+                return StatusCode::from_u16(received.fail_status.load(Ordering::SeqCst)).unwrap();
+            }
+            let request = proto::decode(&body, 64 << 20).unwrap();
+            let mut samples = received.samples.lock().unwrap();
+            for series in request.timeseries {
+                let name = series.labels.iter().find(|l| l.name == "__name__").unwrap().value.clone();
+                samples.extend(series.samples.iter().map(|s| (name.clone(), s.timestamp, s.value)));
+            }
+            StatusCode::NO_CONTENT
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route("/write", axum::routing::post(write)).with_state(received);
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    }
+
+    fn config(addr: std::net::SocketAddr, max_samples_per_send: usize, max_shards: usize) -> RemoteWriteConfig {
+        RemoteWriteConfig {
+            url: format!("http://{addr}/write"),
+            name: "test".into(),
+            timeout: Duration::from_secs(5),
+            credentials: Credentials::None,
+            write_relabel_configs: Vec::new(),
+            queue: QueueConfig {
+                max_samples_per_send,
+                batch_send_deadline: Duration::from_millis(50),
+                min_shards: 1,
+                max_shards,
+                min_backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(100),
+                max_backlog_bytes: 1 << 30,
+            },
+        }
+    }
+
+    /// Writes `series` series (refs 0.., names `m<i>`) unless `define` is false,
+    /// and one samples record per timestamp in `times` (value = series * 1e6 + t).
+    async fn write_wal(wal: &Wal, series: u64, define: bool, times: std::ops::Range<i64>, names: &str) {
+        let mut bytes = Vec::new();
+        if define {
+            for i in 0..series {
+                let labels = Labels::from_pairs([("__name__", format!("{names}{i}")), ("job", "t".into())]);
+                wal::encode_series(i, &labels, &mut bytes);
+            }
+        }
+        for t in times {
+            let samples: Vec<(u64, f64)> = (0..series).map(|i| (i, i as f64 * 1e6 + t as f64)).collect();
+            wal::encode_samples("agent", t as u64, t, &samples, &mut bytes);
+        }
+        wal.append(bytes).await.unwrap();
+    }
+
+    async fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            if check() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        check()
+    }
+
+    /// Every (name, t) exactly once and each series' timestamps strictly increasing.
+    fn check_complete(received: &Received, names: &[String], times: std::ops::Range<i64>) {
+        let samples = received.samples.lock().unwrap();
+        let mut by_series: HashMap<&str, Vec<(i64, f64)>> = HashMap::new();
+        for (name, t, v) in samples.iter() {
+            by_series.entry(name.as_str()).or_default().push((*t, *v));
+        }
+        assert_eq!(by_series.len(), names.len());
+        for (i, name) in names.iter().enumerate() {
+            let got = &by_series[name.as_str()];
+            let want: Vec<(i64, f64)> = times.clone().map(|t| (t, i as f64 * 1e6 + t as f64)).collect();
+            assert_eq!(got, &want, "series {name}: in WAL order, each sample once");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_sample_arrives_once_and_in_order_through_retries() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        let wal = Wal::start(&wal_dir, 0).unwrap();
+        let received = Arc::new(Received::default());
+        received.fail_first.store(5, Ordering::SeqCst);
+        received.fail_status.store(503, Ordering::SeqCst);
+        let addr = receiver(Arc::clone(&received)).await;
+        let queue = Queue::new(config(addr, 100, 4), &wal_dir, dir.path(), Arc::clone(&wal.holds)).unwrap();
+        let stats = Arc::clone(&queue.stats);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(queue.run(shutdown.clone()));
+        write_wal(&wal, 20, true, 0..100, "m").await;
+        write_wal(&wal, 20, false, 100..200, "m").await;
+        let all = wait_until(Duration::from_secs(20), || received.samples.lock().unwrap().len() >= 4000).await;
+        assert!(all, "received {} of 4000", received.samples.lock().unwrap().len());
+        shutdown.cancel();
+        task.await.unwrap();
+        let names: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+        check_complete(&received, &names, 0..200);
+        assert!(stats.samples_retried.load(Ordering::Relaxed) > 0);
+        assert_eq!(stats.samples_sent.load(Ordering::Relaxed), 4000);
+        assert_eq!(stats.highest_sent_timestamp_ms.load(Ordering::Relaxed), 199);
+        assert_eq!(wal.holds.lowest(), Some(0), "the queue holds the segment it reads");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refused_requests_are_counted_and_not_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        let wal = Wal::start(&wal_dir, 0).unwrap();
+        let received = Arc::new(Received::default());
+        received.fail_first.store(usize::MAX, Ordering::SeqCst);
+        received.fail_status.store(400, Ordering::SeqCst);
+        let addr = receiver(Arc::clone(&received)).await;
+        let queue = Queue::new(config(addr, 50, 1), &wal_dir, dir.path(), Arc::clone(&wal.holds)).unwrap();
+        let stats = Arc::clone(&queue.stats);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(queue.run(shutdown.clone()));
+        write_wal(&wal, 10, true, 0..20, "m").await;
+        let counted = wait_until(Duration::from_secs(10), || stats.samples_failed.load(Ordering::Relaxed) == 200).await;
+        assert!(counted, "failed = {}", stats.samples_failed.load(Ordering::Relaxed));
+        // Retrying a 400 would never count the samples failed; they are not retried either.
+        assert_eq!(stats.samples_retried.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.samples_sent.load(Ordering::Relaxed), 0);
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shards_grow_for_a_slow_receiver_and_keep_per_series_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        let wal = Wal::start(&wal_dir, 0).unwrap();
+        let received = Arc::new(Received::default());
+        received.delay_ms.store(50, Ordering::SeqCst);
+        let addr = receiver(Arc::clone(&received)).await;
+        let queue = Queue::new(config(addr, 10, 8), &wal_dir, dir.path(), Arc::clone(&wal.holds))
+            .unwrap()
+            .with_reshard_interval(Duration::from_millis(300));
+        let stats = Arc::clone(&queue.stats);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(queue.run(shutdown.clone()));
+        write_wal(&wal, 40, true, 0..60, "m").await;
+        let mut most_shards = 0;
+        let all = wait_until(Duration::from_secs(60), || {
+            most_shards = most_shards.max(stats.shards.load(Ordering::Relaxed));
+            received.samples.lock().unwrap().len() >= 2400
+        })
+        .await;
+        assert!(all, "received {} of 2400", received.samples.lock().unwrap().len());
+        assert!(most_shards > 1, "shards should grow while the reader waits for them");
+        shutdown.cancel();
+        task.await.unwrap();
+        let names: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+        check_complete(&received, &names, 0..60);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_queue_resumes_where_it_stopped_across_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        let received = Arc::new(Received::default());
+        let addr = receiver(Arc::clone(&received)).await;
+        {
+            let wal = Wal::start(&wal_dir, 0).unwrap();
+            let queue = Queue::new(config(addr, 100, 2), &wal_dir, dir.path(), Arc::clone(&wal.holds)).unwrap();
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn(queue.run(shutdown.clone()));
+            write_wal(&wal, 5, true, 0..50, "m").await;
+            assert!(wait_until(Duration::from_secs(10), || received.samples.lock().unwrap().len() >= 250).await);
+            shutdown.cancel();
+            task.await.unwrap();
+            // Written while no queue runs (the receiver was down, say).
+            write_wal(&wal, 5, false, 50..80, "m").await;
+        }
+        // A later process: a new segment where refs 0.. name other series.
+        let wal = Wal::start(&wal_dir, 0).unwrap();
+        write_wal(&wal, 5, true, 80..100, "n").await;
+        let queue = Queue::new(config(addr, 100, 2), &wal_dir, dir.path(), Arc::clone(&wal.holds)).unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(queue.run(shutdown.clone()));
+        assert!(wait_until(Duration::from_secs(10), || received.samples.lock().unwrap().len() >= 500).await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        shutdown.cancel();
+        task.await.unwrap();
+        let samples = received.samples.lock().unwrap().clone();
+        assert_eq!(samples.len(), 500, "nothing twice");
+        let m: Vec<String> = (0..5).map(|i| format!("m{i}")).collect();
+        let n: Vec<String> = (0..5).map(|i| format!("n{i}")).collect();
+        let only = |prefix: &str| Received {
+            samples: Mutex::new(samples.iter().filter(|s| s.0.starts_with(prefix)).cloned().collect()),
+            ..Received::default()
+        };
+        check_complete(&only("m"), &m, 0..80);
+        check_complete(&only("n"), &n, 80..100);
+    }
 
     #[test]
     fn positions_round_trip_through_their_file() {
