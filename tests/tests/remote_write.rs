@@ -215,4 +215,13 @@ fn prometheus_remote_writes_node_exporter_scrapes_into_herd() {
     wait_identical("Herd", &expected, 0.0, Duration::from_secs(20), || read(&herd));
     let received = latest_value(&aggregator, "herd_remote_write_receiver_samples_total");
     assert!(received.is_some_and(|v| v > 0.0), "{received:?}");
+
+    // Received samples were in the WAL before they were acknowledged: a crash loses none of them.
+    drop(prometheus);
+    let mut aggregator = aggregator;
+    aggregator.process.kill();
+    let aggregator = start_aggregator_with(&pki, work.path(), "agg", http, quic, &extra);
+    let after_restart = read(&format!("http://{}", aggregator.http));
+    let lost = differences(&expected, &after_restart, 0.0);
+    assert!(lost.is_empty(), "after a crash and WAL replay:\n{}", lost.join("\n"));
 }

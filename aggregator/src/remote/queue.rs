@@ -256,7 +256,6 @@ struct Reader {
     idle_rounds: u32,
     /// Over `max_backlog_bytes`: samples read are dropped until half of it.
     dropping: bool,
-    last_backlog_check: Instant,
 }
 
 impl Reader {
@@ -274,7 +273,6 @@ impl Reader {
             blocked: Duration::ZERO,
             idle_rounds: 0,
             dropping: false,
-            last_backlog_check: Instant::now(),
         }
     }
 
@@ -330,6 +328,13 @@ impl Reader {
                 }
                 if !self.dispatch(position) {
                     break;
+                }
+            }
+            if self.dropping {
+                self.skip_position_to(position);
+                if self.backlog_bytes(position) <= self.queue.config.queue.max_backlog_bytes / 2 {
+                    info!(remote = %self.name(), "remote_write endpoint within half its backlog limit again: sending resumes");
+                    self.dropping = false;
                 }
             }
             if !progressed {
@@ -471,13 +476,6 @@ impl Reader {
         if self.dropping {
             let count: usize = self.staged.iter_mut().map(|s| std::mem::take(s).len()).sum();
             self.queue.stats.samples_dropped.fetch_add(count as u64, Ordering::Relaxed);
-            if self.last_backlog_check.elapsed() >= TAIL_POLL {
-                self.last_backlog_check = Instant::now();
-                if self.backlog_bytes(position) <= self.queue.config.queue.max_backlog_bytes / 2 {
-                    info!(remote = %self.name(), "remote_write endpoint within its backlog limit again: sending resumes");
-                    self.dropping = false;
-                }
-            }
             return !self.shutdown.is_cancelled();
         }
         let mut last_backlog_check = Instant::now();
@@ -511,7 +509,6 @@ impl Reader {
                         self.queue.stats.samples_dropped.fetch_add(count, Ordering::Relaxed);
                         warn!(remote = %self.name(), max_backlog_bytes = self.queue.config.queue.max_backlog_bytes, "remote_write endpoint too far behind: dropping its oldest unsent samples until it is within half the limit");
                         self.dropping = true;
-                        self.last_backlog_check = Instant::now();
                         return self.dispatch(position);
                     }
                 }
@@ -519,6 +516,20 @@ impl Reader {
             self.blocked += waited_from.elapsed();
         }
         true
+    }
+
+    /// Persists `position` although shards may still hold older samples (they
+    /// keep retrying, but a restart would not send them again): past the
+    /// backlog limit the WAL behind the reader must be released.
+    fn skip_position_to(&mut self, position: Position) {
+        self.marks.clear();
+        self.marks.push_back((self.next_index, position));
+        if let Err(err) = position.store(&self.queue.position_file) {
+            warn!(remote = %self.name(), error = %err, "cannot persist the remote_write position");
+            return;
+        }
+        self.persisted = Some(position);
+        self.queue.holds.set(&self.queue.config.name, position.segment);
     }
 
     /// WAL bytes from `position` to the end of the newest segment.
@@ -889,6 +900,8 @@ mod tests {
         let queue = Queue::new(config(addr, 100, 4), &wal_dir, dir.path(), Arc::clone(&wal.holds)).unwrap();
         let stats = Arc::clone(&queue.stats);
         let shutdown = CancellationToken::new();
+        // Stops the reader thread if an assertion fails (the runtime waits for it).
+        let _stop = shutdown.clone().drop_guard();
         let task = tokio::spawn(queue.run(shutdown.clone()));
         write_wal(&wal, 20, true, 0..100, "m").await;
         write_wal(&wal, 20, false, 100..200, "m").await;
@@ -916,6 +929,8 @@ mod tests {
         let queue = Queue::new(config(addr, 50, 1), &wal_dir, dir.path(), Arc::clone(&wal.holds)).unwrap();
         let stats = Arc::clone(&queue.stats);
         let shutdown = CancellationToken::new();
+        // Stops the reader thread if an assertion fails (the runtime waits for it).
+        let _stop = shutdown.clone().drop_guard();
         let task = tokio::spawn(queue.run(shutdown.clone()));
         write_wal(&wal, 10, true, 0..20, "m").await;
         let counted = wait_until(Duration::from_secs(10), || stats.samples_failed.load(Ordering::Relaxed) == 200).await;
@@ -940,6 +955,8 @@ mod tests {
             .with_reshard_interval(Duration::from_millis(300));
         let stats = Arc::clone(&queue.stats);
         let shutdown = CancellationToken::new();
+        // Stops the reader thread if an assertion fails (the runtime waits for it).
+        let _stop = shutdown.clone().drop_guard();
         let task = tokio::spawn(queue.run(shutdown.clone()));
         write_wal(&wal, 40, true, 0..60, "m").await;
         let mut most_shards = 0;
@@ -957,6 +974,40 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn past_the_backlog_limit_the_oldest_samples_are_dropped_and_the_wal_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        let wal = Wal::start(&wal_dir, 0).unwrap();
+        let received = Arc::new(Received::default());
+        received.fail_first.store(usize::MAX, Ordering::SeqCst);
+        received.fail_status.store(503, Ordering::SeqCst);
+        let addr = receiver(Arc::clone(&received)).await;
+        let mut config = config(addr, 20, 1);
+        config.queue.max_backlog_bytes = 8 << 10;
+        let queue = Queue::new(config, &wal_dir, dir.path(), Arc::clone(&wal.holds)).unwrap();
+        let stats = Arc::clone(&queue.stats);
+        let position_file = queue.position_file.clone();
+        let shutdown = CancellationToken::new();
+        // Stops the reader thread if an assertion fails (the runtime waits for it).
+        let _stop = shutdown.clone().drop_guard();
+        let task = tokio::spawn(queue.run(shutdown.clone()));
+        write_wal(&wal, 20, true, 0..100, "m").await;
+        for start in (100..1000).step_by(100) {
+            write_wal(&wal, 20, false, start..start + 100, "m").await;
+        }
+        let dropped = wait_until(Duration::from_secs(20), || stats.samples_dropped.load(Ordering::Relaxed) > 0).await;
+        assert!(dropped, "nothing dropped although the receiver is down and the backlog over its limit");
+        let released =
+            wait_until(Duration::from_secs(10), || Position::load(&position_file).is_some_and(|p| p.offset > 100_000))
+                .await;
+        assert!(released, "position {:?} should move past the dropped data", Position::load(&position_file));
+        assert_eq!(stats.samples_sent.load(Ordering::Relaxed), 0);
+        assert!(stats.samples_retried.load(Ordering::Relaxed) > 0);
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_restarted_queue_resumes_where_it_stopped_across_processes() {
         let dir = tempfile::tempdir().unwrap();
         let wal_dir = dir.path().join("wal");
@@ -966,6 +1017,8 @@ mod tests {
             let wal = Wal::start(&wal_dir, 0).unwrap();
             let queue = Queue::new(config(addr, 100, 2), &wal_dir, dir.path(), Arc::clone(&wal.holds)).unwrap();
             let shutdown = CancellationToken::new();
+            // Stops the reader thread if an assertion fails (the runtime waits for it).
+            let _stop = shutdown.clone().drop_guard();
             let task = tokio::spawn(queue.run(shutdown.clone()));
             write_wal(&wal, 5, true, 0..50, "m").await;
             assert!(wait_until(Duration::from_secs(10), || received.samples.lock().unwrap().len() >= 250).await);
@@ -979,6 +1032,8 @@ mod tests {
         write_wal(&wal, 5, true, 80..100, "n").await;
         let queue = Queue::new(config(addr, 100, 2), &wal_dir, dir.path(), Arc::clone(&wal.holds)).unwrap();
         let shutdown = CancellationToken::new();
+        // Stops the reader thread if an assertion fails (the runtime waits for it).
+        let _stop = shutdown.clone().drop_guard();
         let task = tokio::spawn(queue.run(shutdown.clone()));
         assert!(wait_until(Duration::from_secs(10), || received.samples.lock().unwrap().len() >= 500).await);
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -34,6 +34,10 @@ use crate::wal;
 
 /// The WAL's `agent` field for samples that came in over remote_write.
 pub const WAL_SOURCE: &str = "remote_write";
+/// The WAL's batch sequence for received samples: replay records it for
+/// deduplication, and agents count from 0, so no agent's batch is ever
+/// mistaken for one already stored.
+const RECEIVED_SEQ: u64 = u64::MAX;
 /// A request's decompressed size may be this many times its body limit.
 const MAX_EXPANSION: usize = 8;
 
@@ -135,7 +139,7 @@ async fn write(State(receiver): State<Arc<Receiver>>, headers: HeaderMap, body: 
     points.sort_by_key(|&(timestamp_ms, _, _)| timestamp_ms);
     let mut group: Vec<(SeriesRef, f64)> = Vec::new();
     for_each_timestamp(&points, &mut group, |timestamp_ms, group| {
-        wal::encode_samples(WAL_SOURCE, 0, timestamp_ms, group, &mut wal_bytes);
+        wal::encode_samples(WAL_SOURCE, RECEIVED_SEQ, timestamp_ms, group, &mut wal_bytes);
     });
     if let Err(err) = receiver.log.sync(wal_bytes, new_series).await {
         warn!(error = %err, "remote_write request not stored: WAL sync failed");
