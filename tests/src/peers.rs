@@ -241,7 +241,13 @@ pub fn differences(expected: &SeriesSamples, actual: &SeriesSamples, tolerance: 
             continue;
         };
         if want.len() != got.len() {
-            problems.push(format!("{series}: {} samples expected, {} found", want.len(), got.len()));
+            let missing: Vec<i64> = want.iter().map(|w| w.0).filter(|t| !got.iter().any(|g| g.0 == *t)).collect();
+            let extra: Vec<i64> = got.iter().map(|g| g.0).filter(|t| !want.iter().any(|w| w.0 == *t)).collect();
+            problems.push(format!(
+                "{series}: {} samples expected, {} found; missing at {missing:?}, unexpected at {extra:?}",
+                want.len(),
+                got.len()
+            ));
         }
         for (w, g) in want.iter().zip(got.iter()) {
             let same_value = (w.1.is_nan() && g.1.is_nan())

@@ -40,6 +40,8 @@ const TAIL_POLL: Duration = Duration::from_millis(50);
 /// How often the position is persisted and the shard count reconsidered.
 const POSITION_EVERY: Duration = Duration::from_secs(1);
 const RESHARD_EVERY: Duration = Duration::from_secs(10);
+/// Extra requests one refused batch may be split into to isolate its bad samples.
+const MAX_SPLIT_REQUESTS: usize = 64;
 /// Position marks kept while shards catch up.
 const MAX_MARKS: usize = 1024;
 
@@ -707,37 +709,55 @@ impl ShardWorker {
     }
 
     /// Sends one batch until it is accepted or refused for good; false on shutdown.
+    ///
+    /// Receivers such as Prometheus refuse a whole request for one bad sample
+    /// (say, an out-of-order one): a refused request is split in halves and
+    /// each sent again, earlier half first, so only the bad samples are lost,
+    /// up to [`MAX_SPLIT_REQUESTS`] extra requests per batch.
     async fn send(&self, batch: &[Item], buffers: &mut Buffers, shutdown: &CancellationToken) -> bool {
         let Some(last) = batch.last() else { return true };
         let count = batch.len() as u64;
-        let body = buffers.encode(batch);
-        let mut backoff = self.min_backoff;
-        loop {
-            let outcome = tokio::select! {
-                _ = shutdown.cancelled() => return false,
-                outcome = self.sender.send(body.clone()) => outcome,
-            };
-            match outcome {
-                SendOutcome::Sent => {
-                    self.stats.samples_sent.fetch_add(count, Ordering::Relaxed);
-                    let newest = batch.iter().map(|i| i.timestamp_ms).max().unwrap_or(i64::MIN);
-                    self.stats.highest_sent_timestamp_ms.fetch_max(newest, Ordering::Relaxed);
-                    break;
-                }
-                SendOutcome::Refused(reason) => {
-                    self.stats.samples_failed.fetch_add(count, Ordering::Relaxed);
-                    warn!(remote = %self.name, samples = count, %reason, "remote_write receiver refused a request: dropped");
-                    break;
-                }
-                SendOutcome::Retry(reason) => {
-                    self.progress.failing.store(true, Ordering::Relaxed);
-                    self.stats.samples_retried.fetch_add(count, Ordering::Relaxed);
-                    debug!(remote = %self.name, samples = count, %reason, ?backoff, "remote_write send failed, retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return false,
-                        _ = tokio::time::sleep(backoff) => {}
+        let mut parts = vec![(0, batch.len())];
+        let mut splits = 0usize;
+        while let Some((from, to)) = parts.pop() {
+            let part = &batch[from..to];
+            let body = buffers.encode(part);
+            let mut backoff = self.min_backoff;
+            loop {
+                let outcome = tokio::select! {
+                    _ = shutdown.cancelled() => return false,
+                    outcome = self.sender.send(body.clone()) => outcome,
+                };
+                match outcome {
+                    SendOutcome::Sent => {
+                        self.stats.samples_sent.fetch_add(part.len() as u64, Ordering::Relaxed);
+                        let newest = part.iter().map(|i| i.timestamp_ms).max().unwrap_or(i64::MIN);
+                        self.stats.highest_sent_timestamp_ms.fetch_max(newest, Ordering::Relaxed);
+                        break;
                     }
-                    backoff = (backoff * 2).min(self.max_backoff);
+                    SendOutcome::Refused(reason) => {
+                        if part.len() > 1 && splits < MAX_SPLIT_REQUESTS {
+                            splits += 2;
+                            let middle = from + part.len() / 2;
+                            parts.push((middle, to));
+                            parts.push((from, middle));
+                            debug!(remote = %self.name, samples = part.len(), %reason, "remote_write request refused: sending its halves");
+                        } else {
+                            self.stats.samples_failed.fetch_add(part.len() as u64, Ordering::Relaxed);
+                            warn!(remote = %self.name, samples = part.len(), %reason, "remote_write receiver refused samples: dropped");
+                        }
+                        break;
+                    }
+                    SendOutcome::Retry(reason) => {
+                        self.progress.failing.store(true, Ordering::Relaxed);
+                        self.stats.samples_retried.fetch_add(part.len() as u64, Ordering::Relaxed);
+                        debug!(remote = %self.name, samples = part.len(), %reason, ?backoff, "remote_write send failed, retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return false,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(self.max_backoff);
+                    }
                 }
             }
         }
@@ -794,6 +814,8 @@ mod tests {
         fail_status: std::sync::atomic::AtomicU16,
         delay_ms: AtomicU64,
         requests: AtomicUsize,
+        /// Requests holding a sample at this timestamp get 400, like Prometheus's out-of-order refusal.
+        poison_timestamp: Mutex<Option<i64>>,
     }
 
     async fn receiver(received: Arc<Received>) -> std::net::SocketAddr {
@@ -812,6 +834,10 @@ mod tests {
                 return StatusCode::from_u16(received.fail_status.load(Ordering::SeqCst)).unwrap();
             }
             let request = proto::decode(&body, 64 << 20).unwrap();
+            let poison = *received.poison_timestamp.lock().unwrap();
+            if request.timeseries.iter().flat_map(|s| &s.samples).any(|s| Some(s.timestamp) == poison) {
+                return StatusCode::BAD_REQUEST;
+            }
             let mut samples = received.samples.lock().unwrap();
             for series in request.timeseries {
                 let name = series.labels.iter().find(|l| l.name == "__name__").unwrap().value.clone();
@@ -940,6 +966,42 @@ mod tests {
         assert_eq!(stats.samples_sent.load(Ordering::Relaxed), 0);
         shutdown.cancel();
         task.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_request_is_split_so_only_its_bad_samples_are_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        let wal = Wal::start(&wal_dir, 0).unwrap();
+        let received = Arc::new(Received::default());
+        *received.poison_timestamp.lock().unwrap() = Some(7);
+        let addr = receiver(Arc::clone(&received)).await;
+        let queue = Queue::new(config(addr, 60, 1), &wal_dir, dir.path(), Arc::clone(&wal.holds)).unwrap();
+        let stats = Arc::clone(&queue.stats);
+        let shutdown = CancellationToken::new();
+        // Stops the reader thread if an assertion fails (the runtime waits for it).
+        let _stop = shutdown.clone().drop_guard();
+        let task = tokio::spawn(queue.run(shutdown.clone()));
+        write_wal(&wal, 3, true, 0..20, "m").await;
+        let done = wait_until(Duration::from_secs(10), || {
+            stats.samples_sent.load(Ordering::Relaxed) + stats.samples_failed.load(Ordering::Relaxed) == 60
+        })
+        .await;
+        assert!(
+            done,
+            "sent {} failed {}",
+            stats.samples_sent.load(Ordering::Relaxed),
+            stats.samples_failed.load(Ordering::Relaxed)
+        );
+        shutdown.cancel();
+        task.await.unwrap();
+        assert_eq!(stats.samples_failed.load(Ordering::Relaxed), 3, "only the three samples at t=7");
+        let mut samples = received.samples.lock().unwrap().clone();
+        assert!(samples.iter().all(|s| s.1 != 7));
+        // Everything else arrived once, in order per series.
+        samples.retain(|s| s.0 == "m1");
+        let times: Vec<i64> = samples.iter().map(|s| s.1).collect();
+        assert_eq!(times, (0..20).filter(|&t| t != 7).collect::<Vec<_>>());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
