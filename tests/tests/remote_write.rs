@@ -196,14 +196,15 @@ fn prometheus_remote_writes_node_exporter_scrapes_into_herd() {
 
     // Without the token Herd refuses writes.
     let herd = format!("http://{http}");
-    let status = std::process::Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "--data-binary", "x"])
-        .arg(format!("{herd}/api/v1/write"))
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    if let Ok(status) = status {
-        assert_eq!(status, "401", "unauthenticated write");
-    }
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let refused = agent.post(&format!("{herd}/api/v1/write")).send(&b"x"[..]).expect("Herd reachable");
+    assert_eq!(refused.status().as_u16(), 401, "a write without the token");
+    let wrong = agent
+        .post(&format!("{herd}/api/v1/write"))
+        .header("Authorization", "Bearer not-the-token")
+        .send(&b"x"[..])
+        .expect("Herd reachable");
+    assert_eq!(wrong.status().as_u16(), 401, "a write with a wrong token");
 
     let started = now_ms();
     let instance = format!("127.0.0.1:{}", node_exporter.port);
