@@ -7,6 +7,10 @@
 //!   cargo build --release --workspace --bins
 //!   cargo run --release -p herd-tests --bin bench-ingest [SERIES] [ROUNDS]
 //!
+//! Then a second aggregator receives the same stream and remote-writes it to
+//! a second VictoriaMetrics: samples/s from the first write until all of it
+//! is queryable there.
+//!
 //! Defaults: 10,000 series, 60 rounds (600,000 samples). One sender thread per
 //! block of 2,000 series sends that block's rounds in order, so every
 //! receiver sees each series in time order.
@@ -181,5 +185,41 @@ fn main() {
     }
     if let Some(rss) = herd.process.rss_bytes() {
         println!("herd-aggregator RSS after the run: {:.1} MiB", rss as f64 / (1 << 20) as f64);
+    }
+    drop(herd);
+
+    // Through Herd and out again: a second aggregator receives the stream and
+    // remote-writes it to a second VictoriaMetrics; timed until all is queryable there.
+    let vm_out = start_victoria_metrics(work.path(), &work.path().join("vm-out"), 0);
+    let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().expect("address");
+    let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().expect("address");
+    let _forwarder = start_aggregator_with(
+        &pki,
+        work.path(),
+        "forwarder",
+        http,
+        quic,
+        &format!(
+            "[remote_write_receiver]\nenabled = true\nbearer_tokens = [\"{token}\"]\n\
+             [[remote_write]]\nname = \"vm\"\nurl = \"{}/api/v1/write\"\n",
+            vm_out.url()
+        ),
+    );
+    let started = Instant::now();
+    send_stream(&format!("http://{http}/api/v1/write"), Some(token), &stream);
+    let forwarded = wait_for(Duration::from_secs(120), || {
+        let _ = http_get(&format!("{}/internal/force_flush", vm_out.url()));
+        (stored_samples(&vm_out.url(), end_ms) >= total).then_some(started.elapsed())
+    });
+    match forwarded {
+        Some(elapsed) => println!(
+            "through herd to victoria-metrics: {:>12.0} samples/s ({:.2} s until all were queryable there)",
+            total / elapsed.as_secs_f64(),
+            elapsed.as_secs_f64()
+        ),
+        None => println!(
+            "through herd to victoria-metrics: incomplete after 120 s ({} of {total})",
+            stored_samples(&vm_out.url(), end_ms)
+        ),
     }
 }
