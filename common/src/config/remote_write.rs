@@ -232,8 +232,13 @@ pub(crate) fn validate(
     let mut endpoints: Vec<RemoteWriteConfig> = Vec::new();
     for (i, raw) in write.into_iter().enumerate() {
         let key = format!("remote_write[{i}]");
-        // https needs a TLS client with the receiver's CA: not built yet.
-        if !raw.url.starts_with("http://") {
+        // The URL is logged and labels metrics: credentials belong in basic_auth.
+        let scheme_end = raw.url.find("://").map_or(0, |i| i + 3);
+        let authority = raw.url[scheme_end..].split('/').next().unwrap_or_default();
+        if authority.contains('@') {
+            problems.push(&format!("{key}.url"), "holds credentials (user@host): set them in basic_auth instead");
+        } else if !raw.url.starts_with("http://") {
+            // https needs a TLS client with the receiver's CA: not built yet.
             problems.push(
                 &format!("{key}.url"),
                 format!(
@@ -408,5 +413,9 @@ mod tests {
         assert!(err.contains("remote_write[0].url"), "{err}");
         assert!(err.contains("remote_write[0].write_relabel_configs[0].action"), "{err}");
         assert!(err.contains("remote_write[0].write_relabel_configs[1].regex"), "{err}");
+        let err = AggregatorConfig::from_toml("a.toml", "[[remote_write]]\nurl = \"http://u:pw@h:9090/w\"\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("remote_write[0].url: holds credentials") && !err.contains("pw"), "{err}");
     }
 }
