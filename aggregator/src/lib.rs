@@ -10,6 +10,7 @@
 //! - `alertmanager`: the built-in alert router (Alertmanager's config, silences, receivers, v2 API).
 //! - `api`: HTTP and JSON, and nothing else does either.
 //! - `fleet`: which agents exist and how they are doing.
+//! - `remote`: Prometheus remote_write out (WAL-tailing queues) and in (`/api/v1/write`).
 //! - `selfmon`: the aggregator's own metrics, written to the store.
 //! - `up`: `up{job, instance}` for every agent target, from the fleet.
 //! - `server`: wires the above for `serve` and `demo`.
@@ -24,6 +25,7 @@ pub mod ingest;
 pub mod notify;
 pub mod pki;
 pub mod promql;
+pub mod remote;
 pub mod rules;
 pub mod selfmon;
 pub mod server;

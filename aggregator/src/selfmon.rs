@@ -25,6 +25,7 @@ pub struct SelfMonitor {
     pub db: Option<Arc<Db>>,
     pub instance: String,
     pub interval: Duration,
+    pub remote: crate::remote::RemoteFigures,
 }
 
 impl SelfMonitor {
@@ -56,7 +57,7 @@ impl SelfMonitor {
             ("herd_fleet_agents_connected", self.fleet.connected_count() as f64),
         ];
         for (name, value) in figures {
-            self.put(timestamp_ms, name, None, value);
+            self.put(timestamp_ms, name, &[], value);
         }
         if let Some(db) = &self.db {
             let head = &db.head.counters;
@@ -81,18 +82,74 @@ impl SelfMonitor {
                 ("herd_store_rejected_samples_total", Some("unknown_series"), load(&head.rejected_unknown_series)),
             ];
             for (name, reason, value) in store_figures {
-                self.put(timestamp_ms, name, reason, value);
+                let extra: &[(&str, &str)] = match &reason {
+                    Some(reason) => &[("reason", reason)],
+                    None => &[],
+                };
+                self.put(timestamp_ms, name, extra, value);
             }
         }
+        self.record_remote(timestamp_ms);
     }
 
-    fn put(&self, timestamp_ms: i64, name: &str, reason: Option<&str>, value: f64) {
+    /// Appends one sample of `name{job, instance, extra...}`.
+    fn put(&self, timestamp_ms: i64, name: &str, extra: &[(&str, &str)], value: f64) {
         let mut pairs = vec![(METRIC_NAME, name), ("job", "herd-aggregator"), ("instance", self.instance.as_str())];
-        if let Some(reason) = reason {
-            pairs.push(("reason", reason));
-        }
+        pairs.extend_from_slice(extra);
         let series = self.store.series_ref(&Labels::from_pairs(pairs));
         let _ = self.store.append(series, Sample { timestamp_ms, value });
+    }
+
+    /// remote_write figures, labelled like Prometheus's `prometheus_remote_storage_*`.
+    fn record_remote(&self, timestamp_ms: i64) {
+        // (metric name, labels beyond job and instance, value)
+        type Figure<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
+        let mut figures: Vec<Figure> = Vec::new();
+        for queue in &self.remote.queues {
+            let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed) as f64;
+            let labels = vec![("remote_name", queue.name.as_str()), ("url", queue.url.as_str())];
+            let sent_ms = queue.highest_sent_timestamp_ms.load(Ordering::Relaxed);
+            let read_ms = queue.highest_read_timestamp_ms.load(Ordering::Relaxed);
+            let sent_seconds = if sent_ms == i64::MIN { 0.0 } else { sent_ms as f64 / 1000.0 };
+            let lag_seconds = if read_ms == i64::MIN { 0.0 } else { (read_ms as f64 / 1000.0 - sent_seconds).max(0.0) };
+            for (name, value) in [
+                ("herd_remote_write_samples_sent_total", load(&queue.samples_sent)),
+                ("herd_remote_write_samples_failed_total", load(&queue.samples_failed)),
+                ("herd_remote_write_samples_retried_total", load(&queue.samples_retried)),
+                ("herd_remote_write_samples_dropped_total", load(&queue.samples_dropped)),
+                ("herd_remote_write_samples_pending", load(&queue.pending_samples)),
+                ("herd_remote_write_shards", load(&queue.shards)),
+                ("herd_remote_write_highest_sent_timestamp_seconds", sent_seconds),
+                ("herd_remote_write_lag_seconds", lag_seconds),
+            ] {
+                figures.push((name, labels.clone(), value));
+            }
+        }
+        let refused: Vec<(&'static str, u64)>;
+        if let Some(receiver) = &self.remote.receiver {
+            figures.push((
+                "herd_remote_write_receiver_requests_total",
+                Vec::new(),
+                receiver.requests.load(Ordering::Relaxed) as f64,
+            ));
+            figures.push((
+                "herd_remote_write_receiver_samples_total",
+                Vec::new(),
+                receiver.samples.load(Ordering::Relaxed) as f64,
+            ));
+            refused =
+                receiver.refused.lock().expect("stats lock is never poisoned").iter().map(|(r, n)| (*r, *n)).collect();
+            for (reason, count) in &refused {
+                figures.push((
+                    "herd_remote_write_receiver_refused_requests_total",
+                    vec![("reason", reason)],
+                    *count as f64,
+                ));
+            }
+        }
+        for (name, extra, value) in figures {
+            self.put(timestamp_ms, name, &extra, value);
+        }
     }
 }
 
@@ -121,6 +178,7 @@ mod tests {
             db: None,
             instance: "agg:7401".into(),
             interval: Duration::from_secs(5),
+            remote: Default::default(),
         };
         monitor.record();
         let matcher = LabelMatcher::new(MatchOp::Equal, METRIC_NAME, "herd_ingest_dedup_hits_total").unwrap();
@@ -151,6 +209,7 @@ mod tests {
             db: Some(db),
             instance: "agg:7401".into(),
             interval: Duration::from_secs(5),
+            remote: Default::default(),
         };
         monitor.record();
         let value = |name: &str, reason: Option<&str>| {

@@ -47,6 +47,8 @@ pub enum StartError {
     Rules(#[from] ApplyError),
     #[error("cannot load the alert router's configuration: {0}")]
     Router(#[from] crate::alertmanager::RouterConfigError),
+    #[error(transparent)]
+    RemoteWrite(#[from] crate::remote::queue::QueueError),
 }
 
 /// Replays the WAL (latest checkpoint, then newer segments) into the
@@ -205,6 +207,7 @@ pub async fn start(
 
     let (notifier, rules) = start_rules(config, &store, query_limits, http_addr, &shutdown, &mut tasks).await?;
     let router_routes = start_router(config, &store, &notifier, http_addr, &shutdown, &mut tasks)?;
+    let (remote_routes, remote_figures) = start_remote(config, &ingest, &wal, &config.state_dir.join("wal"), &shutdown, &mut tasks)?;
     tasks.spawn(ingest.run(endpoint, shutdown.child_token()));
     tasks.spawn(up.run(shutdown.child_token()));
     let monitor = crate::selfmon::SelfMonitor {
@@ -215,13 +218,14 @@ pub async fn start(
         db: Some(Arc::clone(&db)),
         instance: format!("{}:{}", crate::selfmon::hostname(), http_addr.port()),
         interval: SELF_MONITOR_INTERVAL,
+        remote: remote_figures,
     };
     tasks.spawn(monitor.run(shutdown.child_token()));
     let http_shutdown = shutdown.child_token();
     let http_rules = Arc::clone(&rules);
     tasks.spawn(async move {
         let serve =
-            axum::serve(listener, api::router(state).merge(api::rules::routes(http_rules)).merge(router_routes))
+            axum::serve(listener, api::router(state).merge(api::rules::routes(http_rules)).merge(router_routes).merge(remote_routes))
                 .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
         if let Err(err) = serve.await {
             tracing::error!(error = %err, "HTTP server failed");
@@ -293,6 +297,35 @@ fn start_router(
     Ok(crate::alertmanager::api::routes(router))
 }
 // ---- end of built-in alert router ----
+// ---- remote_write (aggregator/src/remote/) ----
+/// Starts one WAL-tailing queue per `[[remote_write]]` endpoint and returns
+/// the receiver's `POST /api/v1/write` route (empty unless
+/// `[remote_write_receiver] enabled`), with the figures `selfmon` records.
+fn start_remote(
+    config: &AggregatorConfig,
+    ingest: &Ingest,
+    wal: &Wal,
+    wal_dir: &std::path::Path,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<(axum::Router, crate::remote::RemoteFigures), StartError> {
+    let mut figures = crate::remote::RemoteFigures::default();
+    for endpoint in &config.remote.write {
+        let queue =
+            crate::remote::queue::Queue::new(endpoint.clone(), wal_dir, &config.state_dir, Arc::clone(&wal.holds))?;
+        figures.queues.push(Arc::clone(&queue.stats));
+        tasks.spawn(queue.run(shutdown.child_token()));
+    }
+    let mut routes = axum::Router::new();
+    if config.remote.receiver.enabled {
+        let receiver = crate::remote::receiver::Receiver::new(ingest.series_log(), config.remote.receiver.clone());
+        figures.receiver = Some(Arc::clone(&receiver.stats));
+        routes = crate::remote::receiver::routes(Arc::new(receiver));
+        info!("remote_write receiver enabled at POST /api/v1/write");
+    }
+    Ok((routes, figures))
+}
+// ---- end remote_write ----
 
 /// Starts the notifier and the rule manager (rules evaluate through their own
 /// engine, so a slow rule never waits for API queries' concurrency slots), and

@@ -250,7 +250,7 @@ pub struct ReplayStats {
 }
 
 /// The segment files in `dir`, by number.
-pub(crate) fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
+pub fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
     let entries = fs::read_dir(dir).map_err(|source| WalError::ReadDir { path: dir.to_owned(), source })?;
     let mut found = Vec::new();
     for entry in entries.flatten() {
@@ -621,6 +621,61 @@ impl Writer {
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Where [`read_segment_from`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentRead {
+    /// Byte offset after the last whole record read.
+    pub offset: u64,
+    /// A corrupt record stopped the read (nothing after it can be read).
+    pub corrupt: bool,
+}
+
+/// Reads up to `max_records` whole records of the segment (or checkpoint
+/// file) at `path` from byte `offset`, for readers that tail the WAL while
+/// it is written (remote-write queues). `apply` gets each record and the
+/// offset after it. An incomplete record at the end (still being written)
+/// ends the read without error; the file is never modified.
+pub fn read_segment_from(
+    path: &Path,
+    offset: u64,
+    max_records: usize,
+    mut apply: impl FnMut(WalRecord, u64),
+) -> Result<SegmentRead, WalError> {
+    let err = |source| WalError::Segment { path: path.to_owned(), source };
+    let mut file = File::open(path).map_err(err)?;
+    let length = file.metadata().map_err(err)?.len();
+    if offset >= length {
+        return Ok(SegmentRead { offset, corrupt: false });
+    }
+    file.seek(SeekFrom::Start(offset)).map_err(err)?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut offset = offset;
+    let mut payload = Vec::new();
+    for _ in 0..max_records {
+        let mut header = [0u8; HEADER_BYTES];
+        if offset + HEADER_BYTES as u64 > length {
+            break;
+        }
+        reader.read_exact(&mut header).map_err(err)?;
+        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+        if len > MAX_RECORD_BYTES {
+            return Ok(SegmentRead { offset, corrupt: true });
+        }
+        if offset + (HEADER_BYTES + len) as u64 > length {
+            break;
+        }
+        payload.resize(len, 0);
+        reader.read_exact(&mut payload).map_err(err)?;
+        let Some(record) = (crc32fast::hash(&payload) == crc).then(|| decode(&payload)).flatten() else {
+            return Ok(SegmentRead { offset, corrupt: true });
+        };
+        offset += (HEADER_BYTES + len) as u64;
+        apply(record, offset);
+    }
+    Ok(SegmentRead { offset, corrupt: false })
 }
 
 #[cfg(test)]

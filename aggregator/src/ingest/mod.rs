@@ -25,6 +25,7 @@ use crate::fleet::Fleet;
 use crate::store::{Sample, SeriesRef, Storage};
 use crate::wal::{self, Wal};
 use dedup::Dedup;
+use herd_common::metric::Labels;
 
 /// QUIC application close codes the aggregator uses.
 pub const CLOSE_SHUTDOWN: u32 = 0;
@@ -50,19 +51,74 @@ pub struct IngestStats {
 }
 
 impl IngestStats {
-    fn count(map: &Mutex<HashMap<&'static str, u64>>, reason: &'static str, n: u64) {
+    pub(crate) fn count(map: &Mutex<HashMap<&'static str, u64>>, reason: &'static str, n: u64) {
         *map.lock().expect("stats lock is never poisoned").entry(reason).or_default() += n;
     }
 }
 
-pub struct Ingest {
+/// The one write path into the aggregator, shared by agent batches and
+/// remote_write requests: series definitions are logged to the WAL once per
+/// process before their first samples, records are synced, samples are
+/// appended to the store and refusals counted.
+pub struct SeriesLog {
     store: Arc<dyn Storage>,
-    fleet: Arc<Fleet>,
-    stats: Arc<IngestStats>,
     wal: Wal,
-    dedup: Arc<Dedup>,
+    stats: Arc<IngestStats>,
     /// Series whose labels this process has written to the WAL.
     logged_series: Mutex<HashSet<SeriesRef>>,
+}
+
+impl SeriesLog {
+    pub fn new(store: Arc<dyn Storage>, wal: Wal, stats: Arc<IngestStats>) -> Self {
+        Self { store, wal, stats, logged_series: Mutex::new(HashSet::new()) }
+    }
+
+    /// The store's series for `labels`; its definition is added to
+    /// `wal_bytes` (and the series to `new_series`) unless already logged.
+    pub fn resolve(&self, labels: &Labels, wal_bytes: &mut Vec<u8>, new_series: &mut Vec<SeriesRef>) -> SeriesRef {
+        let series = self.store.series_ref(labels);
+        let logged = self.logged_series.lock().expect("lock is never poisoned").contains(&series);
+        if !logged {
+            wal::encode_series(series, labels, wal_bytes);
+            new_series.push(series);
+        }
+        series
+    }
+
+    /// Appends `wal_bytes` to the WAL and waits for the sync; on success the
+    /// series in `new_series` count as logged.
+    pub async fn sync(&self, wal_bytes: Vec<u8>, new_series: Vec<SeriesRef>) -> Result<(), wal::WalError> {
+        if wal_bytes.is_empty() {
+            return Ok(());
+        }
+        self.wal.append(wal_bytes).await?;
+        self.logged_series.lock().expect("lock is never poisoned").extend(new_series);
+        Ok(())
+    }
+
+    /// Appends samples of one timestamp to the store; refusals are counted by
+    /// reason and the first is returned.
+    pub fn append(&self, timestamp_ms: i64, samples: &[(SeriesRef, f64)]) -> Option<crate::store::AppendError> {
+        let mut first: Option<crate::store::AppendError> = None;
+        let mut rejected_count = 0u64;
+        for &(series, value) in samples {
+            if let Err(err) = self.store.append(series, Sample { timestamp_ms, value }) {
+                rejected_count += 1;
+                first.get_or_insert(err);
+            }
+        }
+        if let Some(err) = &first {
+            IngestStats::count(&self.stats.rejected_samples, err.reason_code(), rejected_count);
+        }
+        first
+    }
+}
+
+pub struct Ingest {
+    fleet: Arc<Fleet>,
+    stats: Arc<IngestStats>,
+    log: Arc<SeriesLog>,
+    dedup: Arc<Dedup>,
     heartbeat_interval: Duration,
     max_series_per_agent: u32,
 }
@@ -77,16 +133,13 @@ impl Ingest {
         heartbeat_interval: Duration,
         max_series_per_agent: u32,
     ) -> Self {
-        Self {
-            store,
-            fleet,
-            stats,
-            wal,
-            dedup,
-            logged_series: Mutex::new(HashSet::new()),
-            heartbeat_interval,
-            max_series_per_agent,
-        }
+        let log = Arc::new(SeriesLog::new(store, wal, Arc::clone(&stats)));
+        Self { fleet, stats, log, dedup, heartbeat_interval, max_series_per_agent }
+    }
+
+    /// The write path agent batches take, for other sources of samples.
+    pub fn series_log(&self) -> Arc<SeriesLog> {
+        Arc::clone(&self.log)
     }
 
     /// Accepts connections on `endpoint` until `shutdown`.
@@ -262,16 +315,11 @@ impl Session<'_> {
                 }
                 ServerEvent::SeriesDefined { id, labels } => {
                     debug_assert_eq!(id as usize, self.series.len(), "the link enforces dense ids");
-                    let series = self.ingest.store.series_ref(&labels);
+                    let series = self.ingest.log.resolve(&labels, &mut self.wal_bytes, &mut self.new_series);
                     self.series.push(series);
                     if let (Some(job), Some(instance)) = (labels.get("job"), labels.get("instance")) {
                         let is_up = labels.get(herd_common::metric::METRIC_NAME) == Some("up");
                         self.ingest.fleet.note_series(&self.identity, job, instance, is_up);
-                    }
-                    let logged = self.ingest.logged_series.lock().expect("lock is never poisoned").contains(&series);
-                    if !logged {
-                        wal::encode_series(series, &labels, &mut self.wal_bytes);
-                        self.new_series.push(series);
                     }
                 }
                 ServerEvent::Batch { seq, timestamp_ms, samples } => self.store_batch(seq, timestamp_ms, &samples, now),
@@ -300,22 +348,13 @@ impl Session<'_> {
             push_ack(&mut self.acks, seq);
             return;
         }
-        let store = &self.ingest.store;
         self.wal_samples.clear();
-        let mut rejected: Option<&'static str> = None;
-        let mut rejected_count = 0u64;
         for &(wire_id, value) in samples {
             // The link only yields ids it saw defined, so the lookup succeeds.
             let Some(&series) = self.series.get(wire_id as usize) else { continue };
             self.wal_samples.push((series, value));
-            if let Err(err) = store.append(series, Sample { timestamp_ms, value }) {
-                rejected_count += 1;
-                rejected.get_or_insert(err.reason_code());
-            }
         }
-        if let Some(reason) = rejected {
-            IngestStats::count(&self.ingest.stats.rejected_samples, reason, rejected_count);
-        }
+        self.ingest.log.append(timestamp_ms, &self.wal_samples);
         let stats = &self.ingest.stats;
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.samples.fetch_add(samples.len() as u64, Ordering::Relaxed);
@@ -336,11 +375,10 @@ impl Session<'_> {
             return Ok(());
         }
         let bytes = std::mem::take(&mut self.wal_bytes);
-        let result = self.ingest.wal.append(bytes).await;
-        let synced = std::mem::take(&mut self.awaiting_sync);
         let new_series = std::mem::take(&mut self.new_series);
+        let result = self.ingest.log.sync(bytes, new_series).await;
+        let synced = std::mem::take(&mut self.awaiting_sync);
         result?;
-        self.ingest.logged_series.lock().expect("lock is never poisoned").extend(new_series);
         for seq in synced {
             self.ingest.dedup.insert(&self.identity, seq);
             push_ack(&mut self.acks, seq);

@@ -38,6 +38,10 @@ pub struct RawAggregatorConfig {
     pub alerting: RawAlerting,
     #[serde(default)]
     pub storage: super::storage::RawStorage,
+    #[serde(default)]
+    pub remote_write: Vec<super::remote_write::RawRemoteWrite>,
+    #[serde(default)]
+    pub remote_write_receiver: super::remote_write::RawReceiver,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -174,6 +178,7 @@ pub struct AggregatorConfig {
     pub rules: RulesConfig,
     pub alerting: AlertingConfig,
     pub storage: super::storage::StorageConfig,
+    pub remote: super::remote_write::RemoteConfig,
 }
 
 impl AggregatorConfig {
@@ -292,6 +297,8 @@ impl RawAggregatorConfig {
         let alerting =
             AlertingConfig { resend_delay, external_url: self.alerting.external_url, alertmanagers, router_config };
         let storage = self.storage.validate(&mut problems);
+        let remote =
+            super::remote_write::validate(self.remote_write, self.remote_write_receiver, base_dir, &mut problems);
         let config = AggregatorConfig {
             storage,
             quic_listen,
@@ -305,6 +312,7 @@ impl RawAggregatorConfig {
             query_limits,
             rules,
             alerting,
+            remote,
         };
         problems.finish(source_name, config)
     }
