@@ -31,8 +31,11 @@ const HEADER_BYTES: usize = 1 + 8 + 4;
 const NEXT_SEQ_KEY: &[u8] = b"next_seq";
 /// Free space kept on the buffer's filesystem: this fraction of its size...
 const RESERVE_FRACTION: f64 = 0.15;
-/// ...but at least this much.
+/// ...but at least this much...
 const MIN_RESERVE_BYTES: u64 = 512 << 10;
+/// ...and at most this much: on a large disk 15% is far more than the
+/// buffer's neighbours need, and the agent would shed data early.
+const MAX_RESERVE_BYTES: u64 = 2 << 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BufferError {
@@ -275,7 +278,7 @@ impl Buffer {
         let Ok(fs) = rustix::fs::statvfs(&self.path) else { return };
         let size = fs.f_blocks.saturating_mul(fs.f_frsize);
         let available = fs.f_bavail.saturating_mul(fs.f_frsize);
-        let reserve = ((size as f64 * RESERVE_FRACTION) as u64).max(MIN_RESERVE_BYTES);
+        let reserve = ((size as f64 * RESERVE_FRACTION) as u64).clamp(MIN_RESERVE_BYTES, MAX_RESERVE_BYTES);
         self.pushed_since_shrink += incoming;
         if available < reserve {
             if self.disk_short && self.pushed_since_shrink < self.freed_by_shrink {

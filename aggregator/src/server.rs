@@ -207,7 +207,8 @@ pub async fn start(
 
     let (notifier, rules) = start_rules(config, &store, query_limits, http_addr, &shutdown, &mut tasks).await?;
     let router_routes = start_router(config, &store, &notifier, http_addr, &shutdown, &mut tasks)?;
-    let (remote_routes, remote_figures) = start_remote(config, &ingest, &wal, &config.state_dir.join("wal"), &shutdown, &mut tasks)?;
+    let (remote_routes, remote_figures) =
+        start_remote(config, &ingest, &wal, &config.state_dir.join("wal"), &shutdown, &mut tasks)?;
     tasks.spawn(ingest.run(endpoint, shutdown.child_token()));
     tasks.spawn(up.run(shutdown.child_token()));
     let monitor = crate::selfmon::SelfMonitor {
@@ -224,9 +225,11 @@ pub async fn start(
     let http_shutdown = shutdown.child_token();
     let http_rules = Arc::clone(&rules);
     tasks.spawn(async move {
-        let serve =
-            axum::serve(listener, api::router(state).merge(api::rules::routes(http_rules)).merge(router_routes).merge(remote_routes))
-                .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
+        let serve = axum::serve(
+            listener,
+            api::router(state).merge(api::rules::routes(http_rules)).merge(router_routes).merge(remote_routes),
+        )
+        .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
         if let Err(err) = serve.await {
             tracing::error!(error = %err, "HTTP server failed");
         }

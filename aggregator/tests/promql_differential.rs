@@ -320,11 +320,13 @@ fn seed_families(rng: &mut Rng, out: &mut Vec<SeriesData>) {
         out.push((business("smart_dairy_conversion_funnel", &[("stage", stage)]), gauge(rng, &times, 400.0, 300.0)));
     }
     for product_id in 1..=14 {
+        // A product-specific fraction per scrape: no two products tie, since
+        // among exact ties Prometheus's topk in range queries picks by map order.
+        let fraction = 0.37 * product_id as f64;
+        let points = counter(rng, &times, 50, no_reset).into_iter().enumerate();
+        let points = points.map(|(i, (t, v))| (t, v + fraction * i as f64)).collect();
         let product_id = product_id.to_string();
-        out.push((
-            business("smart_dairy_product_views_total", &[("product_id", &product_id)]),
-            counter(rng, &times, 50, no_reset),
-        ));
+        out.push((business("smart_dairy_product_views_total", &[("product_id", &product_id)]), points));
     }
 }
 
