@@ -8,7 +8,8 @@
 //! For each size (default 10000 and 100000 series) it generates 24 hours of
 //! samples every 60 s for hosts of 100 series each (node, application,
 //! PostgreSQL and business families, the label sets Herd's agent produces),
-//! appends them to Herd's store and backfills them into a fresh Prometheus
+//! appends them to Herd's durable store (cut into 2-hour blocks and
+//! compacted, as the aggregator does) and backfills them into a fresh Prometheus
 //! with `promtool tsdb create-blocks-from openmetrics`. Then both answer the
 //! same `query_range` requests over HTTP (1 h at a 15 s step, 24 h at 120 s,
 //! as Grafana asks for them), one warm-up and then the median of five runs
@@ -26,7 +27,8 @@ use herd_aggregator::api::{ApiState, router};
 use herd_aggregator::fleet::Fleet;
 use herd_aggregator::ingest::IngestStats;
 use herd_aggregator::promql::Engine;
-use herd_aggregator::store::{MemStore, Sample, SeriesRef, Storage};
+use herd_aggregator::store::db::{Db, DbOptions};
+use herd_aggregator::store::{Sample, SeriesRef, Storage};
 use herd_common::metric::Labels;
 
 const SERIES_PER_HOST: usize = 100;
@@ -159,8 +161,10 @@ impl Rng {
     }
 }
 
-/// Writes every sample both into Herd's store and, as OpenMetrics, to `text`.
-fn generate(series: &[Series], end_ms: i64, store: &MemStore, text: &mut impl Write) -> std::io::Result<u64> {
+/// Writes every sample both into Herd's store and, as OpenMetrics, to
+/// `text`. The store cuts its head into blocks as the aggregator's
+/// maintenance does (every block span), and compacts them at the end.
+fn generate(series: &[Series], end_ms: i64, store: &Db, text: &mut impl Write) -> std::io::Result<u64> {
     let refs: Vec<SeriesRef> = series
         .iter()
         .map(|s| {
@@ -191,8 +195,12 @@ fn generate(series: &[Series], end_ms: i64, store: &MemStore, text: &mut impl Wr
             writeln!(text, "{} {value} {}.{:03}", rendered[i], t / 1000, t % 1000)?;
             samples += 1;
         }
+        if let Some(before) = store.due_cut() {
+            store.cut(before).expect("block written");
+        }
         t += INTERVAL_MS;
     }
+    while store.compact().expect("compaction") > 0 {}
     writeln!(text, "# EOF")?;
     Ok(samples)
 }
@@ -297,7 +305,10 @@ fn main() {
         }
         let dir = tempfile::Builder::new().prefix("herd-bench-query").tempdir_in("/var/tmp").expect("temp dir");
         let openmetrics = dir.path().join("data.om");
-        let store = Arc::new(MemStore::new());
+        let store = Arc::new(
+            Db::open(&dir.path().join("herd-blocks"), DbOptions::new(2 * 3600 * 1000, 30 * 86_400_000, None))
+                .expect("store opens"),
+        );
         let started = Instant::now();
         let samples = {
             let mut text = BufWriter::with_capacity(1 << 20, std::fs::File::create(&openmetrics).expect("create"));
