@@ -136,10 +136,28 @@ impl Process {
 
     /// Resident memory in bytes, from /proc.
     pub fn rss_bytes(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
-        Some(kb * 1024)
+        rss_of(self.pid())
     }
+}
+
+/// Resident memory of process `pid` (`VmRSS`).
+pub fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Bytes of every file under `dir`, recursively (0 if it does not exist).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => dir_bytes(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 impl Drop for Process {
@@ -206,8 +224,8 @@ impl Aggregator {
         );
         let aggregator = Self { process, http, quic };
         let ready =
-            wait_for(Duration::from_secs(10), || aggregator.get("/-/ready").filter(|(status, _)| *status == 200));
-        assert!(ready.is_some(), "aggregator not ready within 10 s:\n{}", aggregator.process.log());
+            wait_for(Duration::from_secs(20), || aggregator.get("/-/ready").filter(|(status, _)| *status == 200));
+        assert!(ready.is_some(), "aggregator not ready within 20 s:\n{}", aggregator.process.log());
         aggregator
     }
 

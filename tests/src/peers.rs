@@ -8,14 +8,13 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value as Json;
 
-use crate::{Aggregator, Pki, Process, encode, free_tcp_port, http_get, wait_for};
+use crate::{encode, free_tcp_port, http_get, wait_for};
 
 /// Whether `binary` is on PATH; panics if it is not and `HERD_REQUIRE_PEERS=1`.
 pub fn peer_available(binary: &str) -> bool {
@@ -53,6 +52,10 @@ impl Peer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
         Self { name: name.to_owned(), child, log, port }
+    }
+
+    pub fn rss_bytes(&self) -> Option<u64> {
+        crate::rss_of(self.child.id())
     }
 
     pub fn url(&self) -> String {
@@ -131,39 +134,6 @@ pub fn start_node_exporter(work: &Path) -> Peer {
         "--collector.cpu".to_owned(),
     ];
     Peer::spawn("node-exporter", "prometheus-node-exporter", &args, work, port).wait_ready("/metrics")
-}
-
-/// Starts (or restarts) aggregator `name` like [`Aggregator::start_at`], with `extra` TOML appended.
-pub fn start_aggregator_with(
-    pki: &Pki,
-    work: &Path,
-    name: &str,
-    http: SocketAddr,
-    quic: SocketAddr,
-    extra: &str,
-) -> Aggregator {
-    if !pki.path("localhost.pem").exists() {
-        pki.issue_server("localhost");
-    }
-    let config = work.join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nquic_listen = \"{quic}\"\nhttp_listen = \"{http}\"\nstate_dir = \"{state}\"\nheartbeat_interval = \"1s\"\n\
-             [tls]\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n{extra}\n",
-            state = work.join(format!("{name}-state")).display(),
-            ca = pki.path("ca.pem").display(),
-            cert = pki.path("localhost.pem").display(),
-            key = pki.path("localhost-key.pem").display(),
-        ),
-    )
-    .expect("write aggregator config");
-    let process =
-        Process::spawn(name, "herd-aggregator", &["serve", "--config", config.to_str().expect("utf-8")], work);
-    let aggregator = Aggregator { process, http, quic };
-    let ready = wait_for(Duration::from_secs(10), || aggregator.get("/-/ready").filter(|(status, _)| *status == 200));
-    assert!(ready.is_some(), "aggregator not ready within 10 s:\n{}", aggregator.process.log());
-    aggregator
 }
 
 /// Raw samples, (timestamp ms, value), per series (labels rendered sorted).

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::{Aggregator, Pki, Process, wait_for};
+use crate::{Aggregator, Pki};
 
 /// Starts (or restarts) aggregator `name` with state under `work/name-state`
 /// and `storage` (TOML keys) as its `[storage]` section.
@@ -17,28 +17,7 @@ pub fn start_aggregator_with_storage(
     quic: SocketAddr,
     storage: &str,
 ) -> Aggregator {
-    if !pki.path("localhost.pem").exists() {
-        pki.issue_server("localhost");
-    }
-    let config = work.join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nquic_listen = \"{quic}\"\nhttp_listen = \"{http}\"\nstate_dir = \"{state}\"\nheartbeat_interval = \"1s\"\n\
-             [tls]\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n[storage]\n{storage}\n",
-            state = state_dir(work, name).display(),
-            ca = pki.path("ca.pem").display(),
-            cert = pki.path("localhost.pem").display(),
-            key = pki.path("localhost-key.pem").display(),
-        ),
-    )
-    .expect("write aggregator config");
-    let process =
-        Process::spawn("aggregator", "herd-aggregator", &["serve", "--config", config.to_str().expect("utf-8")], work);
-    let aggregator = Aggregator { process, http, quic };
-    let ready = wait_for(Duration::from_secs(20), || aggregator.get("/-/ready").filter(|(status, _)| *status == 200));
-    assert!(ready.is_some(), "aggregator not ready within 20 s:\n{}", aggregator.process.log());
-    aggregator
+    Aggregator::start_configured(pki, work, name, http, quic, &format!("[storage]\n{storage}\n"))
 }
 
 pub fn state_dir(work: &Path, name: &str) -> PathBuf {

@@ -80,7 +80,7 @@ fn herd_sends_the_same_samples_to_prometheus_and_victoria_metrics() {
         + &remote_write_section("vm", &format!("{}/api/v1/write", vm.url()))
         // VictoriaMetrics gets everything but memory: write_relabel_configs at work.
         + "[[remote_write.write_relabel_configs]]\nsource_labels = [\"__name__\"]\nregex = \"node_memory_.*\"\naction = \"drop\"\n";
-    let aggregator = start_aggregator_with(&pki, work.path(), "agg", http, quic, &extra);
+    let aggregator = Aggregator::start_configured(&pki, work.path(), "agg", http, quic, &extra);
     let config = agent_config(work.path(), &pki, "a", quic, "1s");
     let mut agent = start_agent(work.path(), "a", &config);
 
@@ -134,7 +134,7 @@ fn a_receiver_down_for_a_while_ends_up_complete_and_ingestion_continues() {
     pki.issue_agent("a");
     let (http, quic) = addresses();
     let extra = remote_write_section("prom", &format!("{}/api/v1/write", prometheus.url()));
-    let aggregator = start_aggregator_with(&pki, work.path(), "agg", http, quic, &extra);
+    let aggregator = Aggregator::start_configured(&pki, work.path(), "agg", http, quic, &extra);
     let config = agent_config(work.path(), &pki, "a", quic, "1s");
     let mut agent = start_agent(work.path(), "a", &config);
 
@@ -151,7 +151,7 @@ fn a_receiver_down_for_a_while_ends_up_complete_and_ingestion_continues() {
     // the position it persisted, with the series of the previous process's WAL.
     let mut aggregator = aggregator;
     aggregator.process.kill();
-    let aggregator = start_aggregator_with(&pki, work.path(), "agg", http, quic, &extra);
+    let aggregator = Aggregator::start_configured(&pki, work.path(), "agg", http, quic, &extra);
     std::thread::sleep(outage / 2);
     let up_at = now_ms();
     // Ingestion went on while the receiver was down: one sample a second, no gap
@@ -193,7 +193,7 @@ fn prometheus_remote_writes_node_exporter_scrapes_into_herd() {
         "[remote_write_receiver]\nenabled = true\nbearer_token_files = [\"{}\"]\n",
         work.path().join("rw.token").display()
     );
-    let aggregator = start_aggregator_with(&pki, work.path(), "agg", http, quic, &extra);
+    let aggregator = Aggregator::start_configured(&pki, work.path(), "agg", http, quic, &extra);
     let config = format!(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1m\n\
          scrape_configs:\n  - job_name: node\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n\
@@ -244,7 +244,7 @@ fn prometheus_remote_writes_node_exporter_scrapes_into_herd() {
     drop(prometheus);
     let mut aggregator = aggregator;
     aggregator.process.kill();
-    let aggregator = start_aggregator_with(&pki, work.path(), "agg", http, quic, &extra);
+    let aggregator = Aggregator::start_configured(&pki, work.path(), "agg", http, quic, &extra);
     let after_restart = read(&format!("http://{}", aggregator.http));
     let lost = differences(&expected, &after_restart, 0.0);
     assert!(lost.is_empty(), "after a crash and WAL replay:\n{}", lost.join("\n"));

@@ -146,7 +146,7 @@ fn main() {
     let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().expect("address");
     let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().expect("address");
     let token = "bench-token";
-    let herd = start_aggregator_with(
+    let herd = Aggregator::start_configured(
         &pki,
         work.path(),
         "agg",
@@ -158,11 +158,18 @@ fn main() {
     let vm = start_victoria_metrics(work.path(), &work.path().join("vm"), 0);
 
     let mut results = Vec::new();
+    let mut footprints = Vec::new();
     for (name, base, token) in [
         ("herd", format!("http://{http}"), Some(token)),
         ("prometheus", prometheus.url(), None),
         ("victoria-metrics", vm.url(), None),
     ] {
+        let (data_dir, rss) = match name {
+            "herd" => (work.path().join("agg-state"), herd.process.rss_bytes()),
+            "prometheus" => (work.path().join("prom").join("data"), prometheus.rss_bytes()),
+            _ => (work.path().join("vm"), vm.rss_bytes()),
+        };
+        let (rss_before, disk_before) = (rss.unwrap_or(0), dir_bytes(&data_dir));
         let elapsed = send_stream(&format!("{base}/api/v1/write"), token, &stream);
         if name == "victoria-metrics" {
             let _ = http_get(&format!("{base}/internal/force_flush"));
@@ -178,6 +185,26 @@ fn main() {
             elapsed.as_secs_f64()
         );
         results.push((name, rate));
+        let rss_after = match name {
+            "herd" => herd.process.rss_bytes(),
+            "prometheus" => prometheus.rss_bytes(),
+            _ => vm.rss_bytes(),
+        };
+        let memory = rss_after.unwrap_or(0).saturating_sub(rss_before) as f64 / total;
+        let disk = dir_bytes(&data_dir).saturating_sub(disk_before) as f64 / total;
+        footprints.push((name, memory, disk));
+    }
+    // Right after ingest every receiver still holds the data in its write
+    // path (Herd and Prometheus: head + WAL; VictoriaMetrics: in-memory parts
+    // flushed by force_flush), so these compare the same moment, not the
+    // compacted on-disk format (for that see bench-store).
+    println!("bytes per sample right after ingest (RSS growth, data directory growth):");
+    for (name, memory, disk) in &footprints {
+        println!(
+            "{name:>17}: {memory:>6.2} B/sample in memory, {disk:>6.2} B/sample on disk (herd/{name}: {:.2} memory, {:.2} disk)",
+            footprints[0].1 / memory,
+            footprints[0].2 / disk
+        );
     }
     let herd_rate = results[0].1;
     for (name, rate) in &results[1..] {
@@ -193,7 +220,7 @@ fn main() {
     let vm_out = start_victoria_metrics(work.path(), &work.path().join("vm-out"), 0);
     let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().expect("address");
     let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().expect("address");
-    let _forwarder = start_aggregator_with(
+    let _forwarder = Aggregator::start_configured(
         &pki,
         work.path(),
         "forwarder",
