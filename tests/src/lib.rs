@@ -140,6 +140,32 @@ impl Process {
     }
 }
 
+/// Serves `handler(path)` over HTTP on a loopback port, one connection at a
+/// time: `Some(body)` is a 200 with that body, `None` a 500. For the
+/// applications whose metrics the agent scrapes in tests and benchmarks.
+pub fn serve_text(handler: impl Fn(&str) -> Option<String> + Send + 'static) -> SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = listener.local_addr().expect("address");
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request = String::new();
+            let _ = BufReader::new(&stream).read_line(&mut request);
+            let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
+            let response = match handler(&path) {
+                Some(body) => {
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+                }
+                None => {
+                    "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
+                }
+            };
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    addr
+}
+
 /// Resident memory of process `pid` (`VmRSS`).
 pub fn rss_of(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

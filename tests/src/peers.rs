@@ -111,6 +111,23 @@ pub fn start_prometheus(work: &Path, dir: &Path, config: &str, port: u16) -> Pee
     Peer::spawn("prometheus", "prometheus", &args, work, port).wait_ready("/-/ready")
 }
 
+/// Starts Debian's Alertmanager with `config` (YAML) and its data in `dir`,
+/// clustering off.
+pub fn start_alertmanager(work: &Path, dir: &Path, config: &str) -> Peer {
+    let port = free_tcp_port();
+    std::fs::create_dir_all(dir).expect("create Alertmanager dir");
+    let config_path = dir.join("alertmanager.yml");
+    std::fs::write(&config_path, config).expect("write Alertmanager config");
+    let args = vec![
+        format!("--config.file={}", config_path.display()),
+        format!("--storage.path={}", dir.join("data").display()),
+        format!("--web.listen-address=127.0.0.1:{port}"),
+        "--cluster.listen-address=".to_owned(),
+        "--log.level=warn".to_owned(),
+    ];
+    Peer::spawn("alertmanager", "prometheus-alertmanager", &args, work, port).wait_ready("/-/ready")
+}
+
 /// Starts VictoriaMetrics with its storage in `dir`.
 pub fn start_victoria_metrics(work: &Path, dir: &Path, port: u16) -> Peer {
     let port = if port == 0 { free_tcp_port() } else { port };

@@ -14,8 +14,6 @@
 //! it stays silent (Herd's rule pack has the working form).
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -98,29 +96,6 @@ impl Source {
         }
         Some(text)
     }
-}
-
-/// Serves the synthetic metrics over HTTP on loopback.
-fn serve(source: Arc<Mutex<Source>>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            let mut request = String::new();
-            let _ = BufReader::new(&stream).read_line(&mut request);
-            let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
-            let response = match source.lock().unwrap().render(&path) {
-                Some(body) => {
-                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
-                }
-                None => {
-                    "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
-                }
-            };
-            let _ = stream.write_all(response.as_bytes());
-        }
-    });
-    addr
 }
 
 /// Seed time runs this many times faster in the test.
@@ -223,7 +198,8 @@ fn the_seed_rules_fire_and_resolve_on_agent_data() {
         last: Instant::now(),
         counters: vec![1000.0; COUNTERS.len()],
     }));
-    let target = serve(Arc::clone(&source));
+    let served = Arc::clone(&source);
+    let target = serve_text(move |path| served.lock().unwrap().render(path));
     let pki = Pki::create(work.path().join("pki"));
     pki.issue_agent("app-1");
     let http = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
