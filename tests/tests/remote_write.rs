@@ -121,7 +121,7 @@ fn a_receiver_down_for_a_while_ends_up_complete_and_ingestion_continues() {
         return;
     }
     let outage =
-        Duration::from_secs(std::env::var("HERD_RW_OUTAGE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30));
+        Duration::from_secs(std::env::var("HERD_RW_OUTAGE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60));
     let work = tempfile::tempdir().unwrap();
     let prom_dir = work.path().join("prom");
     // After Herd's crash the agent sends its newest batch first and then the
