@@ -352,7 +352,7 @@ impl<'a> Evaluator<'a> {
         &self,
         samples: &[Sample],
         window: RangeWindow,
-        mut per_step: impl FnMut(usize, &[Sample], i64) -> Result<(), QueryError>,
+        mut per_step: impl FnMut(usize, std::ops::Range<usize>, i64) -> Result<(), QueryError>,
     ) -> Result<(), QueryError> {
         let (mut lo, mut hi) = (0, 0);
         for step in 0..self.steps() {
@@ -365,7 +365,7 @@ impl<'a> Evaluator<'a> {
                 lo += 1;
             }
             if lo < hi {
-                per_step(step, &samples[lo..hi], end)?;
+                per_step(step, lo..hi, end)?;
             }
         }
         Ok(())

@@ -557,6 +557,11 @@ impl RangeFunction {
         })
     }
 
+    /// `rate` and `increase`, which correct for counter resets.
+    fn is_counter_rate(self) -> bool {
+        matches!(self, RangeFunction::Rate | RangeFunction::Increase)
+    }
+
     fn matrix_argument(self) -> usize {
         if self == RangeFunction::QuantileOverTime { 1 } else { 0 }
     }
@@ -611,6 +616,8 @@ struct WindowGeometry {
     range_end: i64,
     range_ms: i64,
     eval_ms: i64,
+    /// False when the window is known to hold no counter reset.
+    resets_in_window: bool,
 }
 
 fn eval_range_function(ev: &Evaluator<'_>, call: &Call, function: RangeFunction) -> Result<Evaluated, QueryError> {
@@ -629,7 +636,23 @@ fn eval_range_function(ev: &Evaluator<'_>, call: &Call, function: RangeFunction)
     let mut step_args = Vec::with_capacity(scalar_args.len());
     let mut per_series = |labels: &Arc<Labels>, samples: &[Sample], window: RangeWindow| -> Result<(), QueryError> {
         let mut points = Vec::new();
-        ev.for_each_window(samples, window, |step, in_window, end| {
+        // For rate and increase: resets up to each sample, so a window
+        // without one skips the per-sample reset scan (same result, O(1)).
+        let resets_so_far: Vec<u32> = if function.is_counter_rate() {
+            let mut count = 0;
+            std::iter::once(0)
+                .chain(samples.windows(2).map(|pair| {
+                    count += u32::from(pair[1].value < pair[0].value);
+                    count
+                }))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        ev.for_each_window(samples, window, |step, indices, end| {
+            let in_window = &samples[indices.clone()];
+            let resets_in_window =
+                resets_so_far.is_empty() || resets_so_far[indices.end - 1] != resets_so_far[indices.start];
             if absent {
                 present[step] = true;
                 return Ok(());
@@ -637,8 +660,13 @@ fn eval_range_function(ev: &Evaluator<'_>, call: &Call, function: RangeFunction)
             step_args.clear();
             step_args.extend(scalar_args.iter().map(|a| a.get(step).copied().unwrap_or(f64::NAN)));
             let ts = ev.step_time(step);
-            let geometry =
-                WindowGeometry { range_start: end - window.range, range_end: end, range_ms: window.range, eval_ms: ts };
+            let geometry = WindowGeometry {
+                range_start: end - window.range,
+                range_end: end,
+                range_ms: window.range,
+                eval_ms: ts,
+                resets_in_window,
+            };
             if let Some(value) = function.apply(in_window, &geometry, &step_args)? {
                 points.push(Sample { timestamp_ms: ts, value });
             }
@@ -693,7 +721,7 @@ fn extrapolated_rate(window: &[Sample], geometry: &WindowGeometry, is_counter: b
         return None;
     }
     let mut result = last.value - first.value;
-    if is_counter {
+    if is_counter && geometry.resets_in_window {
         let mut previous = first.value;
         for sample in &window[1..] {
             if sample.value < previous {
@@ -860,11 +888,23 @@ mod tests {
     fn rate_extrapolates_to_the_window_edges() {
         // 0, 10, …, 60 every 10s over a 60s window ending at 60s: exactly 1/s.
         let window = samples(&(0..=6).map(|i| (i * 10_000, i as f64 * 10.0)).collect::<Vec<_>>());
-        let geometry = WindowGeometry { range_start: 0, range_end: 60_000, range_ms: 60_000, eval_ms: 60_000 };
+        let geometry = WindowGeometry {
+            range_start: 0,
+            range_end: 60_000,
+            range_ms: 60_000,
+            eval_ms: 60_000,
+            resets_in_window: true,
+        };
         assert_eq!(extrapolated_rate(&window, &geometry, true, true), Some(1.0));
         // After a reset from 5 to 1 the counter grew by 1, not by -4.
         let reset = samples(&[(0, 5.0), (10_000, 1.0)]);
-        let geometry = WindowGeometry { range_start: 0, range_end: 10_000, range_ms: 10_000, eval_ms: 10_000 };
+        let geometry = WindowGeometry {
+            range_start: 0,
+            range_end: 10_000,
+            range_ms: 10_000,
+            eval_ms: 10_000,
+            resets_in_window: true,
+        };
         assert_eq!(extrapolated_rate(&reset, &geometry, true, false), Some(1.0));
         assert_eq!(extrapolated_rate(&reset, &geometry, false, false), Some(-4.0), "delta ignores resets");
         assert_eq!(extrapolated_rate(&reset[..1], &geometry, true, false), None);
