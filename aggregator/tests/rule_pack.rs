@@ -14,8 +14,10 @@
 //! Without `promtool` on PATH the promtool halves say so and are skipped,
 //! unless `HERD_REQUIRE_PEERS=1`, which makes a missing promtool a failure.
 
+mod common;
+
+use common::{promtool_available, run};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use herd_aggregator::rules::{Rule, load_file};
 use promql_parser::parser::Expr;
@@ -116,26 +118,6 @@ struct PackRule {
 
 fn pack_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/rules")
-}
-
-fn promtool_available() -> bool {
-    let found = Command::new("promtool").arg("--version").output().is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("HERD_REQUIRE_PEERS").as_deref() != Ok("1"),
-            "promtool is missing: apt-get install prometheus"
-        );
-        eprintln!("skipped: promtool is not installed (apt-get install prometheus)");
-    }
-    found
-}
-
-/// Exit code and stdout plus stderr (promtool reports failures on stderr).
-fn run(program: &str, args: &[&str], dir: &Path) -> (i32, String) {
-    let output = Command::new(program).args(args).current_dir(dir).output().expect("run");
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-    (output.status.code().unwrap_or(-1), text)
 }
 
 fn comparison(expr: &Expr) -> Option<(bool, f64)> {

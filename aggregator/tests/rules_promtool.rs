@@ -7,8 +7,9 @@
 //!
 //! Without `promtool` on PATH the test says so and passes, unless `HERD_REQUIRE_PEERS=1`.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
+
+use common::{promtool_available, run};
 
 const BIN: &str = env!("CARGO_BIN_EXE_herd-aggregator");
 
@@ -43,26 +44,6 @@ tests:
     alertname: Rendered
     exp_alerts: []
 "#;
-
-fn promtool_available() -> bool {
-    let found = Command::new("promtool").arg("--version").output().is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("HERD_REQUIRE_PEERS").as_deref() != Ok("1"),
-            "promtool is missing: apt-get install prometheus"
-        );
-        eprintln!("skipped: promtool is not installed (apt-get install prometheus)");
-    }
-    found
-}
-
-/// Exit code and stdout plus stderr (promtool reports failures on stderr).
-fn run(program: &str, args: &[&str], dir: &Path) -> (i32, String) {
-    let output = Command::new(program).args(args).current_dir(dir).output().expect("run");
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-    (output.status.code().unwrap_or(-1), text)
-}
 
 /// The `Annotations:{...}` of the first alert in a failure report.
 fn annotations(report: &str) -> String {
