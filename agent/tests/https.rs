@@ -8,10 +8,13 @@
 //! another binary); `scripts/test.sh` installs it. A missing binary fails
 //! the test, it does not skip it.
 
+mod common;
+
+use common::*;
+
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,19 +24,6 @@ use herd_agent::collect::{Collector, Scheduler, SharedSeriesTable};
 use herd_common::config::agent::AgentConfig;
 use herd_common::metric::is_stale;
 use herd_common::tls::{PemPair, Role, generate_ca, issue, write_pair};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Certificates in a temp dir: the server's CA, the server, a client, and an unrelated CA.
 struct Pki {
@@ -132,20 +122,6 @@ fn scheduler(
         tx,
     );
     (scheduler, rx)
-}
-
-/// Collects log lines (the test runs on one thread: the subscriber is thread-local).
-#[derive(Clone, Default)]
-struct LogSink(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[tokio::test]

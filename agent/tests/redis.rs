@@ -15,9 +15,13 @@
 //! Needs Debian's `redis-server` (`HERD_REDIS_SERVER` names another binary);
 //! `scripts/test.sh` installs it.
 
+mod common;
+
+use common::*;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,10 +33,6 @@ use herd_common::metric::is_stale;
 
 const PASSWORD: &str = "r3dis-herd-test";
 const STARTUP_DEADLINE: Duration = Duration::from_secs(15);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A throwaway Redis; killed when dropped.
 struct Server {
@@ -308,20 +308,6 @@ async fn values_agree_with_info_at_the_same_moment() {
     }
 }
 
-/// Collects what the agent logs, to check what a failure prints.
-#[derive(Clone, Default)]
-struct LogSink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn down_then_back_and_wrong_password() {
     let mut server = Server::new();
@@ -389,97 +375,6 @@ async fn a_server_that_never_answers_is_down_within_the_timeout() {
     let elapsed = started.elapsed();
     assert!(elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3), "{elapsed:?}");
     assert_eq!(series.get("redis_up", &[("server", &format!("127.0.0.1:{port}"))]), 0.0);
-}
-
-/// One exposition-format series: name and labels (sorted, empty values and
-/// the given `drop` names left out), as text, with its value.
-fn parse_series(line: &str, drop: &[&str]) -> Option<(String, String, f64)> {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let (name, rest) = match line.find('{') {
-        Some(open) => (&line[..open], &line[open + 1..]),
-        None => {
-            let (name, value) = line.split_once(' ')?;
-            return Some((name.to_owned(), String::new(), value.trim().parse().ok()?));
-        }
-    };
-    let mut labels = Vec::new();
-    let mut chars = rest.char_indices().peekable();
-    let value_start = loop {
-        while chars.peek().is_some_and(|&(_, c)| c == ',' || c == ' ') {
-            chars.next();
-        }
-        let &(start, c) = chars.peek()?;
-        if c == '}' {
-            break start + 1;
-        }
-        let eq = rest[start..].find('=')? + start;
-        let key = rest[start..eq].to_owned();
-        while chars.peek().is_some_and(|&(i, _)| i <= eq + 1) {
-            chars.next(); // up to and including the opening quote
-        }
-        let mut text = String::new();
-        while let Some((_, c)) = chars.next() {
-            match c {
-                '\\' => match chars.next()?.1 {
-                    'n' => text.push('\n'),
-                    other => text.push(other),
-                },
-                '"' => break,
-                other => text.push(other),
-            }
-        }
-        if !text.is_empty() && !drop.contains(&key.as_str()) {
-            labels.push(format!("{key}={text:?}"));
-        }
-    };
-    labels.sort();
-    let value = rest[value_start..].trim().split(' ').next()?.parse().ok()?;
-    Some((name.to_owned(), labels.join(","), value))
-}
-
-/// Families: name → (label set → value).
-type Families = BTreeMap<String, BTreeMap<String, f64>>;
-
-fn families<'a>(lines: impl Iterator<Item = &'a str>, drop: &[&str]) -> Families {
-    let mut out = Families::new();
-    for (name, labels, value) in lines.filter_map(|line| parse_series(line, drop)) {
-        out.entry(name).or_default().insert(labels, value);
-    }
-    out
-}
-
-fn scrape(port: u16) -> String {
-    let url = format!("http://127.0.0.1:{port}/metrics");
-    ureq::get(&url).call().unwrap().into_body().read_to_string().unwrap()
-}
-
-/// Starts an exporter binary and waits for its /metrics to answer.
-fn start_exporter(binary: &str, args: &[String], env: &[(&str, String)], port: u16) -> Child {
-    let child = Command::new(binary)
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|err| panic!("cannot run {binary}: {err}"));
-    let deadline = Instant::now() + STARTUP_DEADLINE;
-    while ureq::get(&format!("http://127.0.0.1:{port}/metrics")).call().is_err() {
-        assert!(Instant::now() < deadline, "{binary} did not answer on port {port}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Families Herd and redis_exporter both produce must have the same label

@@ -10,9 +10,13 @@
 //! another binary) and `/usr/bin/prometheus` (`HERD_PROMETHEUS`);
 //! `scripts/test.sh` installs both.
 
+mod common;
+
+use common::*;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,19 +24,6 @@ use herd_agent::collect::scrape::ScrapeCollector;
 use herd_agent::collect::{Collector, Scheduler, SharedSeriesTable};
 use herd_common::config::agent::AgentConfig;
 use herd_common::metric::is_stale;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scraped_series_carry_the_job_and_agree_with_the_host() {

@@ -129,6 +129,8 @@ pub struct Scheduler {
     out: mpsc::Sender<SampleBatch>,
     /// Per collector, the series it reported last cycle (sorted).
     previous: Vec<Vec<SeriesId>>,
+    /// A series-id buffer handed back and forth with `previous`.
+    spare_ids: Vec<SeriesId>,
     failing: Vec<bool>,
     /// The latest samples, for the local metrics endpoint.
     latest: Option<crate::exposition::Latest>,
@@ -169,6 +171,7 @@ impl Scheduler {
             next_seq: first_seq,
             out,
             previous: vec![Vec::new(); n],
+            spare_ids: Vec::new(),
             failing: vec![false; n],
             latest: None,
             last_samples: vec![Vec::new(); n],
@@ -266,16 +269,19 @@ impl Scheduler {
                 _ => {}
             }
             self.failing[index] = !success;
-            let name = collector.name().to_owned();
-            batch.push("herd_collector_success", &[("collector", &name)], if success { 1.0 } else { 0.0 });
-            batch.push("herd_collector_duration_seconds", &[("collector", &name)], elapsed.as_secs_f64());
-            let mut current: Vec<SeriesId> = batch.samples.iter().map(|&(id, _)| id).collect();
+            let name = collector.name();
+            batch.push("herd_collector_success", &[("collector", name)], if success { 1.0 } else { 0.0 });
+            batch.push("herd_collector_duration_seconds", &[("collector", name)], elapsed.as_secs_f64());
+            // The ids reported now, in the buffer of the run before last: no allocation per cycle.
+            let mut current = std::mem::take(&mut self.spare_ids);
+            current.clear();
+            current.extend(batch.samples.iter().map(|&(id, _)| id));
             current.sort_unstable();
             current.dedup();
             for gone in sorted_difference(&self.previous[index], &current) {
                 batch.samples.push((gone, stale_nan()));
             }
-            self.previous[index] = current;
+            self.spare_ids = std::mem::replace(&mut self.previous[index], current);
             if self.latest.is_some() {
                 self.last_samples[index].clone_from(&batch.samples);
             }
