@@ -48,6 +48,9 @@ pub struct Target {
 pub struct Fleet {
     agents: RwLock<BTreeMap<String, AgentRecord>>,
     next_connection_id: std::sync::atomic::AtomicU64,
+    /// Bumped whenever the set of agents or their targets changes, so the
+    /// writer of `fleet.json` knows when there is something new to keep.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Fleet {
@@ -95,6 +98,8 @@ impl Fleet {
             record.connected = false;
             record.last_seen = now;
         });
+        // Kept in fleet.json: an agent is forgotten counting from when it went away.
+        self.changed();
     }
 
     /// Notes a series' `job`/`instance` for `up`; returns whether the pair is new.
@@ -113,6 +118,7 @@ impl Fleet {
         }
         record.targets.retain(|t| !(t.job == job && t.instance == instance));
         record.targets.insert(Target { job: job.to_owned(), instance: instance.to_owned(), reports_up: is_up });
+        self.changed();
         true
     }
 
@@ -144,6 +150,16 @@ impl Fleet {
             };
             agents.insert(agent.id, record);
         }
+        self.changed();
+    }
+
+    fn changed(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Changes to the agents or their targets so far.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// What [`Fleet::restore`] needs after a restart.
@@ -167,6 +183,9 @@ impl Fleet {
             agents.values().filter(|r| !r.connected && r.last_seen < cutoff).map(|r| r.id.clone()).collect();
         for id in &gone {
             agents.remove(id);
+        }
+        if !gone.is_empty() {
+            self.changed();
         }
         gone
     }

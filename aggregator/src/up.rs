@@ -27,6 +27,9 @@ use crate::store::{Sample, SeriesRef, Storage};
 /// How long an agent may be away before its targets stop being reported.
 pub const FORGET_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// `up` series already resolved, by job and then instance.
+pub type SeriesRefs = HashMap<String, HashMap<String, SeriesRef>>;
+
 pub struct UpWriter {
     pub store: Arc<dyn Storage>,
     pub fleet: Arc<Fleet>,
@@ -60,7 +63,7 @@ impl UpWriter {
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut refs = HashMap::new();
-        let mut saved = String::new();
+        let mut saved = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -74,7 +77,7 @@ impl UpWriter {
     }
 
     /// Appends one `up` sample per target at `now`.
-    pub fn write(&self, now: SystemTime, refs: &mut HashMap<(String, String), SeriesRef>) {
+    pub fn write(&self, now: SystemTime, refs: &mut SeriesRefs) {
         let timestamp_ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         for id in self.fleet.forget_away_since(now.checked_sub(FORGET_AFTER).unwrap_or(UNIX_EPOCH)) {
             info!(agent = %id, "forgetting an agent away for longer than {FORGET_AFTER:?}");
@@ -86,34 +89,38 @@ impl UpWriter {
                     (true, false) => 1.0,
                     (false, _) => 0.0,
                 };
-                let key = (target.job.clone(), target.instance.clone());
-                let series = *refs.entry(key).or_insert_with(|| {
-                    self.store.series_ref(&Labels::from_pairs([
-                        (METRIC_NAME, "up"),
-                        ("job", target.job.as_str()),
-                        ("instance", target.instance.as_str()),
-                    ]))
-                });
+                let known = refs.get(&target.job).and_then(|by_instance| by_instance.get(&target.instance));
+                let series = match known {
+                    Some(&series) => series,
+                    None => {
+                        let series = self.store.series_ref(&Labels::from_pairs([
+                            (METRIC_NAME, "up"),
+                            ("job", target.job.as_str()),
+                            ("instance", target.instance.as_str()),
+                        ]));
+                        refs.entry(target.job.clone()).or_default().insert(target.instance.clone(), series);
+                        series
+                    }
+                };
                 let _ = self.store.append(series, Sample { timestamp_ms, value });
             }
         }
     }
 
-    /// Writes the known agents when they changed (atomically: temp file, rename).
-    fn save(&self, saved: &mut String) {
-        let mut known = self.fleet.known();
-        // `last_seen` moves with every heartbeat: only who and what count as a change.
-        let key = serde_json::to_string(&known.iter().map(|a| (&a.id, &a.targets)).collect::<Vec<_>>())
-            .expect("known agents serialise");
-        if key == *saved {
+    /// Writes the known agents when they changed since `saved` (a fleet
+    /// generation), atomically: temp file, rename.
+    fn save(&self, saved: &mut Option<u64>) {
+        let generation = self.fleet.generation();
+        if *saved == Some(generation) {
             return;
         }
+        let mut known = self.fleet.known();
         known.sort_by(|a, b| a.id.cmp(&b.id));
         let text = serde_json::to_string_pretty(&known).expect("known agents serialise");
         let tmp = self.state_path.with_extension("json.tmp");
         let result = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &self.state_path));
         match result {
-            Ok(()) => *saved = key,
+            Ok(()) => *saved = Some(generation),
             Err(err) => warn!(path = %self.state_path.display(), error = %err, "cannot save the known agents"),
         }
     }
@@ -172,7 +179,7 @@ mod tests {
         writer.write(t0 + Duration::from_secs(2), &mut refs);
         assert_eq!(up_values(&store, "node"), [1.0, 0.0]);
         assert_eq!(up_values(&store, "app"), [0.0], "an away agent's scrape targets are down too");
-        writer.save(&mut String::new());
+        writer.save(&mut None);
 
         // A restarted aggregator remembers the agent and keeps it down.
         let store = Arc::new(MemStore::new());
