@@ -469,6 +469,22 @@ mod tests {
         SampleBatch { seq, timestamp_ms: 1_000 * seq as i64, samples }
     }
 
+    /// Opens the buffer again in the same process. sled's flusher thread can
+    /// hold the directory's lock for a moment after the previous handle is
+    /// dropped (a restarted agent is a new process and never meets this).
+    fn reopen(dir: &Path) -> Recovered {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match Buffer::open(dir, 1 << 20, 10) {
+                Ok(recovered) => return recovered,
+                Err(err) if std::time::Instant::now() < deadline && err.to_string().contains("lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(err) => panic!("{err}"),
+            }
+        }
+    }
+
     #[test]
     fn batches_and_series_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
@@ -485,7 +501,7 @@ mod tests {
             buffer.acknowledge(&[(1, 2)]);
             buffer.flush_handle().flush().unwrap();
         }
-        let Recovered { buffer, table: restored, next_seq } = Buffer::open(dir.path(), 1 << 20, 10).unwrap();
+        let Recovered { buffer, table: restored, next_seq } = reopen(dir.path());
         assert_eq!(next_seq, 5);
         assert_eq!(restored.len(), table.len());
         for id in 0..table.len() as SeriesId {
