@@ -10,6 +10,7 @@
 //! - `alertmanager`: the built-in alert router (Alertmanager's config, silences, receivers, v2 API).
 //! - `api`: HTTP and JSON, and nothing else does either.
 //! - `fleet`: which agents exist and how they are doing.
+//! - `identity`: enrollment tokens, the CA key signing agent certificates, their inventory and revocation.
 //! - `remote`: Prometheus remote_write out (WAL-tailing queues) and in (`/api/v1/write`).
 //! - `selfmon`: the aggregator's own metrics, written to the store.
 //! - `up`: `up{job, instance}` for every agent target, from the fleet.
@@ -21,6 +22,7 @@ pub mod alertmanager;
 pub mod api;
 pub mod demo;
 pub mod fleet;
+pub mod identity;
 pub mod ingest;
 pub mod notify;
 pub mod pki;

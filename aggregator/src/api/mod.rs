@@ -9,6 +9,7 @@
 //! - `rules`: `/api/v1/rules`, `/api/v1/alerts` (routes of their own, merged in by `server`).
 //! - `params`: parameters, times, durations, the error envelope; `json`: result encoding.
 
+pub mod identity;
 mod json;
 mod params;
 mod query;

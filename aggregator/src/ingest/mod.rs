@@ -121,6 +121,9 @@ pub struct Ingest {
     dedup: Arc<Dedup>,
     heartbeat_interval: Duration,
     max_series_per_agent: u32,
+    /// Enrollment, renewal and revocation; without it agents are admitted
+    /// on their certificate alone.
+    identity: Option<Arc<crate::identity::IdentityManager>>,
 }
 
 impl Ingest {
@@ -134,7 +137,13 @@ impl Ingest {
         max_series_per_agent: u32,
     ) -> Self {
         let log = Arc::new(SeriesLog::new(store, wal, Arc::clone(&stats)));
-        Self { fleet, stats, log, dedup, heartbeat_interval, max_series_per_agent }
+        Self { fleet, stats, log, dedup, heartbeat_interval, max_series_per_agent, identity: None }
+    }
+
+    /// Serves enrollment, renewal and revocation through `identity`.
+    pub fn with_identity(mut self, identity: Arc<crate::identity::IdentityManager>) -> Self {
+        self.identity = Some(identity);
+        self
     }
 
     /// The write path agent batches take, for other sources of samples.
@@ -163,20 +172,52 @@ impl Ingest {
 
     async fn handle_incoming(&self, incoming: quinn::Incoming, shutdown: CancellationToken) {
         let remote = incoming.remote_address();
-        let connection = match incoming.await {
-            Ok(connection) => connection,
+        let mut connecting = match incoming.accept() {
+            Ok(connecting) => connecting,
             Err(err) => {
                 self.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                warn!(%remote, error = %err, "agent handshake failed (certificate not signed by the fleet CA, or none?)");
+                warn!(%remote, error = %err, "agent connection refused");
                 return;
             }
         };
-        let Some(identity) = herd_common::tls::peer_common_name(&connection) else {
+        let enrolling = crate::identity::quic::is_enrollment(connecting.handshake_data().await.ok());
+        let connection = match connecting.await {
+            Ok(connection) => connection,
+            Err(err) if enrolling => {
+                if let Some(identity) = &self.identity {
+                    identity.enrollment_handshake_failed(remote, &err);
+                }
+                return;
+            }
+            Err(err) => {
+                self.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                warn!(%remote, error = %err, "agent handshake failed (certificate not signed by the fleet CA, expired, or none?)");
+                return;
+            }
+        };
+        if enrolling {
+            match &self.identity {
+                Some(identity) => Arc::clone(identity).serve_enrollment(connection).await,
+                None => connection.close(CLOSE_NO_IDENTITY.into(), b"enrollment is not served here"),
+            }
+            return;
+        }
+        let Some(admission) = crate::identity::Admission::of(&connection).map(Arc::new) else {
             self.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-            warn!(%remote, "agent certificate has no common name: refused");
-            connection.close(CLOSE_NO_IDENTITY.into(), b"client certificate has no common name");
+            warn!(%remote, "agent presented no certificate with a common name: refused");
+            connection.close(CLOSE_NO_IDENTITY.into(), b"a client certificate from the fleet CA is required");
             return;
         };
+        let identity = admission.name().to_owned();
+        if let Some(manager) = &self.identity {
+            if manager.admit(&admission).is_err() {
+                warn!(agent = %identity, %remote, serial = %admission.info.serial, "revoked certificate: connection refused");
+                connection
+                    .close(crate::identity::CLOSE_REVOKED.into(), b"certificate revoked: this agent must re-enroll");
+                return;
+            }
+            manager.guard(connection.clone(), Arc::clone(&admission), shutdown.child_token());
+        }
         let streams = tokio::select! {
             _ = shutdown.cancelled() => return,
             streams = timeout(STREAM_OPEN_TIMEOUT, connection.accept_bi()) => streams,
@@ -192,9 +233,13 @@ impl Ingest {
                 return;
             }
         };
+        if let Some(manager) = &self.identity {
+            manager.serve_renewals(connection.clone(), Arc::clone(&admission), shutdown.child_token());
+        }
         let mut session = Session {
             ingest: self,
             identity,
+            admission,
             remote,
             connection_id: None,
             series: Vec::new(),
@@ -216,6 +261,8 @@ impl Ingest {
 struct Session<'a> {
     ingest: &'a Ingest,
     identity: String,
+    /// The certificate's identity, stamped on every series.
+    admission: Arc<crate::identity::Admission>,
     remote: SocketAddr,
     connection_id: Option<u64>,
     /// Wire id → store series.
@@ -300,6 +347,11 @@ impl Session<'_> {
                     }
                     let connection_id = self.ingest.fleet.connected(&self.identity, &hello, self.remote, now);
                     self.connection_id = Some(connection_id);
+                    self.ingest.fleet.set_trusted_labels(
+                        &self.identity,
+                        connection_id,
+                        self.admission.trusted_labels(),
+                    );
                     info!(agent = %self.identity, remote = %self.remote, version = %hello.agent_version, backlog_batches = hello.backlog_batches, "agent connected");
                     let welcome = Welcome {
                         aggregator_version: herd_common::VERSION.to_owned(),
@@ -315,6 +367,7 @@ impl Session<'_> {
                 }
                 ServerEvent::SeriesDefined { id, labels } => {
                     debug_assert_eq!(id as usize, self.series.len(), "the link enforces dense ids");
+                    let labels = self.admission.stamp(labels);
                     let series = self.ingest.log.resolve(&labels, &mut self.wal_bytes, &mut self.new_series);
                     self.series.push(series);
                     if let (Some(job), Some(instance)) = (labels.get("job"), labels.get("instance")) {

@@ -42,6 +42,8 @@ pub struct RawAggregatorConfig {
     pub remote_write: Vec<super::remote_write::RawRemoteWrite>,
     #[serde(default)]
     pub remote_write_receiver: super::remote_write::RawReceiver,
+    #[serde(default)]
+    pub identity: super::identity::RawIdentity,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -179,6 +181,7 @@ pub struct AggregatorConfig {
     pub alerting: AlertingConfig,
     pub storage: super::storage::StorageConfig,
     pub remote: super::remote_write::RemoteConfig,
+    pub identity: super::identity::IdentityConfig,
 }
 
 impl AggregatorConfig {
@@ -299,7 +302,9 @@ impl RawAggregatorConfig {
         let storage = self.storage.validate(&mut problems);
         let remote =
             super::remote_write::validate(self.remote_write, self.remote_write_receiver, base_dir, &mut problems);
+        let identity = self.identity.validate(base_dir, &tls.ca_file, &mut problems);
         let config = AggregatorConfig {
+            identity,
             storage,
             quic_listen,
             http_listen,
