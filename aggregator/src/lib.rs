@@ -9,6 +9,7 @@
 //! - `notify`: delivers alerts to Alertmanagers.
 //! - `alertmanager`: the built-in alert router (Alertmanager's config, silences, receivers, v2 API).
 //! - `api`: HTTP and JSON, and nothing else does either.
+//! - `auth`: the one authentication and authorization layer in front of every HTTP route.
 //! - `fleet`: which agents exist and how they are doing.
 //! - `identity`: enrollment tokens, the CA key signing agent certificates, their inventory and revocation.
 //! - `remote`: Prometheus remote_write out (WAL-tailing queues) and in (`/api/v1/write`).
@@ -20,6 +21,7 @@
 
 pub mod alertmanager;
 pub mod api;
+pub mod auth;
 pub mod demo;
 pub mod fleet;
 pub mod identity;

@@ -44,6 +44,7 @@ pub struct RawAggregatorConfig {
     pub remote_write_receiver: super::remote_write::RawReceiver,
     #[serde(default)]
     pub identity: super::identity::RawIdentity,
+    pub http: super::http::RawHttp,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -182,6 +183,8 @@ pub struct AggregatorConfig {
     pub storage: super::storage::StorageConfig,
     pub remote: super::remote_write::RemoteConfig,
     pub identity: super::identity::IdentityConfig,
+    /// Who may call the HTTP API: `[http]`.
+    pub http: super::http::HttpConfig,
 }
 
 impl AggregatorConfig {
@@ -303,8 +306,10 @@ impl RawAggregatorConfig {
         let remote =
             super::remote_write::validate(self.remote_write, self.remote_write_receiver, base_dir, &mut problems);
         let identity = self.identity.validate(base_dir, &tls.ca_file, &mut problems);
+        let http = self.http.validate(http_listen, base_dir, &mut problems);
         let config = AggregatorConfig {
             identity,
+            http,
             storage,
             quic_listen,
             http_listen,
