@@ -5,12 +5,14 @@
 //! - `collect`: the `Collector` trait, the scheduler, one module per source.
 //! - `buffer`: the durable, bounded sled queue every batch passes through.
 //! - `uplink`: the connection to the aggregator (failover, backoff, backfill).
+//! - `identity`: enrollment (`herd-agent enroll`) and certificate renewal.
 //! - `run`: wires both from an `AgentConfig` and stops on a cancellation token.
 #![forbid(unsafe_code)]
 
 pub mod buffer;
 pub mod collect;
 pub mod exposition;
+pub mod identity;
 pub mod uplink;
 
 use std::sync::Arc;
@@ -52,8 +54,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let table: SharedSeriesTable = Arc::new(std::sync::Mutex::new(recovered.table));
     let (tx, rx) = mpsc::channel(SCHEDULER_CHANNEL_BATCHES);
     let buffer_stats = recovered.buffer.stats();
+    let enroll_hint = format!(
+        "herd-agent enroll --aggregator {} --token-file FILE --ca-fingerprint sha256:... --name {} --force",
+        config.uplink.endpoints.first().map(ToString::to_string).unwrap_or_default(),
+        config.id
+    );
+    let (renewer, renewal_link) =
+        identity::Renewer::new(config.uplink.tls.clone(), config.uplink.idle_timeout, enroll_hint);
+    tokio::spawn(renewer.run(shutdown.child_token()));
     let uplink = uplink::Uplink::new(&config, client_config, Arc::clone(&table), recovered.buffer)
-        .map_err(StartError::Socket)?;
+        .map_err(StartError::Socket)?
+        .with_renewal(renewal_link);
 
     let mut collectors: Vec<Arc<dyn Collector>> = Vec::new();
     if let Some(host) = &config.collect.host {

@@ -44,9 +44,12 @@ enum Command {
     /// Manage the fleet's certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
-    /// Issue certificates signed by the fleet CA.
+    /// Certificates: issue by hand, list and revoke agents' (through the HTTP API).
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Enrollment tokens for `herd-agent enroll` (through the HTTP API, admin role).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Validate a configuration file and print every problem found.
     CheckConfig {
         #[arg(short, long, env = "HERD_AGGREGATOR_CONFIG", default_value = DEFAULT_PATH)]
@@ -139,12 +142,90 @@ enum CaCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Print the CA's fingerprint, for `herd-agent enroll --ca-fingerprint`.
+    Fingerprint {
+        /// The CA certificate (default: ca.pem in --dir).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        #[arg(long, default_value = pki::DEFAULT_PKI_DIR)]
+        dir: PathBuf,
+    },
+}
+
+/// How the CLI reaches the aggregator's admin API.
+#[derive(Debug, Args)]
+struct AdminApi {
+    /// The aggregator's HTTP address.
+    #[arg(long, env = "HERD_URL", default_value = "http://127.0.0.1:7401")]
+    url: String,
+    /// A file holding a bearer token with the admin role (one of `[[http.tokens]]`).
+    #[arg(long, env = "HERD_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// The CA of the aggregator's HTTPS certificate (default: the system's).
+    #[arg(long, env = "HERD_CA_FILE")]
+    ca_file: Option<PathBuf>,
+}
+
+impl AdminApi {
+    fn client(&self) -> anyhow::Result<herd_aggregator::api::client::AdminClient> {
+        Ok(herd_aggregator::api::client::AdminClient::new(
+            &self.url,
+            self.token_file.as_deref(),
+            self.ca_file.as_deref(),
+        )?)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token; prints it alone on stdout (save it to a file for the agent).
+    Create {
+        #[command(flatten)]
+        api: AdminApi,
+        /// Trusted labels bound to every agent enrolled with it: role=postgres,env=prod.
+        #[arg(long, default_value = "")]
+        labels: String,
+        /// How long it can be used.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// How many agents may enroll with it (default: any number until it expires).
+        #[arg(long)]
+        uses: Option<u32>,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        api: AdminApi,
+    },
+    /// Revoke a token by its ID.
+    Revoke {
+        #[command(flatten)]
+        api: AdminApi,
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum CertCommand {
     /// Issue a key pair: NAME.pem and NAME-key.pem.
     Issue(IssueArgs),
+    /// List agent certificates: identities, serials, expiry, revocation.
+    List {
+        #[command(flatten)]
+        api: AdminApi,
+    },
+    /// Revoke an agent's certificates (all issued until now), or one by serial:
+    /// its connection is closed and reconnects are refused.
+    Revoke {
+        #[command(flatten)]
+        api: AdminApi,
+        /// The agent's name.
+        #[arg(required_unless_present = "serial", conflicts_with = "serial")]
+        name: Option<String>,
+        /// One certificate's serial (hex, as `cert list` shows it).
+        #[arg(long)]
+        serial: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -165,6 +246,12 @@ struct IssueArgs {
     /// Extra DNS names or IP addresses for a server certificate.
     #[arg(long = "san", value_name = "NAME_OR_IP")]
     extra_names: Vec<String>,
+    /// Trusted labels of an agent certificate (role=postgres,env=prod); default none.
+    #[arg(long, default_value = "")]
+    labels: String,
+    /// Lifetime of an agent certificate.
+    #[arg(long, default_value = "825d", value_parser = humantime::parse_duration)]
+    lifetime: Duration,
     /// Where the CA is.
     #[arg(long, default_value = pki::DEFAULT_PKI_DIR)]
     ca_dir: PathBuf,
@@ -204,8 +291,62 @@ fn main() -> anyhow::Result<()> {
                 _ => unreachable!("clap enforces exactly one of --agent and --server"),
             };
             let out_dir = args.out_dir.unwrap_or_else(|| args.ca_dir.clone());
-            let (cert, key) = pki::issue(&args.ca_dir, &out_dir, role, &name, &args.extra_names, args.force)?;
+            let (cert, key) = match role {
+                Role::Agent => {
+                    let labels = herd_common::identity::parse_labels(&args.labels)?;
+                    pki::issue_agent(&args.ca_dir, &out_dir, &name, &labels, args.lifetime, args.force)?
+                }
+                Role::Server => pki::issue(&args.ca_dir, &out_dir, role, &name, &args.extra_names, args.force)?,
+            };
             println!("certificate: {}\nkey:         {} (mode 0600)", cert.display(), key.display());
+            Ok(())
+        }
+        Command::Ca(CaCommand::Fingerprint { ca_file, dir }) => {
+            let path = ca_file.unwrap_or_else(|| dir.join("ca.pem"));
+            let pem = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            println!("{}", herd_common::identity::ca_fingerprint(&pem)?);
+            Ok(())
+        }
+        Command::Cert(CertCommand::List { api }) => {
+            let certificates = api.client()?.call("GET", "/api/v1/identity/certificates", None)?;
+            print!("{}", herd_aggregator::api::client::format_certificates(&certificates));
+            Ok(())
+        }
+        Command::Cert(CertCommand::Revoke { api, name, serial }) => {
+            let body = match (name, serial) {
+                (Some(name), None) => serde_json::json!({ "name": name }),
+                (None, Some(serial)) => serde_json::json!({ "serial": serial }),
+                _ => unreachable!("clap enforces exactly one of NAME and --serial"),
+            };
+            let answer = api.client()?.call("POST", "/api/v1/identity/revocations", Some(&body))?;
+            let serials = answer["serials"].as_array().map_or(0, Vec::len);
+            println!("revoked ({serials} known certificates); live connections are closed");
+            Ok(())
+        }
+        Command::Token(TokenCommand::Create { api, labels, ttl, uses }) => {
+            let labels: serde_json::Map<String, serde_json::Value> = herd_common::identity::parse_labels(&labels)?
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect();
+            let body = serde_json::json!({ "labels": labels, "ttl": ttl, "uses": uses });
+            let token = api.client()?.call("POST", "/api/v1/identity/tokens", Some(&body))?;
+            eprintln!(
+                "token {} expires {} ({} uses); give it to `herd-agent enroll --token-file`",
+                token["id"].as_str().unwrap_or_default(),
+                token["expires"].as_str().unwrap_or_default(),
+                uses.map_or_else(|| "unlimited".to_owned(), |n| n.to_string()),
+            );
+            println!("{}", token["token"].as_str().unwrap_or_default());
+            Ok(())
+        }
+        Command::Token(TokenCommand::List { api }) => {
+            let tokens = api.client()?.call("GET", "/api/v1/identity/tokens", None)?;
+            print!("{}", herd_aggregator::api::client::format_tokens(&tokens));
+            Ok(())
+        }
+        Command::Token(TokenCommand::Revoke { api, id }) => {
+            api.client()?.call("DELETE", &format!("/api/v1/identity/tokens/{id}"), None)?;
+            println!("token {id} revoked");
             Ok(())
         }
         Command::CheckConfig { config } => {

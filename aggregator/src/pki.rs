@@ -36,6 +36,26 @@ pub fn issue(
     tls::write_pair(out_dir, name, &pair, force)
 }
 
+/// Issues an agent certificate for `name` with trusted `labels` from the CA
+/// in `ca_dir` (the key is generated here; prefer `herd-agent enroll`, which
+/// keeps the key on the agent).
+pub fn issue_agent(
+    ca_dir: &Path,
+    out_dir: &Path,
+    name: &str,
+    labels: &[(String, String)],
+    lifetime: std::time::Duration,
+    force: bool,
+) -> Result<(PathBuf, PathBuf), TlsError> {
+    if name == CA_STEM {
+        return Err(TlsError::Config(format!("{name:?} cannot be used as a certificate name")));
+    }
+    let ca = load_ca(ca_dir)?;
+    let pair = herd_common::identity::issue_agent(&ca, name, labels, lifetime, std::time::SystemTime::now())
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    tls::write_pair(out_dir, name, &pair, force)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,6 +51,8 @@ pub enum StartError {
     RemoteWrite(#[from] crate::remote::queue::QueueError),
     #[error("cannot load the HTTP API's credentials: {0}")]
     Auth(#[from] crate::auth::AuthError),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityStartError),
 }
 
 /// Replays the WAL (latest checkpoint, then newer segments) into the
@@ -185,15 +187,19 @@ pub async fn start(
     up.restore();
     let stats = Arc::new(IngestStats::default());
     let ready = Arc::new(AtomicBool::new(false));
-    let ingest = Arc::new(Ingest::new(
-        Arc::clone(&store),
-        Arc::clone(&fleet),
-        Arc::clone(&stats),
-        wal.clone(),
-        Arc::clone(&dedup),
-        config.heartbeat_interval,
-        config.max_series_per_agent,
-    ));
+    let identity = start_identity(config, &shutdown, &mut tasks)?;
+    let ingest = Arc::new(
+        Ingest::new(
+            Arc::clone(&store),
+            Arc::clone(&fleet),
+            Arc::clone(&stats),
+            wal.clone(),
+            Arc::clone(&dedup),
+            config.heartbeat_interval,
+            config.max_series_per_agent,
+        )
+        .with_identity(Arc::clone(&identity)),
+    );
     let limits = &config.query_limits;
     let max_series = usize::try_from(limits.max_series).unwrap_or(usize::MAX);
     let query_limits = Limits {
@@ -206,7 +212,8 @@ pub async fn start(
     let state = Arc::new(
         ApiState::new(engine, Arc::clone(&store), Arc::clone(&fleet), Arc::clone(&stats), Arc::clone(&ready))
             .with_max_concurrent_queries(usize::try_from(limits.max_concurrency).unwrap_or(usize::MAX))
-            .with_auth(Arc::clone(&auth)),
+            .with_auth(Arc::clone(&auth))
+            .with_identity(identity.stats()),
     );
 
     let (notifier, rules) = start_rules(config, &store, query_limits, http_addr, &auth, &shutdown, &mut tasks).await?;
@@ -229,7 +236,11 @@ pub async fn start(
     let http_shutdown = shutdown.child_token();
     let http_rules = Arc::clone(&rules);
     tasks.spawn(async move {
-        let routes = api::router(state).merge(api::rules::routes(http_rules)).merge(router_routes).merge(remote_routes);
+        let routes = api::router(state)
+            .merge(api::rules::routes(http_rules))
+            .merge(router_routes)
+            .merge(remote_routes)
+            .merge(api::identity::routes(identity));
         let serve = axum::serve(listener, crate::auth::layer(routes, auth))
             .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
         if let Err(err) = serve.await {
@@ -240,6 +251,36 @@ pub async fn start(
     info!(%quic_addr, %http_addr, "aggregator listening");
     Ok(Running { quic_addr, http_addr, store, fleet, ingest: stats, rules, notifier, tasks })
 }
+
+// ---- identity (aggregator/src/identity/) ----
+/// Opens the identity state (tokens, certificates, revocations), loads the
+/// CA key that signs enrolled and renewed certificates, and reloads the key
+/// file on SIGHUP.
+fn start_identity(
+    config: &AggregatorConfig,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<Arc<crate::identity::IdentityManager>, StartError> {
+    let identity = crate::identity::IdentityManager::open(config)?;
+    tasks.spawn(Arc::clone(&identity).run(shutdown.child_token()));
+    match signal(SignalKind::hangup()) {
+        Ok(mut hangup) => {
+            let (manager, stop) = (Arc::clone(&identity), shutdown.child_token());
+            let (identity_config, ca_file) = (config.identity.clone(), config.tls.ca_file.clone());
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        Some(()) = hangup.recv() => manager.apply_config(&identity_config, &ca_file),
+                    }
+                }
+            });
+        }
+        Err(err) => tracing::warn!(error = %err, "SIGHUP handler not installed: the CA key reloads only on restart"),
+    }
+    Ok(identity)
+}
+// ---- end identity ----
 
 // ---- built-in alert router ----
 

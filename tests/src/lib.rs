@@ -429,3 +429,76 @@ impl Drop for TmpfsMount {
 pub fn latest_value(aggregator: &Aggregator, selector: &str) -> Option<f64> {
     vector_result(&aggregator.query(selector)).first().and_then(|s| s["value"][1].as_str()?.parse().ok())
 }
+
+/// A bearer token in a file (mode 0600) and the `[[http.tokens]]` entry
+/// naming it, for an aggregator's config.
+pub struct HttpToken {
+    pub name: String,
+    pub file: PathBuf,
+    pub token: String,
+}
+
+impl HttpToken {
+    pub fn create(work: &Path, name: &str, role: &str) -> (Self, String) {
+        use std::os::unix::fs::PermissionsExt;
+        let token = format!("{name}-{role}-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let file = work.join(format!("{name}.token"));
+        std::fs::write(&file, &token).expect("write token file");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod token file");
+        let toml =
+            format!("[[http.tokens]]\nname = \"{name}\"\nrole = \"{role}\"\ntoken_file = \"{}\"\n", file.display());
+        (Self { name: name.to_owned(), file, token }, toml)
+    }
+
+    pub fn file_arg(&self) -> &str {
+        self.file.to_str().expect("utf-8 temp path")
+    }
+}
+
+/// Runs `binary` with `args`; returns (success, stdout, stderr).
+pub fn run_cli(binary: &str, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(bin(binary)).args(args).output().unwrap_or_else(|e| panic!("run {binary}: {e}"));
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Sends `method url` with an optional bearer token and body; `None` on a connection error.
+pub fn http_call(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> Option<(u16, String)> {
+    let agent = http_agent();
+    let authorization = token.map(|t| format!("Bearer {t}"));
+    let mut response = match method {
+        "GET" => {
+            let mut request = agent.get(url);
+            if let Some(value) = &authorization {
+                request = request.header("Authorization", value);
+            }
+            request.call().ok()?
+        }
+        "DELETE" => {
+            let mut request = agent.delete(url);
+            if let Some(value) = &authorization {
+                request = request.header("Authorization", value);
+            }
+            request.call().ok()?
+        }
+        _ => {
+            let mut request = agent.post(url).header("Content-Type", content_type);
+            if let Some(value) = &authorization {
+                request = request.header("Authorization", value);
+            }
+            request.send(body).ok()?
+        }
+    };
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    Some((status, text))
+}

@@ -96,6 +96,7 @@ struct CreateToken {
 
 async fn create_token(
     State(manager): State<Arc<IdentityManager>>,
+    principal: Option<axum::Extension<crate::auth::Principal>>,
     body: Result<Json<CreateToken>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Json(request) = match body {
@@ -113,7 +114,7 @@ async fn create_token(
         labels: request.labels.into_iter().collect(),
         ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
         max_uses: request.uses,
-        created_by: "api".to_owned(),
+        created_by: principal.map_or_else(|| "anonymous".to_owned(), |p| p.0.name.clone()),
     };
     match blocking(&manager, move |m| m.create_token(spec)).await {
         Ok((token, record)) => {

@@ -9,6 +9,7 @@
 //! - `rules`: `/api/v1/rules`, `/api/v1/alerts` (routes of their own, merged in by `server`).
 //! - `params`: parameters, times, durations, the error envelope; `json`: result encoding.
 
+pub mod client;
 pub mod identity;
 mod json;
 mod params;
@@ -50,6 +51,8 @@ pub struct ApiState {
     query_slots: Arc<Semaphore>,
     /// For `/metrics`' refusal counters.
     auth: Option<Arc<crate::auth::Authenticator>>,
+    /// For `/metrics`' enrollment and renewal counters.
+    identity: Option<Arc<crate::identity::IdentityStats>>,
 }
 
 impl ApiState {
@@ -69,7 +72,14 @@ impl ApiState {
             started_at: SystemTime::now(),
             query_slots: Arc::new(Semaphore::new(DEFAULT_MAX_CONCURRENT_QUERIES)),
             auth: None,
+            identity: None,
         }
+    }
+
+    /// The identity manager's counters, for `/metrics`.
+    pub fn with_identity(mut self, stats: Arc<crate::identity::IdentityStats>) -> Self {
+        self.identity = Some(stats);
+        self
     }
 
     /// The authentication layer whose refusals `/metrics` reports.
@@ -142,6 +152,7 @@ async fn agents(State(state): State<Arc<ApiState>>) -> Response {
             json!({
                 "id": a.id,
                 "claimedId": a.claimed_id,
+                "trustedLabels": a.trusted_labels.iter().map(|(k, v)| (k.clone(), Json::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
                 "hostname": a.hostname,
                 "version": a.version,
                 "labels": a.labels.iter().map(|(k, v)| (k.clone(), Json::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
@@ -207,6 +218,9 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     }
     if let Some(auth) = &state.auth {
         auth.write_metrics(&mut out);
+    }
+    if let Some(identity) = &state.identity {
+        identity.write_metrics(&mut out);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response()
 }

@@ -58,6 +58,9 @@ const RULES: &[Rule] = &[
     rule(DELETE, "/api/v2/silence/{id}", EDITOR),
     rule(POST, "/-/reload", EDITOR),
     rule(POST, "/api/v1/write", Access::Own),
+    // Enrollment tokens and certificates: reads too, since they show who may join.
+    rule(GET_HEAD, "/api/v1/identity/{*rest}", ADMIN),
+    rule(ANY_WRITE, "/api/v1/identity/{*rest}", ADMIN),
     // Remote configuration: every change is an admin's.
     rule(ANY_WRITE, "/api/v1/configs", ADMIN),
     rule(ANY_WRITE, "/api/v1/configs/{*rest}", ADMIN),
@@ -114,6 +117,9 @@ mod tests {
         check(Method::POST, "/api/v1/configs", ADMIN);
         check(Method::POST, "/api/v1/configs/web/rollback", ADMIN);
         check(Method::GET, "/api/v1/configs/web", VIEWER);
+        check(Method::GET, "/api/v1/identity/tokens", ADMIN);
+        check(Method::POST, "/api/v1/identity/revocations", ADMIN);
+        check(Method::DELETE, "/api/v1/identity/tokens/{id}", ADMIN);
     }
 
     #[test]

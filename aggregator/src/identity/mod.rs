@@ -109,19 +109,30 @@ impl IdentityStats {
         *map.lock().expect("stats lock is never poisoned").entry(reason).or_default() += 1;
     }
 
-    /// `(metric, reason, count)` of every labelled counter, for exposition.
-    pub fn labelled(&self) -> Vec<(&'static str, &'static str, u64)> {
-        let mut out = Vec::new();
-        for (metric, map) in [
-            ("herd_enroll_refused_total", &self.enroll_refused),
-            ("herd_cert_renewals_refused_total", &self.renew_refused),
-            ("herd_identity_connections_closed_total", &self.connections_closed),
+    /// The counters in Prometheus text format, for `/metrics`.
+    pub fn write_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        for (name, help, value) in [
+            ("herd_enroll_issued_total", "Agent certificates signed at enrollment.", &self.enrolled),
+            ("herd_cert_renewals_total", "Agent certificates signed at renewal.", &self.renewed),
         ] {
+            let _ =
+                writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+        }
+        for (name, help, map) in [
+            ("herd_enroll_refused_total", "Enrollments refused, by reason.", &self.enroll_refused),
+            ("herd_cert_renewals_refused_total", "Renewals refused, by reason.", &self.renew_refused),
+            (
+                "herd_identity_connections_closed_total",
+                "Agent connections closed or refused for their certificate (revoked, expired).",
+                &self.connections_closed,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for (reason, count) in map.lock().expect("stats lock is never poisoned").iter() {
-                out.push((metric, *reason, *count));
+                let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {count}");
             }
         }
-        out
     }
 }
 

@@ -6,8 +6,8 @@
 pub mod agent;
 pub mod aggregator;
 pub mod client_tls;
-pub mod identity;
 pub mod http;
+pub mod identity;
 pub mod remote_write;
 pub mod storage;
 
