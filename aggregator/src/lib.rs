@@ -9,6 +9,7 @@
 //! - `notify`: delivers alerts to Alertmanagers.
 //! - `alertmanager`: the built-in alert router (Alertmanager's config, silences, receivers, v2 API).
 //! - `api`: HTTP and JSON, and nothing else does either.
+//! - `http`: the HTTP listener (connections, TLS, request limits) the API is served on.
 //! - `auth`: the one authentication and authorization layer in front of every HTTP route.
 //! - `fleet`: which agents exist and how they are doing.
 //! - `identity`: enrollment tokens, the CA key signing agent certificates, their inventory and revocation.
@@ -24,6 +25,7 @@ pub mod api;
 pub mod auth;
 pub mod demo;
 pub mod fleet;
+pub mod http;
 pub mod identity;
 pub mod ingest;
 pub mod notify;

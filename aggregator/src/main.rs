@@ -237,6 +237,9 @@ struct RoleArgs {
     /// The aggregator's server certificate; NAME is the host name agents connect to.
     #[arg(long, value_name = "NAME")]
     server: Option<String>,
+    /// A client certificate for the HTTP API (role from `[[http.client_certificates]]`); never an agent's.
+    #[arg(long, value_name = "NAME")]
+    client: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -285,18 +288,19 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cert(CertCommand::Issue(args)) => {
-            let (role, name) = match (args.role.agent, args.role.server) {
-                (Some(name), None) => (Role::Agent, name),
-                (None, Some(name)) => (Role::Server, name),
-                _ => unreachable!("clap enforces exactly one of --agent and --server"),
-            };
             let out_dir = args.out_dir.unwrap_or_else(|| args.ca_dir.clone());
-            let (cert, key) = match role {
-                Role::Agent => {
+            let (cert, key) = match (args.role.agent, args.role.server, args.role.client) {
+                (Some(name), None, None) => {
                     let labels = herd_common::identity::parse_labels(&args.labels)?;
                     pki::issue_agent(&args.ca_dir, &out_dir, &name, &labels, args.lifetime, args.force)?
                 }
-                Role::Server => pki::issue(&args.ca_dir, &out_dir, role, &name, &args.extra_names, args.force)?,
+                (None, Some(name), None) => {
+                    pki::issue(&args.ca_dir, &out_dir, Role::Server, &name, &args.extra_names, args.force)?
+                }
+                (None, None, Some(name)) => {
+                    pki::issue_client(&args.ca_dir, &out_dir, &name, args.lifetime, args.force)?
+                }
+                _ => unreachable!("clap enforces exactly one of --agent, --server and --client"),
             };
             println!("certificate: {}\nkey:         {} (mode 0600)", cert.display(), key.display());
             Ok(())

@@ -56,6 +56,23 @@ pub fn issue_agent(
     tls::write_pair(out_dir, name, &pair, force)
 }
 
+/// Issues a client certificate for the HTTP API from the CA in `ca_dir`.
+pub fn issue_client(
+    ca_dir: &Path,
+    out_dir: &Path,
+    name: &str,
+    lifetime: std::time::Duration,
+    force: bool,
+) -> Result<(PathBuf, PathBuf), TlsError> {
+    if name == CA_STEM {
+        return Err(TlsError::Config(format!("{name:?} cannot be used as a certificate name")));
+    }
+    let ca = load_ca(ca_dir)?;
+    let pair = herd_common::identity::issue_client(&ca, name, lifetime, std::time::SystemTime::now())
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    tls::write_pair(out_dir, name, &pair, force)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,6 +53,8 @@ pub enum StartError {
     Auth(#[from] crate::auth::AuthError),
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityStartError),
+    #[error("cannot start the HTTP listener: {0}")]
+    HttpListener(#[from] crate::http::HttpError),
 }
 
 /// Replays the WAL (latest checkpoint, then newer segments) into the
@@ -175,6 +177,7 @@ pub async fn start(
     let auth = Arc::new(crate::auth::Authenticator::new(&config.http)?);
     let dedup = Arc::new(Dedup::default());
     let mut tasks = JoinSet::new();
+    let http_listener = start_http_listener(config, material, &shutdown, &mut tasks)?;
     let (db, wal) = open_store(config, &dedup, &shutdown, &mut tasks).await?;
     let store: Arc<dyn Storage> = Arc::clone(&db) as Arc<dyn Storage>;
     let fleet = Arc::new(Fleet::new());
@@ -188,6 +191,8 @@ pub async fn start(
     let stats = Arc::new(IngestStats::default());
     let ready = Arc::new(AtomicBool::new(false));
     let identity = start_identity(config, &shutdown, &mut tasks)?;
+    let revocations = Arc::clone(&identity);
+    auth.set_revocation_check(Arc::new(move |info| revocations.is_revoked(info)));
     let ingest = Arc::new(
         Ingest::new(
             Arc::clone(&store),
@@ -213,7 +218,8 @@ pub async fn start(
         ApiState::new(engine, Arc::clone(&store), Arc::clone(&fleet), Arc::clone(&stats), Arc::clone(&ready))
             .with_max_concurrent_queries(usize::try_from(limits.max_concurrency).unwrap_or(usize::MAX))
             .with_auth(Arc::clone(&auth))
-            .with_identity(identity.stats()),
+            .with_identity(identity.stats())
+            .with_http_stats(Arc::clone(&http_listener.stats)),
     );
 
     let (notifier, rules) = start_rules(config, &store, query_limits, http_addr, &auth, &shutdown, &mut tasks).await?;
@@ -233,24 +239,57 @@ pub async fn start(
         remote: remote_figures,
     };
     tasks.spawn(monitor.run(shutdown.child_token()));
-    let http_shutdown = shutdown.child_token();
-    let http_rules = Arc::clone(&rules);
-    tasks.spawn(async move {
-        let routes = api::router(state)
-            .merge(api::rules::routes(http_rules))
-            .merge(router_routes)
-            .merge(remote_routes)
-            .merge(api::identity::routes(identity));
-        let serve = axum::serve(listener, crate::auth::layer(routes, auth))
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
-        if let Err(err) = serve.await {
-            tracing::error!(error = %err, "HTTP server failed");
-        }
-    });
+    let routes = api::router(state)
+        .merge(api::rules::routes(Arc::clone(&rules)))
+        .merge(router_routes)
+        .merge(remote_routes)
+        .merge(api::identity::routes(Arc::clone(&identity)));
+    let routes = http_listener.limits(crate::auth::layer(routes, auth));
+    tasks.spawn(Arc::clone(&http_listener).run(listener, routes, shutdown.child_token()));
     ready.store(true, Ordering::Release);
     info!(%quic_addr, %http_addr, "aggregator listening");
     Ok(Running { quic_addr, http_addr, store, fleet, ingest: stats, rules, notifier, tasks })
 }
+
+// ---- HTTP listener (aggregator/src/http/) ----
+/// The HTTP listener's TLS (read again on SIGHUP) and request limits.
+fn start_http_listener(
+    config: &AggregatorConfig,
+    material: &TlsMaterial,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<Arc<crate::http::HttpListener>, StartError> {
+    let listener = Arc::new(crate::http::HttpListener::new(&config.http_listener, material.ca_pem.clone())?);
+    if !listener.is_tls() && !config.http_listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.http_listen,
+            "HTTP without TLS on a non-loopback address: bearer tokens cross the network in clear (set [http] tls_cert_file and tls_key_file)"
+        );
+    }
+    match signal(SignalKind::hangup()) {
+        Ok(mut hangup) => {
+            let (reloading, settings, stop) =
+                (Arc::clone(&listener), config.http_listener.clone(), shutdown.child_token());
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        Some(()) = hangup.recv() => match reloading.apply_config(&settings) {
+                            Ok(()) if reloading.is_tls() => info!("HTTPS certificate reloaded"),
+                            Ok(()) => {}
+                            Err(err) => tracing::error!(error = %err, "HTTPS certificate reload refused, the previous one stays in use"),
+                        },
+                    }
+                }
+            });
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "SIGHUP handler not installed: the HTTPS certificate reloads only on restart")
+        }
+    }
+    Ok(listener)
+}
+// ---- end HTTP listener ----
 
 // ---- identity (aggregator/src/identity/) ----
 /// Opens the identity state (tokens, certificates, revocations), loads the

@@ -24,6 +24,10 @@ use crate::tls::{PemPair, TlsError};
 
 /// Scheme and authority of the identity URI in an agent certificate.
 pub const IDENTITY_URI_PREFIX: &str = "herd://agent/";
+/// The identity URI of a client certificate for the HTTP API (`cert issue
+/// --client`): such a certificate is never an agent's, and enrollment never
+/// makes one.
+pub const CLIENT_URI_PREFIX: &str = "herd://client/";
 /// Longest agent name accepted.
 pub const MAX_NAME_BYTES: usize = 128;
 /// Most trusted labels one identity may carry.
@@ -50,9 +54,21 @@ pub enum IdentityError {
     Generate(#[from] rcgen::Error),
 }
 
+/// What a certificate is for, from its identity URI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertKind {
+    /// `herd://agent/NAME`: signed at enrollment, renewal or by `cert issue --agent`.
+    Agent,
+    /// `herd://client/NAME`: an HTTP API client (`cert issue --client`).
+    Client,
+    /// No identity URI (certificates from before identity URIs): an agent's.
+    Plain,
+}
+
 /// What Herd reads from a verified agent certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
+    pub kind: CertKind,
     /// The common name: the agent's identity.
     pub name: String,
     /// Trusted labels from the identity URI, sorted by name; empty if none.
@@ -223,17 +239,22 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, IdentityError> {
         .map(str::to_owned)
         .ok_or(IdentityError::NoName)?;
     let mut labels = Vec::new();
+    let mut kind = CertKind::Plain;
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for general in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::URI(uri) = general
-                && let Some((uri_name, uri_labels)) = parse_identity_uri(uri)
+            let x509_parser::extensions::GeneralName::URI(uri) = general else { continue };
+            if let Some((uri_name, uri_labels)) = parse_identity_uri(uri)
                 && uri_name == name
             {
                 labels = uri_labels;
+                kind = CertKind::Agent;
+            } else if uri.strip_prefix(CLIENT_URI_PREFIX) == Some(name.as_str()) {
+                kind = CertKind::Client;
             }
         }
     }
     Ok(CertInfo {
+        kind,
         name,
         labels,
         serial: normalize_serial(&hex(cert.raw_serial())),
@@ -353,6 +374,16 @@ pub fn sign_agent_csr(
     Ok(csr.signed_by(&issuer(ca)?)?.pem())
 }
 
+/// Issues a client certificate for the HTTP API (`cert issue --client`):
+/// no trusted labels, and a client identity URI, so it never passes for an agent.
+pub fn issue_client(ca: &PemPair, name: &str, lifetime: Duration, now: SystemTime) -> Result<PemPair, IdentityError> {
+    let key = KeyPair::generate()?;
+    let mut params = agent_params(name, &[], lifetime, now)?;
+    params.subject_alt_names = vec![SanType::URI(format!("{CLIENT_URI_PREFIX}{name}").try_into()?)];
+    let cert = params.signed_by(&key, &issuer(ca)?)?;
+    Ok(PemPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}
+
 /// Issues a key pair for agent `name` on the CA's host (`cert issue --agent`):
 /// the key is generated here, so it has to be copied to the agent.
 pub fn issue_agent(
@@ -383,7 +414,7 @@ mod tests {
         let trusted = labels(&[("env", "prod & co"), ("role", "postgres")]);
         let pem = sign_agent_csr(&ca, &request.csr_der, "db-1", &trusted, Duration::from_secs(60), now).unwrap();
         let info = cert_info_pem(&pem).unwrap();
-        assert_eq!(info.name, "db-1");
+        assert_eq!((info.name.as_str(), info.kind), ("db-1", CertKind::Agent));
         assert_eq!(info.labels, trusted);
         assert_eq!(info.not_after, now + Duration::from_secs(60));
         assert_eq!(info.not_before, now - Duration::from_secs(6));
@@ -416,7 +447,10 @@ mod tests {
         let ca = crate::tls::generate_ca("test fleet").unwrap();
         let plain = crate::tls::issue(&ca, crate::tls::Role::Agent, "web-1", &[]).unwrap();
         let info = cert_info_pem(&plain.cert_pem).unwrap();
-        assert_eq!((info.name.as_str(), info.labels.len()), ("web-1", 0));
+        assert_eq!((info.name.as_str(), info.labels.len(), info.kind), ("web-1", 0, CertKind::Plain));
+        let client = issue_client(&ca, "ops", Duration::from_secs(60), SystemTime::now()).unwrap();
+        let info = cert_info_pem(&client.cert_pem).unwrap();
+        assert_eq!((info.name.as_str(), info.labels.len(), info.kind), ("ops", 0, CertKind::Client));
     }
 
     #[test]

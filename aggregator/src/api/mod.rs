@@ -53,6 +53,8 @@ pub struct ApiState {
     auth: Option<Arc<crate::auth::Authenticator>>,
     /// For `/metrics`' enrollment and renewal counters.
     identity: Option<Arc<crate::identity::IdentityStats>>,
+    /// For `/metrics`' connection and request-limit counters.
+    http: Option<Arc<crate::http::HttpStats>>,
 }
 
 impl ApiState {
@@ -73,7 +75,14 @@ impl ApiState {
             query_slots: Arc::new(Semaphore::new(DEFAULT_MAX_CONCURRENT_QUERIES)),
             auth: None,
             identity: None,
+            http: None,
         }
+    }
+
+    /// The HTTP listener's counters, for `/metrics`.
+    pub fn with_http_stats(mut self, stats: Arc<crate::http::HttpStats>) -> Self {
+        self.http = Some(stats);
+        self
     }
 
     /// The identity manager's counters, for `/metrics`.
@@ -221,6 +230,9 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     }
     if let Some(identity) = &state.identity {
         identity.write_metrics(&mut out);
+    }
+    if let Some(http) = &state.http {
+        http.write_metrics(&mut out);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response()
 }

@@ -11,6 +11,13 @@
 //! start and on SIGHUP; a reload that fails keeps the tokens in use), and
 //! the middleware reads its current credentials. Tokens are kept only as
 //! SHA-256 digests, compared in constant time, and never logged.
+//!
+//! A client certificate is the other credential: the HTTP listener (which
+//! verified it against the fleet CA during the TLS handshake) puts a
+//! [`ClientCertificate`] in the request's extensions; a client certificate
+//! (`herd://client/NAME`, never an agent's) named in
+//! `[[http.client_certificates]]` gets that entry's role, unless it is
+//! revoked. A bearer token, when present, is what counts.
 
 pub mod policy;
 
@@ -27,6 +34,13 @@ use herd_common::config::http::{HttpConfig, MIN_TOKEN_BYTES, Role};
 use sha2::{Digest, Sha256};
 
 pub use policy::Access;
+
+/// The verified client certificate of the request's connection.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate(pub herd_common::identity::CertInfo);
+
+/// Whether a certificate is revoked (the identity inventory answers it).
+pub type RevocationCheck = Arc<dyn Fn(&herd_common::identity::CertInfo) -> bool + Send + Sync>;
 
 /// Who is calling, as established by the layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,12 +94,14 @@ struct LoadedToken {
 struct Credentials {
     anonymous_role: Option<Role>,
     tokens: Vec<LoadedToken>,
+    client_certificates: Vec<(String, Role)>,
 }
 
 pub struct Authenticator {
     credentials: RwLock<Credentials>,
     /// Refused requests by (route pattern, reason).
     refused: Mutex<BTreeMap<(String, &'static str), u64>>,
+    revocation: RwLock<Option<RevocationCheck>>,
 }
 
 fn digest(token: &[u8]) -> [u8; 32] {
@@ -122,13 +138,57 @@ fn load(config: &HttpConfig) -> Result<Credentials, AuthError> {
         }
         tokens.push(LoadedToken { name, role: entry.role, digest });
     }
-    Ok(Credentials { anonymous_role: config.anonymous_role, tokens })
+    Ok(Credentials {
+        anonymous_role: config.anonymous_role,
+        tokens,
+        client_certificates: config.client_certificates.clone(),
+    })
 }
 
 impl Authenticator {
     /// Reads every token file; any problem is an error naming the entry.
     pub fn new(config: &HttpConfig) -> Result<Self, AuthError> {
-        Ok(Self { credentials: RwLock::new(load(config)?), refused: Mutex::new(BTreeMap::new()) })
+        Ok(Self {
+            credentials: RwLock::new(load(config)?),
+            refused: Mutex::new(BTreeMap::new()),
+            revocation: RwLock::new(None),
+        })
+    }
+
+    /// How to tell a revoked client certificate.
+    pub fn set_revocation_check(&self, check: RevocationCheck) {
+        *self.revocation.write().expect("revocation lock is never poisoned") = Some(check);
+    }
+
+    /// The caller of a request with these headers on a connection with this
+    /// client certificate: the bearer token if there is one, else the
+    /// certificate if `[[http.client_certificates]]` names it, else anonymous.
+    pub fn authenticate_request(
+        &self,
+        headers: &HeaderMap,
+        client: Option<&ClientCertificate>,
+    ) -> Result<Principal, Refusal> {
+        let Some(ClientCertificate(info)) = client.filter(|_| !headers.contains_key(header::AUTHORIZATION)) else {
+            return self.authenticate(headers);
+        };
+        if info.kind != herd_common::identity::CertKind::Client {
+            return self.authenticate(headers);
+        }
+        let role = {
+            let credentials = self.credentials.read().expect("credentials lock is never poisoned");
+            credentials.client_certificates.iter().find(|(name, _)| *name == info.name).map(|(_, role)| *role)
+        };
+        let Some(role) = role else { return self.authenticate(headers) };
+        let revoked = self
+            .revocation
+            .read()
+            .expect("revocation lock is never poisoned")
+            .as_ref()
+            .is_some_and(|check| check(info));
+        if revoked {
+            return Err(Refusal::InvalidCredentials);
+        }
+        Ok(Principal { name: format!("cert:{}", info.name), role })
     }
 
     /// Replaces the credentials; on error the ones in use stay.
@@ -167,7 +227,13 @@ impl Authenticator {
     /// Decides a request to `route` (the router's pattern, e.g.
     /// `/api/v2/silence/{id}`): its principal, or why it is refused. A
     /// refusal is counted here.
-    pub fn check(&self, method: &axum::http::Method, route: &str, headers: &HeaderMap) -> Result<Principal, Refused> {
+    pub fn check(
+        &self,
+        method: &axum::http::Method,
+        route: &str,
+        headers: &HeaderMap,
+        client: Option<&ClientCertificate>,
+    ) -> Result<Principal, Refused> {
         let access = policy::required(method, route);
         let refused = |refusal: Refusal, message: String| {
             *self
@@ -179,7 +245,7 @@ impl Authenticator {
             tracing::debug!(route, reason = refusal.reason_code(), "HTTP request refused");
             Refused { refusal, message }
         };
-        let principal = match (self.authenticate(headers), access) {
+        let principal = match (self.authenticate_request(headers, client), access) {
             (Ok(principal), _) => principal,
             // An open route works with no or broken credentials alike.
             (Err(_), Access::Open | Access::Own) => Principal { name: "anonymous".to_owned(), role: Role::Viewer },
@@ -252,7 +318,8 @@ pub async fn middleware(State(auth): State<Arc<Authenticator>>, mut request: Req
         Some(matched) => matched.as_str().to_owned(),
         None => request.uri().path().to_owned(),
     };
-    match auth.check(request.method(), &route, request.headers()) {
+    let client = request.extensions().get::<ClientCertificate>();
+    match auth.check(request.method(), &route, request.headers(), client) {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
             next.run(request).await
@@ -302,7 +369,8 @@ mod tests {
                     token_file: token_file(dir.path(), name, token),
                 })
                 .collect();
-        let auth = Arc::new(Authenticator::new(&HttpConfig { anonymous_role, tokens }).unwrap());
+        let auth =
+            Arc::new(Authenticator::new(&HttpConfig { anonymous_role, tokens, client_certificates: vec![] }).unwrap());
         let inner =
             axum::Router::new()
                 .route("/api/v1/query", get(|| async { "read" }))
@@ -376,6 +444,7 @@ mod tests {
         let short = token_file(dir.path(), "short", "abc");
         let entry = |path: PathBuf| HttpConfig {
             anonymous_role: None,
+            client_certificates: vec![],
             tokens: vec![TokenConfig { name: "ops".into(), role: Role::Admin, token_file: path }],
         };
         let err = Authenticator::new(&entry(short)).err().unwrap().to_string();

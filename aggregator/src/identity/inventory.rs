@@ -195,6 +195,7 @@ mod tests {
     fn info(name: &str, serial: &str, issued_s: u64) -> CertInfo {
         let issued = UNIX_EPOCH + Duration::from_secs(issued_s);
         CertInfo {
+            kind: herd_common::identity::CertKind::Agent,
             name: name.into(),
             labels: vec![],
             serial: serial.into(),

@@ -147,10 +147,15 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// The identity of `connection`'s client certificate; `None` without one.
+    /// The identity of `connection`'s client certificate; `None` without one
+    /// (or with an HTTP client's, which is not an agent's).
     pub fn of(connection: &quinn::Connection) -> Option<Self> {
         let chain = herd_common::tls::peer_chain(connection);
         let info = herd_common::identity::cert_info(chain.first()?.as_ref()).ok()?;
+        if info.kind == herd_common::identity::CertKind::Client {
+            warn!(name = %info.name, "an HTTP client certificate was presented as an agent's: refused");
+            return None;
+        }
         Some(Self::new(info))
     }
 
@@ -281,7 +286,8 @@ impl IdentityManager {
         Ok(())
     }
 
-    fn is_revoked(&self, info: &CertInfo) -> bool {
+    /// Whether this certificate is revoked (by serial or by name).
+    pub fn is_revoked(&self, info: &CertInfo) -> bool {
         self.lock().inventory.is_revoked(info)
     }
 
@@ -388,6 +394,7 @@ mod tests {
 
     fn admission(labels: &[(&str, &str)]) -> Admission {
         Admission::new(CertInfo {
+            kind: herd_common::identity::CertKind::Agent,
             name: "db-1".into(),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             serial: "01".into(),

@@ -183,6 +183,8 @@ pub struct AggregatorConfig {
     pub storage: super::storage::StorageConfig,
     pub remote: super::remote_write::RemoteConfig,
     pub identity: super::identity::IdentityConfig,
+    /// The HTTP listener's TLS and request limits: also `[http]`.
+    pub http_listener: super::http::HttpListenerConfig,
     /// Who may call the HTTP API: `[http]`.
     pub http: super::http::HttpConfig,
 }
@@ -306,9 +308,11 @@ impl RawAggregatorConfig {
         let remote =
             super::remote_write::validate(self.remote_write, self.remote_write_receiver, base_dir, &mut problems);
         let identity = self.identity.validate(base_dir, &tls.ca_file, &mut problems);
+        let http_listener = self.http.listener(base_dir, &mut problems);
         let http = self.http.validate(http_listen, base_dir, &mut problems);
         let config = AggregatorConfig {
             identity,
+            http_listener,
             http,
             storage,
             quic_listen,
