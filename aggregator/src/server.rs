@@ -175,6 +175,9 @@ pub async fn start(
     let http_addr = listener.local_addr().map_err(|source| StartError::Http { addr: config.http_listen, source })?;
 
     let auth = Arc::new(crate::auth::Authenticator::new(&config.http)?);
+    if config.remote.receiver.enabled {
+        auth.set_remote_write_credentials(&config.remote.receiver);
+    }
     let dedup = Arc::new(Dedup::default());
     let mut tasks = JoinSet::new();
     let http_listener = start_http_listener(config, material, &shutdown, &mut tasks)?;

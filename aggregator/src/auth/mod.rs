@@ -42,6 +42,22 @@ pub struct ClientCertificate(pub herd_common::identity::CertInfo);
 /// Whether a certificate is revoked (the identity inventory answers it).
 pub type RevocationCheck = Arc<dyn Fn(&herd_common::identity::CertInfo) -> bool + Send + Sync>;
 
+/// Credentials valid on one route only, with the `editor` role there:
+/// `[remote_write_receiver]`'s bearer tokens and basic-auth pairs, which may
+/// write samples and nothing else.
+#[derive(Default)]
+struct RouteCredentials {
+    route: &'static str,
+    /// Digests of bearer tokens, and of `user:password` for basic auth.
+    bearer: Vec<[u8; 32]>,
+    basic: Vec<[u8; 32]>,
+    /// `allow_unauthenticated`: requests without credentials may use the route.
+    anonymous: bool,
+}
+
+/// The principal of requests without credentials.
+const ANONYMOUS: &str = "anonymous";
+
 /// Who is calling, as established by the layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
@@ -102,6 +118,7 @@ pub struct Authenticator {
     /// Refused requests by (route pattern, reason).
     refused: Mutex<BTreeMap<(String, &'static str), u64>>,
     revocation: RwLock<Option<RevocationCheck>>,
+    route_credentials: RwLock<Vec<RouteCredentials>>,
 }
 
 fn digest(token: &[u8]) -> [u8; 32] {
@@ -152,7 +169,46 @@ impl Authenticator {
             credentials: RwLock::new(load(config)?),
             refused: Mutex::new(BTreeMap::new()),
             revocation: RwLock::new(None),
+            route_credentials: RwLock::new(Vec::new()),
         })
+    }
+
+    /// `[remote_write_receiver]`'s credentials, valid on `POST /api/v1/write` only.
+    pub fn set_remote_write_credentials(&self, receiver: &herd_common::config::remote_write::ReceiverConfig) {
+        let credentials = RouteCredentials {
+            route: "/api/v1/write",
+            bearer: receiver.bearer_tokens.iter().map(|t| digest(t.expose().as_bytes())).collect(),
+            basic: receiver.basic_auth.iter().map(|(u, p)| digest(format!("{u}:{}", p.expose()).as_bytes())).collect(),
+            anonymous: receiver.allow_unauthenticated,
+        };
+        let mut all = self.route_credentials.write().expect("route credentials lock is never poisoned");
+        all.retain(|c| c.route != credentials.route);
+        all.push(credentials);
+    }
+
+    /// A principal from credentials scoped to `route`, if the request has them.
+    fn route_principal(&self, route: &str, headers: &HeaderMap) -> Option<Principal> {
+        use base64::Engine as _;
+        let all = self.route_credentials.read().expect("route credentials lock is never poisoned");
+        let scoped = all.iter().find(|c| c.route == route)?;
+        let principal = |name: &str| Some(Principal { name: name.to_owned(), role: Role::Editor });
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return if scoped.anonymous { principal(ANONYMOUS) } else { None };
+        };
+        let value = value.as_bytes();
+        let presented = if let Some(token) = value.strip_prefix(b"Bearer ").or_else(|| value.strip_prefix(b"bearer ")) {
+            (digest(token.trim_ascii()), &scoped.bearer)
+        } else if let Some(encoded) = value.strip_prefix(b"Basic ") {
+            let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim_ascii()).ok()?;
+            (digest(&decoded), &scoped.basic)
+        } else {
+            return None;
+        };
+        let mut found = false;
+        for candidate in presented.1 {
+            found |= same(candidate, &presented.0);
+        }
+        if found { principal("remote_write_receiver") } else { None }
     }
 
     /// How to tell a revoked client certificate.
@@ -204,7 +260,7 @@ impl Authenticator {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return credentials
                 .anonymous_role
-                .map(|role| Principal { name: "anonymous".to_owned(), role })
+                .map(|role| Principal { name: ANONYMOUS.to_owned(), role })
                 .ok_or(Refusal::MissingCredentials);
         };
         let token = value
@@ -245,10 +301,13 @@ impl Authenticator {
             tracing::debug!(route, reason = refusal.reason_code(), "HTTP request refused");
             Refused { refusal, message }
         };
+        if let Some(principal) = self.route_principal(route, headers) {
+            return Ok(principal);
+        }
         let principal = match (self.authenticate_request(headers, client), access) {
             (Ok(principal), _) => principal,
             // An open route works with no or broken credentials alike.
-            (Err(_), Access::Open | Access::Own) => Principal { name: "anonymous".to_owned(), role: Role::Viewer },
+            (Err(_), Access::Open | Access::Own) => Principal { name: ANONYMOUS.to_owned(), role: Role::Viewer },
             (Err(refusal @ Refusal::InvalidCredentials), Access::Needs(_)) => {
                 return Err(refused(refusal, "the bearer token is not valid".to_owned()));
             }
@@ -257,6 +316,11 @@ impl Authenticator {
             }
         };
         match access {
+            // Without credentials the answer is 401 (present some), whatever anonymous callers may read.
+            Access::Needs(needed) if principal.role < needed && principal.name == ANONYMOUS => Err(refused(
+                Refusal::MissingCredentials,
+                format!("this needs a bearer token with the {needed} role (Authorization: Bearer ...)"),
+            )),
             Access::Needs(needed) if principal.role < needed => Err(refused(
                 Refusal::InsufficientRole,
                 format!("{} has role {}; this needs {needed}", principal.name, principal.role),
@@ -429,7 +493,8 @@ mod tests {
     async fn anonymous_callers_get_the_configured_role_only() {
         let f = fixture(Some(Role::Viewer));
         assert_eq!(call(&f.router, Method::GET, "/api/v1/query", None).await.0, StatusCode::OK);
-        assert_eq!(call(&f.router, Method::POST, "/api/v2/silences", None).await.0, StatusCode::FORBIDDEN);
+        // No credentials is a 401 even where anonymous callers may read: present some.
+        assert_eq!(call(&f.router, Method::POST, "/api/v2/silences", None).await.0, StatusCode::UNAUTHORIZED);
         // A wrong token is not quietly downgraded to anonymous.
         assert_eq!(
             call(&f.router, Method::GET, "/api/v1/query", Some("wrong-token-0123456789")).await.0,

@@ -44,6 +44,7 @@ pub struct RawAggregatorConfig {
     pub remote_write_receiver: super::remote_write::RawReceiver,
     #[serde(default)]
     pub identity: super::identity::RawIdentity,
+    #[serde(default)]
     pub http: super::http::RawHttp,
 }
 
