@@ -237,7 +237,11 @@ pub async fn start(
     let http_shutdown = shutdown.child_token();
     let http_rules = Arc::clone(&rules);
     tasks.spawn(async move {
-        let routes = api::router(state).merge(api::rules::routes(http_rules)).merge(router_routes).merge(remote_routes);
+        let routes = api::router(state)
+            .merge(api::rules::routes(http_rules))
+            .merge(api::configs::routes(configs))
+            .merge(router_routes)
+            .merge(remote_routes);
         let serve = axum::serve(listener, crate::auth::layer(routes, auth))
             .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
         if let Err(err) = serve.await {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 pub mod peers;
 pub mod relay;
 pub mod router;
+pub mod servers;
 pub mod store;
 
 use serde_json::Value as Json;
