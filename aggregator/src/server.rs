@@ -55,6 +55,8 @@ pub enum StartError {
     Identity(#[from] crate::identity::IdentityStartError),
     #[error("cannot start the HTTP listener: {0}")]
     HttpListener(#[from] crate::http::HttpError),
+    #[error("cannot load remote configuration: {0}")]
+    Configs(#[from] crate::configs::store::StoreError),
 }
 
 /// Replays the WAL (latest checkpoint, then newer segments) into the
@@ -196,6 +198,8 @@ pub async fn start(
     let identity = start_identity(config, &shutdown, &mut tasks)?;
     let revocations = Arc::clone(&identity);
     auth.set_revocation_check(Arc::new(move |info| revocations.is_revoked(info)));
+    let configs = Arc::new(crate::configs::ConfigManager::open(&config.state_dir, config.keep_config_versions)?);
+    tasks.spawn(Arc::clone(&configs).run(shutdown.child_token()));
     let ingest = Arc::new(
         Ingest::new(
             Arc::clone(&store),
@@ -206,7 +210,8 @@ pub async fn start(
             config.heartbeat_interval,
             config.max_series_per_agent,
         )
-        .with_identity(Arc::clone(&identity)),
+        .with_identity(Arc::clone(&identity))
+        .with_configs(Arc::clone(&configs)),
     );
     let limits = &config.query_limits;
     let max_series = usize::try_from(limits.max_series).unwrap_or(usize::MAX);
@@ -222,7 +227,8 @@ pub async fn start(
             .with_max_concurrent_queries(usize::try_from(limits.max_concurrency).unwrap_or(usize::MAX))
             .with_auth(Arc::clone(&auth))
             .with_identity(identity.stats())
-            .with_http_stats(Arc::clone(&http_listener.stats)),
+            .with_http_stats(Arc::clone(&http_listener.stats))
+            .with_configs(Arc::clone(&configs)),
     );
 
     let (notifier, rules) = start_rules(config, &store, query_limits, http_addr, &auth, &shutdown, &mut tasks).await?;
@@ -244,6 +250,7 @@ pub async fn start(
     tasks.spawn(monitor.run(shutdown.child_token()));
     let routes = api::router(state)
         .merge(api::rules::routes(Arc::clone(&rules)))
+        .merge(api::configs::routes(configs))
         .merge(router_routes)
         .merge(remote_routes)
         .merge(api::identity::routes(Arc::clone(&identity)));

@@ -16,6 +16,7 @@ pub mod identity;
 pub mod peers;
 pub mod relay;
 pub mod router;
+pub mod servers;
 pub mod store;
 
 use serde_json::Value as Json;

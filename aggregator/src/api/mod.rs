@@ -7,9 +7,11 @@
 //! - `series`: `/api/v1/series`, `/labels`, `/label/<name>/values`, `/metadata`.
 //! - `status`: `/api/v1/status/buildinfo`, `/runtimeinfo`.
 //! - `rules`: `/api/v1/rules`, `/api/v1/alerts` (routes of their own, merged in by `server`).
+//! - `configs`: `/api/v1/configs...`, remote configuration (routes of their own).
 //! - `params`: parameters, times, durations, the error envelope; `json`: result encoding.
 
 pub mod client;
+pub mod configs;
 pub mod identity;
 mod json;
 mod params;
@@ -55,6 +57,8 @@ pub struct ApiState {
     identity: Option<Arc<crate::identity::IdentityStats>>,
     /// For `/metrics`' connection and request-limit counters.
     http: Option<Arc<crate::http::HttpStats>>,
+    /// For each agent's configuration state in `/api/v1/agents` and `/metrics`.
+    configs: Option<Arc<crate::configs::ConfigManager>>,
 }
 
 impl ApiState {
@@ -76,12 +80,19 @@ impl ApiState {
             auth: None,
             identity: None,
             http: None,
+            configs: None,
         }
     }
 
     /// The HTTP listener's counters, for `/metrics`.
     pub fn with_http_stats(mut self, stats: Arc<crate::http::HttpStats>) -> Self {
         self.http = Some(stats);
+        self
+    }
+
+    /// Remote configuration, whose per-agent state the fleet API and `/metrics` show.
+    pub fn with_configs(mut self, configs: Arc<crate::configs::ConfigManager>) -> Self {
+        self.configs = Some(configs);
         self
     }
 
@@ -174,6 +185,11 @@ async fn agents(State(state): State<Arc<ApiState>>) -> Response {
                 "batchesReceived": a.batches_received,
                 "samplesReceived": a.samples_received,
                 "seriesDefined": a.series_defined,
+                "config": state
+                    .configs
+                    .as_ref()
+                    .and_then(|c| c.agent_status(&a.id))
+                    .map_or(Json::Null, |s| configs::status_json(&s)),
             })
         })
         .collect();
@@ -233,6 +249,18 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     }
     if let Some(http) = &state.http {
         http.write_metrics(&mut out);
+    }
+    if let Some(configs) = &state.configs {
+        let name = "herd_config_pushes_total";
+        let _ = writeln!(out, "# HELP {name} Configuration pushes, by result.\n# TYPE {name} counter");
+        for (result, count) in configs.push_counts() {
+            let _ = writeln!(out, "{name}{{result=\"{result}\"}} {count}");
+        }
+        let name = "herd_fleet_agents";
+        let _ = writeln!(out, "# HELP {name} Known agents, by configuration state.\n# TYPE {name} gauge");
+        for (config_state, count) in configs.state_counts() {
+            let _ = writeln!(out, "{name}{{config_state=\"{}\"}} {count}", config_state.as_str());
+        }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response()
 }

@@ -316,10 +316,10 @@ impl Authenticator {
             }
         };
         match access {
-            // Without credentials the answer is 401 (present some), whatever anonymous callers may read.
+            // Without credentials, too little role means: authenticate (401).
             Access::Needs(needed) if principal.role < needed && principal.name == ANONYMOUS => Err(refused(
                 Refusal::MissingCredentials,
-                format!("this needs a bearer token with the {needed} role (Authorization: Bearer ...)"),
+                format!("this needs a bearer token with role {needed} or above"),
             )),
             Access::Needs(needed) if principal.role < needed => Err(refused(
                 Refusal::InsufficientRole,
@@ -493,8 +493,9 @@ mod tests {
     async fn anonymous_callers_get_the_configured_role_only() {
         let f = fixture(Some(Role::Viewer));
         assert_eq!(call(&f.router, Method::GET, "/api/v1/query", None).await.0, StatusCode::OK);
-        // No credentials is a 401 even where anonymous callers may read: present some.
-        assert_eq!(call(&f.router, Method::POST, "/api/v2/silences", None).await.0, StatusCode::UNAUTHORIZED);
+        let (status, body) = call(&f.router, Method::POST, "/api/v2/silences", None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "no credentials: authenticate first");
+        assert!(body.contains("needs a bearer token with role editor"), "{body}");
         // A wrong token is not quietly downgraded to anonymous.
         assert_eq!(
             call(&f.router, Method::GET, "/api/v1/query", Some("wrong-token-0123456789")).await.0,

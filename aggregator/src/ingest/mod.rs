@@ -116,6 +116,8 @@ impl SeriesLog {
 
 pub struct Ingest {
     fleet: Arc<Fleet>,
+    /// Remote configuration: told who connects, hands out their pushes.
+    configs: Option<Arc<crate::configs::ConfigManager>>,
     stats: Arc<IngestStats>,
     log: Arc<SeriesLog>,
     dedup: Arc<Dedup>,
@@ -137,12 +139,18 @@ impl Ingest {
         max_series_per_agent: u32,
     ) -> Self {
         let log = Arc::new(SeriesLog::new(store, wal, Arc::clone(&stats)));
-        Self { fleet, stats, log, dedup, heartbeat_interval, max_series_per_agent, identity: None }
+        Self { fleet, configs: None, stats, log, dedup, heartbeat_interval, max_series_per_agent, identity: None }
     }
 
     /// Serves enrollment, renewal and revocation through `identity`.
     pub fn with_identity(mut self, identity: Arc<crate::identity::IdentityManager>) -> Self {
         self.identity = Some(identity);
+        self
+    }
+
+    /// Connects agent sessions to remote configuration.
+    pub fn with_configs(mut self, configs: Arc<crate::configs::ConfigManager>) -> Self {
+        self.configs = Some(configs);
         self
     }
 
@@ -248,9 +256,13 @@ impl Ingest {
             awaiting_sync: Vec::new(),
             new_series: Vec::new(),
             wal_samples: Vec::new(),
+            pushes: None,
         };
         session.serve(&connection, send, recv, shutdown).await;
         if let Some(connection_id) = session.connection_id {
+            if let Some(configs) = &self.configs {
+                configs.disconnected(&session.identity, connection_id);
+            }
             self.fleet.disconnected(&session.identity, connection_id, SystemTime::now());
             info!(agent = %session.identity, %remote, "agent disconnected");
         }
@@ -277,6 +289,8 @@ struct Session<'a> {
     new_series: Vec<SeriesRef>,
     /// Reused buffer for one batch's (series, value) pairs.
     wal_samples: Vec<(u64, f64)>,
+    /// Configurations to push to this agent, once it said hello.
+    pushes: Option<tokio::sync::mpsc::Receiver<herd_common::protocol::ConfigPush>>,
 }
 
 impl Session<'_> {
@@ -309,6 +323,9 @@ impl Session<'_> {
                     }
                 },
                 _ = sleep_or_forever(deadline) => link.handle_timeout(Instant::now().into_std()),
+                Some(push) = async { match self.pushes.as_mut() { Some(pushes) => pushes.recv().await, None => std::future::pending().await } } => {
+                    link.push_config(Instant::now().into_std(), push)
+                }
             };
             // Events decoded before an error are still acted on: their batches are valid.
             let handled = self.handle_events(&mut link);
@@ -352,6 +369,15 @@ impl Session<'_> {
                         connection_id,
                         self.admission.trusted_labels(),
                     );
+                    if let Some(configs) = &self.ingest.configs {
+                        // Selectors match the agent's labels and `agent`, its identity; the
+                        // trusted labels from its certificate override what its hello claims.
+                        let mut labels: std::collections::BTreeMap<String, String> =
+                            hello.labels.iter().cloned().collect();
+                        labels.extend(self.admission.trusted_labels().iter().cloned());
+                        labels.insert("agent".to_owned(), self.identity.clone());
+                        self.pushes = Some(configs.connected(&self.identity, connection_id, &hello, labels));
+                    }
                     info!(agent = %self.identity, remote = %self.remote, version = %hello.agent_version, backlog_batches = hello.backlog_batches, "agent connected");
                     let welcome = Welcome {
                         aggregator_version: herd_common::VERSION.to_owned(),
@@ -383,10 +409,9 @@ impl Session<'_> {
                     });
                 }
                 ServerEvent::ConfigAcked(ack) => {
-                    if let Some(error) = &ack.error {
-                        warn!(agent = %self.identity, version = ack.version, %error, "agent refused pushed configuration");
-                    } else {
-                        self.update_fleet(|record| record.config_version = ack.version);
+                    self.update_fleet(|record| record.config_version = ack.running_version);
+                    if let Some(configs) = &self.ingest.configs {
+                        configs.acked(&self.identity, ack);
                     }
                 }
                 ServerEvent::PeerClosing { reason } => debug!(agent = %self.identity, %reason, "agent closing"),

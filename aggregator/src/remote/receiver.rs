@@ -51,7 +51,6 @@ impl Receiver {
     pub fn new(log: Arc<SeriesLog>, config: ReceiverConfig) -> Self {
         Self { log, config, stats: Arc::new(ReceiverStats::default()) }
     }
-
 }
 
 pub fn routes(receiver: Arc<Receiver>) -> Router {

@@ -46,7 +46,20 @@ pub struct RawAggregatorConfig {
     pub identity: super::identity::RawIdentity,
     #[serde(default)]
     pub http: super::http::RawHttp,
+    #[serde(default)]
+    pub remote_config: RawRemoteConfig,
 }
+
+/// `[remote_config]`: profiles pushed to agents.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRemoteConfig {
+    /// Versions kept per profile for rollback (the active one is always kept).
+    pub keep_versions: Option<usize>,
+}
+
+/// Versions kept per profile by default.
+pub const DEFAULT_KEEP_VERSIONS: usize = 20;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -188,6 +201,8 @@ pub struct AggregatorConfig {
     pub http_listener: super::http::HttpListenerConfig,
     /// Who may call the HTTP API: `[http]`.
     pub http: super::http::HttpConfig,
+    /// `[remote_config] keep_versions`.
+    pub keep_config_versions: usize,
 }
 
 impl AggregatorConfig {
@@ -311,10 +326,15 @@ impl RawAggregatorConfig {
         let identity = self.identity.validate(base_dir, &tls.ca_file, &mut problems);
         let http_listener = self.http.listener(base_dir, &mut problems);
         let http = self.http.validate(http_listen, base_dir, &mut problems);
+        let keep_config_versions = self.remote_config.keep_versions.unwrap_or(DEFAULT_KEEP_VERSIONS);
+        if keep_config_versions == 0 {
+            problems.push("remote_config.keep_versions", "must be at least 1");
+        }
         let config = AggregatorConfig {
             identity,
             http_listener,
             http,
+            keep_config_versions,
             storage,
             quic_listen,
             http_listen,
