@@ -219,6 +219,24 @@ struct RouterApi {
     /// The aggregator's HTTP address.
     #[arg(long, env = "HERD_ROUTER_URL", default_value = "http://127.0.0.1:7401")]
     url: String,
+    /// A file holding a bearer token (adding and expiring silences needs the editor role).
+    #[arg(long, env = "HERD_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl RouterApi {
+    fn endpoint(&self) -> anyhow::Result<herd_aggregator::alertmanager::client::RouterEndpoint> {
+        let token = match &self.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the token file {}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        Ok(herd_aggregator::alertmanager::client::RouterEndpoint { url: self.url.clone(), token })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -536,14 +554,15 @@ fn main() -> anyhow::Result<()> {
             use herd_aggregator::alertmanager::client;
             match command {
                 SilenceCommand::Add { api, matchers, duration, author, comment } => {
-                    println!("{}", client::add_silence(&api.url, &matchers, duration, &author, &comment)?);
+                    println!("{}", client::add_silence(&api.endpoint()?, &matchers, duration, &author, &comment)?);
                 }
                 SilenceCommand::Query { api, matchers, expired } => {
-                    print!("{}", client::query_silences(&api.url, &matchers, expired)?);
+                    print!("{}", client::query_silences(&api.endpoint()?, &matchers, expired)?);
                 }
                 SilenceCommand::Expire { api, ids } => {
+                    let endpoint = api.endpoint()?;
                     for id in ids {
-                        client::expire_silence(&api.url, &id)?;
+                        client::expire_silence(&endpoint, &id)?;
                     }
                 }
             }
