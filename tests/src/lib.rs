@@ -504,3 +504,48 @@ pub fn http_call(
     let text = response.body_mut().read_to_string().unwrap_or_default();
     Some((status, text))
 }
+
+/// An HTTPS client trusting `ca_file`, presenting `client` (certificate and key files) if given.
+pub fn https_agent(ca_file: &Path, client: Option<(&Path, &Path)>) -> ureq::Agent {
+    let pem = std::fs::read(ca_file).expect("read CA file");
+    let roots: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert.to_owned()),
+            _ => None,
+        })
+        .collect();
+    let mut tls = ureq::tls::TlsConfig::builder()
+        .provider(ureq::tls::TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&roots));
+    if let Some((cert_file, key_file)) = client {
+        let chain: Vec<ureq::tls::Certificate<'static>> =
+            ureq::tls::parse_pem(&std::fs::read(cert_file).expect("read client certificate"))
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert.to_owned()),
+                    _ => None,
+                })
+                .collect();
+        let key = ureq::tls::PrivateKey::from_pem(&std::fs::read(key_file).expect("read client key"))
+            .expect("client key")
+            .to_owned();
+        tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)));
+    }
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .tls_config(tls.build())
+        .build()
+        .into()
+}
+
+/// GET `url` with `agent`, with an optional bearer token; `None` if it cannot connect (or TLS fails).
+pub fn get_with(agent: &ureq::Agent, url: &str, token: Option<&str>) -> Option<(u16, String)> {
+    let mut request = agent.get(url);
+    if let Some(token) = token {
+        request = request.header("Authorization", format!("Bearer {token}"));
+    }
+    let mut response = request.call().ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.body_mut().read_to_string().unwrap_or_default()))
+}
