@@ -321,3 +321,87 @@ async fn limit_request(State(listener): State<Arc<HttpListener>>, request: Reque
     let request = request.map(|body| Body::new(http_body_util::Limited::new(body, max_body)));
     next.run(request).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn listener(max_connections: usize) -> (SocketAddr, Arc<HttpListener>, CancellationToken) {
+        let config = HttpListenerConfig {
+            max_connections,
+            max_query_bytes: 1024,
+            max_body_bytes: 4096,
+            ..HttpListenerConfig::default()
+        };
+        let http = Arc::new(HttpListener::new(&config, String::new()).unwrap());
+        let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let router = http.limits(
+            axum::Router::new()
+                .route("/echo", axum::routing::post(|body: axum::body::Bytes| async move { body.len().to_string() })),
+        );
+        let shutdown = CancellationToken::new();
+        tokio::spawn(Arc::clone(&http).run(socket, router, shutdown.clone()));
+        (addr, http, shutdown)
+    }
+
+    async fn request(addr: SocketAddr, raw: &[u8]) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(raw).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_limit_are_closed_and_the_others_served() {
+        let (addr, http, shutdown) = listener(2).await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        // Let the listener take both.
+        while http.stats.open_connections.load(Ordering::Relaxed) < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut byte)).await.unwrap();
+        assert!(matches!(read, Ok(0) | Err(_)), "closed on arrival");
+        assert_eq!(http.stats.connections_refused.load(Ordering::Relaxed), 1);
+        drop(held);
+        while http.stats.open_connections.load(Ordering::Relaxed) > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let ok =
+            request(addr, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc").await;
+        assert_eq!(ok, "HTTP/1.1 200 OK");
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn long_query_strings_and_large_bodies_are_refused_before_the_handler() {
+        let (addr, http, shutdown) = listener(8).await;
+        let query = format!(
+            "POST /echo?{} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            "q".repeat(2000)
+        );
+        assert_eq!(request(addr, query.as_bytes()).await, "HTTP/1.1 414 URI Too Long");
+        let declared = "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n";
+        assert_eq!(request(addr, declared.as_bytes()).await, "HTTP/1.1 413 Payload Too Large");
+        let mut chunked =
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+        for _ in 0..5 {
+            chunked.extend_from_slice(format!("{:x}\r\n{}\r\n", 1000, "b".repeat(1000)).as_bytes());
+        }
+        chunked.extend_from_slice(b"0\r\n\r\n");
+        assert_eq!(request(addr, &chunked).await, "HTTP/1.1 413 Payload Too Large");
+        let head = format!("GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "h".repeat(100 << 10));
+        assert_eq!(request(addr, head.as_bytes()).await, "HTTP/1.1 431 Request Header Fields Too Large");
+        let refused = http.stats.requests_refused.lock().unwrap().clone();
+        assert_eq!(refused.get("query_too_long"), Some(&1));
+        assert_eq!(refused.get("body_too_large"), Some(&1), "the chunked one is cut off by the body itself");
+        shutdown.cancel();
+    }
+}
