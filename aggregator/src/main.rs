@@ -121,11 +121,22 @@ struct ApiArgs {
     /// A bearer token (prefer --token-file: a command line is visible to others).
     #[arg(long, env = "HERD_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// The CA of the aggregator's HTTPS certificate, for https:// URLs (default: the system's).
+    #[arg(long, env = "HERD_CA_FILE", global = true)]
+    ca_file: Option<PathBuf>,
 }
 
 impl ApiArgs {
     fn client(&self) -> anyhow::Result<herd_aggregator::client::ApiClient> {
-        Ok(herd_aggregator::client::ApiClient::new(&self.url, self.token_file.as_deref(), self.token.clone())?)
+        Ok(herd_aggregator::client::ApiClient::new(&self.url, self.token_file.as_deref(), self.token.clone())?
+            .with_ca_file(self.ca_file.as_deref())?)
+    }
+
+    /// Calls the admin API; returns the answer's `data`.
+    fn admin(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> anyhow::Result<serde_json::Value> {
+        let (status, text) = self.client()?.call(method, path, body)?;
+        herd_aggregator::api::client::data(status, &text)
+            .with_context(|| format!("{method} {}", self.client().map(|c| c.url(path)).unwrap_or_default()))
     }
 }
 
@@ -278,36 +289,12 @@ enum CaCommand {
     },
 }
 
-/// How the CLI reaches the aggregator's admin API.
-#[derive(Debug, Args)]
-struct AdminApi {
-    /// The aggregator's HTTP address.
-    #[arg(long, env = "HERD_URL", default_value = "http://127.0.0.1:7401")]
-    url: String,
-    /// A file holding a bearer token with the admin role (one of `[[http.tokens]]`).
-    #[arg(long, env = "HERD_TOKEN_FILE")]
-    token_file: Option<PathBuf>,
-    /// The CA of the aggregator's HTTPS certificate (default: the system's).
-    #[arg(long, env = "HERD_CA_FILE")]
-    ca_file: Option<PathBuf>,
-}
-
-impl AdminApi {
-    fn client(&self) -> anyhow::Result<herd_aggregator::api::client::AdminClient> {
-        Ok(herd_aggregator::api::client::AdminClient::new(
-            &self.url,
-            self.token_file.as_deref(),
-            self.ca_file.as_deref(),
-        )?)
-    }
-}
-
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
     /// Create a token; prints it alone on stdout (save it to a file for the agent).
     Create {
         #[command(flatten)]
-        api: AdminApi,
+        api: ApiArgs,
         /// Trusted labels bound to every agent enrolled with it: role=postgres,env=prod.
         #[arg(long, default_value = "")]
         labels: String,
@@ -321,12 +308,12 @@ enum TokenCommand {
     /// List tokens (never their secrets).
     List {
         #[command(flatten)]
-        api: AdminApi,
+        api: ApiArgs,
     },
     /// Revoke a token by its ID.
     Revoke {
         #[command(flatten)]
-        api: AdminApi,
+        api: ApiArgs,
         id: String,
     },
 }
@@ -338,13 +325,13 @@ enum CertCommand {
     /// List agent certificates: identities, serials, expiry, revocation.
     List {
         #[command(flatten)]
-        api: AdminApi,
+        api: ApiArgs,
     },
     /// Revoke an agent's certificates (all issued until now), or one by serial:
     /// its connection is closed and reconnects are refused.
     Revoke {
         #[command(flatten)]
-        api: AdminApi,
+        api: ApiArgs,
         /// The agent's name.
         #[arg(required_unless_present = "serial", conflicts_with = "serial")]
         name: Option<String>,
@@ -438,7 +425,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cert(CertCommand::List { api }) => {
-            let certificates = api.client()?.call("GET", "/api/v1/identity/certificates", None)?;
+            let certificates = api.admin("GET", "/api/v1/identity/certificates", None)?;
             print!("{}", herd_aggregator::api::client::format_certificates(&certificates));
             Ok(())
         }
@@ -448,7 +435,7 @@ fn main() -> anyhow::Result<()> {
                 (None, Some(serial)) => serde_json::json!({ "serial": serial }),
                 _ => unreachable!("clap enforces exactly one of NAME and --serial"),
             };
-            let answer = api.client()?.call("POST", "/api/v1/identity/revocations", Some(&body))?;
+            let answer = api.admin("POST", "/api/v1/identity/revocations", Some(&body))?;
             let serials = answer["serials"].as_array().map_or(0, Vec::len);
             println!("revoked ({serials} known certificates); live connections are closed");
             Ok(())
@@ -459,7 +446,7 @@ fn main() -> anyhow::Result<()> {
                 .map(|(k, v)| (k, serde_json::Value::String(v)))
                 .collect();
             let body = serde_json::json!({ "labels": labels, "ttl": ttl, "uses": uses });
-            let token = api.client()?.call("POST", "/api/v1/identity/tokens", Some(&body))?;
+            let token = api.admin("POST", "/api/v1/identity/tokens", Some(&body))?;
             eprintln!(
                 "token {} expires {} ({} uses); give it to `herd-agent enroll --token-file`",
                 token["id"].as_str().unwrap_or_default(),
@@ -470,12 +457,12 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token(TokenCommand::List { api }) => {
-            let tokens = api.client()?.call("GET", "/api/v1/identity/tokens", None)?;
+            let tokens = api.admin("GET", "/api/v1/identity/tokens", None)?;
             print!("{}", herd_aggregator::api::client::format_tokens(&tokens));
             Ok(())
         }
         Command::Token(TokenCommand::Revoke { api, id }) => {
-            api.client()?.call("DELETE", &format!("/api/v1/identity/tokens/{id}"), None)?;
+            api.admin("DELETE", &format!("/api/v1/identity/tokens/{id}"), None)?;
             println!("token {id} revoked");
             Ok(())
         }

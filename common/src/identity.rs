@@ -13,8 +13,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
-    CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, Issuer,
-    KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer};
@@ -350,12 +350,6 @@ fn agent_params(
     Ok(params)
 }
 
-fn issuer(ca: &PemPair) -> Result<Issuer<'static, KeyPair>, IdentityError> {
-    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(|e| TlsError::Pem { what: "CA key", detail: e.to_string() })?;
-    Ok(Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)
-        .map_err(|e| TlsError::Pem { what: "CA certificate", detail: e.to_string() })?)
-}
-
 /// Signs an agent's CSR: the certificate names `name`, carries `labels` as
 /// its identity URI and is valid for `lifetime` from `now`. Whatever subject
 /// or extensions the CSR asked for are ignored; its signature (proof that
@@ -371,7 +365,7 @@ pub fn sign_agent_csr(
     let mut csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
         .map_err(|e| IdentityError::Csr(e.to_string()))?;
     csr.params = agent_params(name, labels, lifetime, now)?;
-    Ok(csr.signed_by(&issuer(ca)?)?.pem())
+    Ok(csr.signed_by(&crate::tls::issuer(ca)?)?.pem())
 }
 
 /// Issues a client certificate for the HTTP API (`cert issue --client`):
@@ -380,7 +374,7 @@ pub fn issue_client(ca: &PemPair, name: &str, lifetime: Duration, now: SystemTim
     let key = KeyPair::generate()?;
     let mut params = agent_params(name, &[], lifetime, now)?;
     params.subject_alt_names = vec![SanType::URI(format!("{CLIENT_URI_PREFIX}{name}").try_into()?)];
-    let cert = params.signed_by(&key, &issuer(ca)?)?;
+    let cert = params.signed_by(&key, &crate::tls::issuer(ca)?)?;
     Ok(PemPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
@@ -394,7 +388,7 @@ pub fn issue_agent(
     now: SystemTime,
 ) -> Result<PemPair, IdentityError> {
     let key = KeyPair::generate()?;
-    let cert = agent_params(name, labels, lifetime, now)?.signed_by(&key, &issuer(ca)?)?;
+    let cert = agent_params(name, labels, lifetime, now)?.signed_by(&key, &crate::tls::issuer(ca)?)?;
     Ok(PemPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 

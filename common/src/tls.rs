@@ -89,9 +89,7 @@ pub fn generate_ca(common_name: &str) -> Result<PemPair, TlsError> {
 /// Issues a certificate for `name` signed by `ca`. Server certificates also
 /// carry `extra_names` (DNS names or IP addresses) as alternative names.
 pub fn issue(ca: &PemPair, role: Role, name: &str, extra_names: &[String]) -> Result<PemPair, TlsError> {
-    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(|e| TlsError::Pem { what: "CA key", detail: e.to_string() })?;
-    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)
-        .map_err(|e| TlsError::Pem { what: "CA certificate", detail: e.to_string() })?;
+    let issuer = issuer(ca)?;
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -116,6 +114,13 @@ pub fn issue(ca: &PemPair, role: Role, name: &str, extra_names: &[String]) -> Re
     validity(&mut params, LEAF_VALIDITY_DAYS);
     let cert = params.signed_by(&key, &issuer)?;
     Ok(PemPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}
+
+/// The CA as an rcgen issuer.
+pub(crate) fn issuer(ca: &PemPair) -> Result<Issuer<'static, KeyPair>, TlsError> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(|e| TlsError::Pem { what: "CA key", detail: e.to_string() })?;
+    Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)
+        .map_err(|e| TlsError::Pem { what: "CA certificate", detail: e.to_string() })
 }
 
 /// Writes `pair` as `<dir>/<stem>.pem` and `<dir>/<stem>-key.pem` (mode
