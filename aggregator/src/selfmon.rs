@@ -26,6 +26,8 @@ pub struct SelfMonitor {
     pub instance: String,
     pub interval: Duration,
     pub remote: crate::remote::RemoteFigures,
+    /// Enrollment, renewal and certificate refusals, when identity is served.
+    pub identity: Option<Arc<crate::identity::IdentityStats>>,
 }
 
 impl SelfMonitor {
@@ -90,6 +92,15 @@ impl SelfMonitor {
             }
         }
         self.record_remote(timestamp_ms);
+        if let Some(identity) = &self.identity {
+            for (name, reason, value) in identity.figures() {
+                let extra: &[(&str, &str)] = match &reason {
+                    Some(reason) => &[("reason", reason)],
+                    None => &[],
+                };
+                self.put(timestamp_ms, name, extra, value as f64);
+            }
+        }
     }
 
     /// Appends one sample of `name{job, instance, extra...}`.
@@ -179,6 +190,7 @@ mod tests {
             instance: "agg:7401".into(),
             interval: Duration::from_secs(5),
             remote: Default::default(),
+            identity: None,
         };
         monitor.record();
         let matcher = LabelMatcher::new(MatchOp::Equal, METRIC_NAME, "herd_ingest_dedup_hits_total").unwrap();
@@ -210,6 +222,7 @@ mod tests {
             instance: "agg:7401".into(),
             interval: Duration::from_secs(5),
             remote: Default::default(),
+            identity: None,
         };
         monitor.record();
         let value = |name: &str, reason: Option<&str>| {

@@ -246,6 +246,7 @@ pub async fn start(
         instance: format!("{}:{}", crate::selfmon::hostname(), http_addr.port()),
         interval: SELF_MONITOR_INTERVAL,
         remote: remote_figures,
+        identity: Some(identity.stats()),
     };
     tasks.spawn(monitor.run(shutdown.child_token()));
     let routes = api::router(state)

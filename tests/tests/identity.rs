@@ -91,6 +91,11 @@ fn enrolled_agents_carry_their_trusted_labels_and_spent_tokens_are_refused() {
         assert_eq!(refused_count(&aggregator, reason), 1.0, "{reason}");
     }
     assert_eq!(aggregator.self_metric("herd_enroll_issued_total"), 2.0);
+    // In the store too, for rules to alert on.
+    let stored = wait_for(Duration::from_secs(10), || {
+        latest_value(&aggregator, r#"herd_enroll_refused_total{job="herd-aggregator",reason="ca_fingerprint"}"#)
+    });
+    assert_eq!(stored, Some(1.0));
     let (ok, list, err) =
         run_cli("herd-aggregator", &["token", "list", "--url", &url, "--token-file", admin.file_arg()]);
     assert!(ok, "{err}");

@@ -109,6 +109,24 @@ impl IdentityStats {
         *map.lock().expect("stats lock is never poisoned").entry(reason).or_default() += 1;
     }
 
+    /// Every counter as (metric, reason label, value), for the store.
+    pub fn figures(&self) -> Vec<(&'static str, Option<&'static str>, u64)> {
+        let mut figures = vec![
+            ("herd_enroll_issued_total", None, self.enrolled.load(Ordering::Relaxed)),
+            ("herd_cert_renewals_total", None, self.renewed.load(Ordering::Relaxed)),
+        ];
+        for (name, map) in [
+            ("herd_enroll_refused_total", &self.enroll_refused),
+            ("herd_cert_renewals_refused_total", &self.renew_refused),
+            ("herd_identity_connections_closed_total", &self.connections_closed),
+        ] {
+            for (reason, count) in map.lock().expect("stats lock is never poisoned").iter() {
+                figures.push((name, Some(*reason), *count));
+            }
+        }
+        figures
+    }
+
     /// The counters in Prometheus text format, for `/metrics`.
     pub fn write_metrics(&self, out: &mut String) {
         use std::fmt::Write as _;
