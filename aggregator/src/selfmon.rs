@@ -26,6 +26,8 @@ pub struct SelfMonitor {
     pub instance: String,
     pub interval: Duration,
     pub remote: crate::remote::RemoteFigures,
+    /// Remote configuration: pushes by result, agents by configuration state.
+    pub configs: Option<Arc<crate::configs::ConfigManager>>,
 }
 
 impl SelfMonitor {
@@ -90,6 +92,14 @@ impl SelfMonitor {
             }
         }
         self.record_remote(timestamp_ms);
+        if let Some(configs) = &self.configs {
+            for (result, count) in configs.push_counts() {
+                self.put(timestamp_ms, "herd_config_pushes_total", &[("result", result)], count as f64);
+            }
+            for (state, count) in configs.state_counts() {
+                self.put(timestamp_ms, "herd_fleet_agents", &[("config_state", state.as_str())], count as f64);
+            }
+        }
     }
 
     /// Appends one sample of `name{job, instance, extra...}`.
@@ -179,6 +189,7 @@ mod tests {
             instance: "agg:7401".into(),
             interval: Duration::from_secs(5),
             remote: Default::default(),
+            configs: None,
         };
         monitor.record();
         let matcher = LabelMatcher::new(MatchOp::Equal, METRIC_NAME, "herd_ingest_dedup_hits_total").unwrap();
@@ -210,6 +221,7 @@ mod tests {
             instance: "agg:7401".into(),
             interval: Duration::from_secs(5),
             remote: Default::default(),
+            configs: None,
         };
         monitor.record();
         let value = |name: &str, reason: Option<&str>| {

@@ -232,6 +232,7 @@ pub async fn start(
         instance: format!("{}:{}", crate::selfmon::hostname(), http_addr.port()),
         interval: SELF_MONITOR_INTERVAL,
         remote: remote_figures,
+        configs: Some(Arc::clone(&configs)),
     };
     tasks.spawn(monitor.run(shutdown.child_token()));
     let http_shutdown = shutdown.child_token();
