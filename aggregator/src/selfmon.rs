@@ -28,6 +28,8 @@ pub struct SelfMonitor {
     pub remote: crate::remote::RemoteFigures,
     /// Enrollment, renewal and certificate refusals, when identity is served.
     pub identity: Option<Arc<crate::identity::IdentityStats>>,
+    /// Remote configuration: pushes by result, agents by configuration state.
+    pub configs: Option<Arc<crate::configs::ConfigManager>>,
 }
 
 impl SelfMonitor {
@@ -99,6 +101,14 @@ impl SelfMonitor {
                     None => &[],
                 };
                 self.put(timestamp_ms, name, extra, value as f64);
+            }
+        }
+        if let Some(configs) = &self.configs {
+            for (result, count) in configs.push_counts() {
+                self.put(timestamp_ms, "herd_config_pushes_total", &[("result", result)], count as f64);
+            }
+            for (state, count) in configs.state_counts() {
+                self.put(timestamp_ms, "herd_fleet_agents", &[("config_state", state.as_str())], count as f64);
             }
         }
     }
@@ -191,6 +201,7 @@ mod tests {
             interval: Duration::from_secs(5),
             remote: Default::default(),
             identity: None,
+            configs: None,
         };
         monitor.record();
         let matcher = LabelMatcher::new(MatchOp::Equal, METRIC_NAME, "herd_ingest_dedup_hits_total").unwrap();
@@ -223,6 +234,7 @@ mod tests {
             interval: Duration::from_secs(5),
             remote: Default::default(),
             identity: None,
+            configs: None,
         };
         monitor.record();
         let value = |name: &str, reason: Option<&str>| {

@@ -247,6 +247,7 @@ pub async fn start(
         interval: SELF_MONITOR_INTERVAL,
         remote: remote_figures,
         identity: Some(identity.stats()),
+        configs: Some(Arc::clone(&configs)),
     };
     tasks.spawn(monitor.run(shutdown.child_token()));
     let routes = api::router(state)

@@ -289,6 +289,16 @@ fn pushes_reach_only_their_agents_and_apply_live_refusals_and_rollback_included(
     let metrics = aggregator.get("/metrics").unwrap().1;
     assert!(metrics.contains("herd_config_pushes_total{result=\"created\"} 4"), "{metrics}");
     assert!(metrics.contains("herd_fleet_agents{config_state=\"applied\"} 3"), "{metrics}");
+    // The same figures are in the store, for rules and dashboards.
+    assert!(
+        wait_for(Duration::from_secs(10), || (agent_metric(
+            aggregator,
+            "herd_config_pushes_total{result=\"created\"}"
+        ) == Some(4.0))
+        .then_some(()))
+        .is_some(),
+        "herd_config_pushes_total not in the store"
+    );
     db.kill();
     cache.kill();
 }

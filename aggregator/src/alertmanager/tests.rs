@@ -206,12 +206,18 @@ async fn a_restart_does_not_notify_again_within_repeat_interval() {
         router.receive(vec![alert(i64::MAX)]);
         if round == 0 {
             assert!(wait_until(Duration::from_secs(5), || received(&log, "/hook").len() == 1).await);
-            // The log is written after delivery; wait for the file.
-            assert!(wait_until(Duration::from_secs(2), || state.path().join("router/nflog.json").exists()).await);
+            // The log is written after each delivery; wait until it holds the
+            // webhook's (another receiver's delivery may have written it first).
+            let nflog = state.path().join("router/nflog.json");
+            assert!(
+                wait_until(Duration::from_secs(10), || std::fs::read_to_string(&nflog)
+                    .is_ok_and(|text| text.contains("\\u001fhook\\u001f")))
+                .await
+            );
         } else {
             // group_wait (300 ms) passes, the group flushes, the log says it was told.
             assert!(
-                wait_until(Duration::from_secs(2), || router
+                wait_until(Duration::from_secs(10), || router
                     .with_state(|d, _| d.next_flush_ms().is_some_and(|t| t > now_ms() + 500)))
                 .await
             );
