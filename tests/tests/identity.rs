@@ -56,6 +56,30 @@ fn enrolled_agents_carry_their_trusted_labels_and_spent_tokens_are_refused() {
     assert_eq!(up, Some(1.0), "up carries the trusted labels");
     let (_, agents) = aggregator.get("/api/v1/agents").unwrap();
     assert!(agents.contains(r#""trustedLabels":{"env":"prod","role":"postgres"}"#), "{agents}");
+    // Remote-config selectors see the trusted labels, not the claimed ones.
+    let body = work.path().join("body.toml");
+    std::fs::write(&body, "[collect]\ninterval = \"1s\"\n").unwrap();
+    let url = format!("http://{}", aggregator.http);
+    let dry_run = |selector: &str| {
+        let args = [
+            "config",
+            "push",
+            "--profile",
+            "p",
+            "--selector",
+            selector,
+            "--dry-run",
+            "--url",
+            &url,
+            "--token-file",
+            admin.file_arg(),
+        ];
+        let (ok, out, err) = run_cli("herd-aggregator", &[&args[..], &[body.to_str().unwrap()]].concat());
+        assert!(ok, "{out}{err}");
+        out
+    };
+    assert!(dry_run(r#"{role="postgres"}"#).contains("would match 1 agent(s)"));
+    assert!(dry_run(r#"{role="web"}"#).contains("would match 0 agent(s)"), "the claimed role does not count");
 
     // Reused past its uses.
     let (ok, output, _) = enroll(work.path(), &aggregator, "db-2", &token, &pinned);
