@@ -74,7 +74,7 @@ fn hostile_requests_are_refused_while_ingestion_and_queries_go_on() {
     pki.issue_agent("steady");
     let (editor, editor_toml) = HttpToken::create(work.path(), "eddie", "editor");
     let extra = format!(
-        "[http]\nanonymous_role = \"viewer\"\nheader_read_timeout = \"2s\"\n{editor_toml}\
+        "[http]\nanonymous_role = \"viewer\"\nheader_read_timeout = \"6s\"\n{editor_toml}\
          [remote_write_receiver]\nenabled = true\nallow_unauthenticated = false\nbearer_token_files = [\"{}\"]\n",
         editor.file.display()
     );
@@ -152,7 +152,7 @@ fn hostile_requests_are_refused_while_ingestion_and_queries_go_on() {
     });
     assert!(open.is_some(), "{} open connections", aggregator.self_metric("herd_http_open_connections"));
     sample_rss(&aggregator);
-    let closed_by_server = wait_for(Duration::from_secs(10), || {
+    let closed_by_server = wait_for(Duration::from_secs(20), || {
         let mut closed = 0;
         for stream in idle.iter_mut() {
             stream.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
