@@ -472,6 +472,12 @@ fn main() -> anyhow::Result<()> {
                 herd_aggregator::alertmanager::config::load(router_config)?;
                 println!("{}: ok", router_config.display());
             }
+            if let Some((cert, _)) = &loaded.http_listener.tls {
+                let ca = std::fs::read_to_string(&loaded.tls.ca_file)
+                    .with_context(|| format!("cannot read {}", loaded.tls.ca_file.display()))?;
+                herd_aggregator::http::HttpListener::new(&loaded.http_listener, ca)?;
+                println!("{}: ok (HTTPS)", cert.display());
+            }
             println!("{}: ok", config.display());
             Ok(())
         }
