@@ -93,9 +93,6 @@ pub async fn run(setup: AgentSetup, shutdown: CancellationToken) -> Result<(), S
         config.uplink.endpoints.first().map(ToString::to_string).unwrap_or_default(),
         config.id
     );
-    let (renewer, renewal_link) =
-        identity::Renewer::new(config.uplink.tls.clone(), config.uplink.idle_timeout, enroll_hint);
-    tokio::spawn(renewer.run(shutdown.child_token()));
     let (live, live_rx) = watch::channel(LiveSettings::of(&running));
     let (push_tx, push_rx) = mpsc::channel(CONFIG_CHANNEL);
     let (ack_tx, ack_rx) = mpsc::channel(CONFIG_CHANNEL);
@@ -107,8 +104,11 @@ pub async fn run(setup: AgentSetup, shutdown: CancellationToken) -> Result<(), S
         local_config_dir: setup.local.base_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(),
     };
     let uplink = uplink::Uplink::new(&config, client_config, Arc::clone(&table), recovered.buffer, channels)
-        .map_err(StartError::Socket)?
-        .with_renewal(renewal_link);
+        .map_err(StartError::Socket)?;
+    let (renewer, renewal_link) =
+        identity::Renewer::new(config.uplink.tls.clone(), config.uplink.idle_timeout, enroll_hint, uplink.stats());
+    tokio::spawn(renewer.run(shutdown.child_token()));
+    let uplink = uplink.with_renewal(renewal_link);
 
     let config_stats = Arc::new(remote_config::ConfigStats::default());
     let own = Arc::new(collect::herd::SelfCollector::new(buffer_stats, uplink.stats(), Arc::clone(&config_stats)));

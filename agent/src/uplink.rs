@@ -68,6 +68,10 @@ pub struct UplinkStats {
     pub sent_bytes: AtomicU64,
     pub backfilled_batches: AtomicU64,
     pub acked_batches: AtomicU64,
+    /// The agent certificate's `not_after`, Unix seconds (kept by the renewer).
+    pub certificate_expiry_seconds: AtomicU64,
+    pub certificate_renewals: AtomicU64,
+    pub certificate_renewal_failures: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]

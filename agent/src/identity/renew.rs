@@ -24,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::{ExchangeError, read_response, write_replacing};
+use crate::uplink::UplinkStats;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// Longest one renewal exchange may take.
 const RENEW_TIMEOUT: Duration = Duration::from_secs(15);
@@ -48,6 +51,8 @@ pub struct Renewer {
     client_config: watch::Sender<Option<quinn::ClientConfig>>,
     /// Printed when the certificate expired: how to enroll again.
     enroll_hint: String,
+    /// Where the self-metrics read expiry and renewals.
+    stats: Arc<UplinkStats>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,13 +79,31 @@ fn modified(files: &TlsFiles) -> Option<SystemTime> {
 impl Renewer {
     /// The renewer and the uplink's end of their link. `enroll_hint` is the
     /// command line that would enroll this agent again.
-    pub fn new(files: TlsFiles, idle_timeout: Duration, enroll_hint: String) -> (Self, RenewalLink) {
+    pub fn new(
+        files: TlsFiles,
+        idle_timeout: Duration,
+        enroll_hint: String,
+        stats: Arc<UplinkStats>,
+    ) -> (Self, RenewalLink) {
         let (connection_tx, connection_rx) = watch::channel(None);
         let (config_tx, config_rx) = watch::channel(None);
         let current = read_info(&files);
-        let renewer =
-            Self { files, idle_timeout, current, connection: connection_rx, client_config: config_tx, enroll_hint };
+        let renewer = Self {
+            files,
+            idle_timeout,
+            current,
+            connection: connection_rx,
+            client_config: config_tx,
+            enroll_hint,
+            stats,
+        };
+        renewer.note_expiry();
         (renewer, RenewalLink { connection: connection_tx, client_config: config_rx })
+    }
+
+    fn note_expiry(&self) {
+        let seconds = self.current.as_ref().and_then(|c| c.not_after.duration_since(std::time::UNIX_EPOCH).ok());
+        self.stats.certificate_expiry_seconds.store(seconds.map_or(0, |d| d.as_secs()), Ordering::Relaxed);
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -122,6 +145,8 @@ impl Renewer {
                         "agent certificate renewed"
                     );
                     self.current = Some(renewed);
+                    self.note_expiry();
+                    self.stats.certificate_renewals.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(Err(err)) => self.retry_later(&current, &err.to_string(), &shutdown).await,
                 Err(_) => self.retry_later(&current, "timed out", &shutdown).await,
@@ -130,6 +155,7 @@ impl Renewer {
     }
 
     async fn retry_later(&self, current: &CertInfo, error: &str, shutdown: &CancellationToken) {
+        self.stats.certificate_renewal_failures.fetch_add(1, Ordering::Relaxed);
         let left = current.not_after.duration_since(SystemTime::now()).unwrap_or_default();
         let retry = (left / 10).clamp(MIN_RETRY, MAX_RETRY);
         warn!(identity = %current.name, error, retry_in_ms = retry.as_millis() as u64, "certificate renewal failed");
@@ -170,6 +196,7 @@ impl Renewer {
                 Ok(config) => {
                     info!(identity = %info.name, "new agent certificate found: reconnecting with it");
                     self.current = Some(info);
+                    self.note_expiry();
                     self.client_config.send_replace(Some(config));
                     return Some(());
                 }
