@@ -34,6 +34,7 @@ use crate::ingest::IngestStats;
 use crate::promql::Engine;
 use crate::store::Storage;
 pub use params::{parse_duration, parse_time};
+pub(crate) use query::on_query_thread;
 
 /// Queries evaluated at once before others wait, as Prometheus's
 /// `--query.max-concurrency` default.

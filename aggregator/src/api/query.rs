@@ -116,7 +116,9 @@ async fn execute(
 
 /// Runs `work` on a new thread with a stack sized for deep expressions, off
 /// the I/O threads (evaluation is CPU work), and waits for its result.
-async fn on_query_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+pub(crate) async fn on_query_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
     let (done, result) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("herd-query".into())
