@@ -48,8 +48,9 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> Result<()
     let (agent_cert, agent_key) = tls::write_pair(&pki, "agent", &agent_pair, true)?;
 
     // The demo goes through the same loaders and defaults as real config files.
+    // A throw-away aggregator on loopback: anyone on this host may use all of it.
     let aggregator_toml = format!(
-        "[server]\nquic_listen = \"{quic}\"\nhttp_listen = \"{http}\"\nstate_dir = \"{state}\"\n\
+        "[http]\nanonymous_role = \"admin\"\n[server]\nquic_listen = \"{quic}\"\nhttp_listen = \"{http}\"\nstate_dir = \"{state}\"\n\
          [tls]\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n",
         quic = options.quic_listen,
         http = options.http_listen,

@@ -9,6 +9,7 @@
 //! - `notify`: delivers alerts to Alertmanagers.
 //! - `alertmanager`: the built-in alert router (Alertmanager's config, silences, receivers, v2 API).
 //! - `api`: HTTP and JSON, and nothing else does either.
+//! - `auth`: the one authentication and authorization layer in front of every HTTP route.
 //! - `fleet`: which agents exist and how they are doing.
 //! - `remote`: Prometheus remote_write out (WAL-tailing queues) and in (`/api/v1/write`).
 //! - `ui`: the built-in web UI (HTML pages, SVG charts, its own small script).
@@ -20,6 +21,7 @@
 
 pub mod alertmanager;
 pub mod api;
+pub mod auth;
 pub mod demo;
 pub mod fleet;
 pub mod ingest;

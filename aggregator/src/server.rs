@@ -49,6 +49,8 @@ pub enum StartError {
     Router(#[from] crate::alertmanager::RouterConfigError),
     #[error(transparent)]
     RemoteWrite(#[from] crate::remote::queue::QueueError),
+    #[error("cannot load the HTTP API's credentials: {0}")]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// Replays the WAL (latest checkpoint, then newer segments) into the
@@ -168,6 +170,7 @@ pub async fn start(
         .map_err(|source| StartError::Http { addr: config.http_listen, source })?;
     let http_addr = listener.local_addr().map_err(|source| StartError::Http { addr: config.http_listen, source })?;
 
+    let auth = Arc::new(crate::auth::Authenticator::new(&config.http)?);
     let dedup = Arc::new(Dedup::default());
     let mut tasks = JoinSet::new();
     let (db, wal) = open_store(config, &dedup, &shutdown, &mut tasks).await?;
@@ -202,10 +205,11 @@ pub async fn start(
     let engine = Engine::new(Arc::clone(&store), config.lookback_delta, max_series).with_limits(query_limits);
     let state = Arc::new(
         ApiState::new(engine, Arc::clone(&store), Arc::clone(&fleet), Arc::clone(&stats), Arc::clone(&ready))
-            .with_max_concurrent_queries(usize::try_from(limits.max_concurrency).unwrap_or(usize::MAX)),
+            .with_max_concurrent_queries(usize::try_from(limits.max_concurrency).unwrap_or(usize::MAX))
+            .with_auth(Arc::clone(&auth)),
     );
 
-    let (notifier, rules) = start_rules(config, &store, query_limits, http_addr, &shutdown, &mut tasks).await?;
+    let (notifier, rules) = start_rules(config, &store, query_limits, http_addr, &auth, &shutdown, &mut tasks).await?;
     let (router_routes, alert_router) = start_router(config, &store, &notifier, http_addr, &shutdown, &mut tasks)?;
     let (remote_routes, remote_figures) =
         start_remote(config, &ingest, &wal, &config.state_dir.join("wal"), &shutdown, &mut tasks)?;
@@ -233,19 +237,18 @@ pub async fn start(
         wal: Arc::clone(&wal.stats),
         // `Secret`s print as `***`.
         config_text: format!("{config:#?}"),
+        auth: Some(Arc::clone(&auth)),
     });
     let http_shutdown = shutdown.child_token();
     let http_rules = Arc::clone(&rules);
     tasks.spawn(async move {
-        let serve = axum::serve(
-            listener,
-            api::router(state)
-                .merge(api::rules::routes(http_rules))
-                .merge(router_routes)
-                .merge(remote_routes)
-                .merge(crate::ui::routes(ui)),
-        )
-        .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
+        let routes = api::router(state)
+            .merge(api::rules::routes(http_rules))
+            .merge(router_routes)
+            .merge(remote_routes)
+            .merge(crate::ui::routes(ui));
+        let serve = axum::serve(listener, crate::auth::layer(routes, auth))
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
         if let Err(err) = serve.await {
             tracing::error!(error = %err, "HTTP server failed");
         }
@@ -354,6 +357,7 @@ async fn start_rules(
     store: &Arc<dyn Storage>,
     query_limits: Limits,
     http_addr: SocketAddr,
+    auth: &Arc<crate::auth::Authenticator>,
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<()>,
 ) -> Result<(Arc<Notifier>, Arc<RuleManager>), StartError> {
@@ -392,6 +396,7 @@ async fn start_rules(
     ));
     rules.apply_config().await?;
     let (manager, stop) = (Arc::clone(&rules), shutdown.child_token());
+    let (auth, http_config) = (Arc::clone(auth), config.http.clone());
     // Installed before `start` returns: a SIGHUP that arrived before the
     // handler would end the process (the default action).
     let mut hangup = match signal(SignalKind::hangup()) {
@@ -410,6 +415,10 @@ async fn start_rules(
                     // A broken file is refused whole; the running rules keep going.
                     if let Err(err) = manager.apply_config().await {
                         tracing::error!(error = %err, "rule reload refused, previous rules keep running");
+                    }
+                    // Token files are read again (rotated tokens); a broken one keeps those in use.
+                    if let Err(err) = auth.apply_config(&http_config) {
+                        tracing::error!(error = %err, "HTTP credentials reload refused, previous tokens stay in use");
                     }
                 }
             }

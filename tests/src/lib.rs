@@ -230,10 +230,13 @@ impl Aggregator {
             pki.issue_server("localhost");
         }
         let config = work.join(format!("{name}.toml"));
+        // Tests that are not about access control call the API without
+        // credentials, as an admin; those that are set their own `[http]`.
+        let http_section = if extra.contains("[http]") { "" } else { "[http]\nanonymous_role = \"admin\"\n" };
         std::fs::write(
             &config,
             format!(
-                "[server]\nquic_listen = \"{quic}\"\nhttp_listen = \"{http}\"\nstate_dir = \"{state}\"\nheartbeat_interval = \"1s\"\n\
+                "{http_section}[server]\nquic_listen = \"{quic}\"\nhttp_listen = \"{http}\"\nstate_dir = \"{state}\"\nheartbeat_interval = \"1s\"\n\
                  [tls]\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n{extra}",
                 state = work.join(format!("{name}-state")).display(),
                 ca = pki.path("ca.pem").display(),

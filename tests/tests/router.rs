@@ -168,7 +168,7 @@ fn a_broken_router_configuration_is_refused_at_start() {
     std::fs::write(
         &toml,
         format!(
-            "[server]\nquic_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\nstate_dir = \"{state}\"\n\
+            "[http]\nanonymous_role = \"admin\"\n[server]\nquic_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\nstate_dir = \"{state}\"\n\
              [tls]\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\
              [alerting]\nrouter_config = \"{router}\"\n",
             state = work.path().join("state").display(),

@@ -48,6 +48,8 @@ pub struct ApiState {
     pub ready: Arc<AtomicBool>,
     started_at: SystemTime,
     query_slots: Arc<Semaphore>,
+    /// For `/metrics`' refusal counters.
+    auth: Option<Arc<crate::auth::Authenticator>>,
 }
 
 impl ApiState {
@@ -66,7 +68,14 @@ impl ApiState {
             ready,
             started_at: SystemTime::now(),
             query_slots: Arc::new(Semaphore::new(DEFAULT_MAX_CONCURRENT_QUERIES)),
+            auth: None,
         }
+    }
+
+    /// The authentication layer whose refusals `/metrics` reports.
+    pub fn with_auth(mut self, auth: Arc<crate::auth::Authenticator>) -> Self {
+        self.auth = Some(auth);
+        self
     }
 
     /// Bounds the queries evaluated at once (each may hold up to the engine's
@@ -195,6 +204,9 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         for (reason, count) in reasons {
             let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {count}");
         }
+    }
+    if let Some(auth) = &state.auth {
+        auth.write_metrics(&mut out);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response()
 }

@@ -60,6 +60,8 @@ pub struct UiSources {
     pub wal: Arc<WalStats>,
     /// The loaded configuration as text, secrets already masked.
     pub config_text: String,
+    /// The HTTP authentication layer, for the login form's sessions.
+    pub auth: Option<Arc<crate::auth::Authenticator>>,
 }
 
 /// The UI's state: its sources and a cache of the Status page's cardinality figures.
@@ -164,6 +166,8 @@ pub fn routes(ui: Arc<Ui>) -> Router {
         .route("/rules", get(pages::rules))
         .route("/targets", get(pages::targets))
         .route("/status", get(pages::status))
+        .route("/login", get(pages::login_form).post(pages::login))
+        .route("/logout", post(pages::logout))
         .route("/ui/assets/{file}", get(assets::serve))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(ui)

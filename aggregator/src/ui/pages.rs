@@ -19,10 +19,45 @@ use super::format::{self, Unit, ago, now_ms, short_duration, unix_ms, utc};
 use super::{Ui, assets, locate};
 use crate::alertmanager::matcher::{self, Matcher};
 use crate::alertmanager::silence::{SilenceMatcher, SilenceRequest, SilenceState};
+use crate::auth::Principal;
+use crate::auth::session::{self, Session};
 use crate::promql::{QueryRange, Value};
 use crate::rules::{AlertState, Health, Rule};
+use herd_common::config::http::Role;
 
 // ---- shared ----
+
+/// Who is looking: the caller the authentication layer established (none
+/// when the UI runs without it, as in unit tests) and their browser session.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub principal: Option<Principal>,
+    pub session: Option<Session>,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            principal: parts.extensions.get::<Principal>().cloned(),
+            session: parts.extensions.get::<Session>().cloned(),
+        })
+    }
+}
+
+impl Caller {
+    /// Whether the caller may create and expire silences.
+    fn can_edit(&self) -> bool {
+        self.principal.as_ref().is_none_or(|p| p.role >= Role::Editor)
+    }
+
+    /// Whether a form's CSRF token is the session's (forms sent without a
+    /// session cookie carry none and need none: see `auth::session`).
+    fn csrf_ok(&self, token: &str) -> bool {
+        self.session.as_ref().is_none_or(|s| session::same_token(&s.csrf, token))
+    }
+}
 
 /// What every page's frame (`base.html`) shows.
 pub struct Shell {
@@ -30,11 +65,25 @@ pub struct Shell {
     pub title: String,
     pub now: String,
     pub asset_version: &'static str,
+    /// `ana (editor)`, `anonymous (viewer)`; empty without authentication.
+    pub user: String,
+    pub signed_in: bool,
+    pub csrf: String,
+    pub can_edit: bool,
 }
 
 impl Shell {
-    fn new(page: &'static str, title: impl Into<String>) -> Self {
-        Self { page, title: title.into(), now: utc(now_ms()), asset_version: assets::version() }
+    fn new(page: &'static str, title: impl Into<String>, caller: &Caller) -> Self {
+        Self {
+            page,
+            title: title.into(),
+            now: utc(now_ms()),
+            asset_version: assets::version(),
+            user: caller.principal.as_ref().map_or(String::new(), |p| format!("{} ({})", p.name, p.role)),
+            signed_in: caller.session.is_some(),
+            csrf: caller.session.as_ref().map_or(String::new(), |s| s.csrf.clone()),
+            can_edit: caller.can_edit(),
+        }
     }
 }
 
@@ -121,7 +170,7 @@ pub struct OverviewPage {
     pub charts: Vec<Chart>,
 }
 
-pub async fn overview(State(ui): State<Arc<Ui>>) -> Response {
+pub async fn overview(State(ui): State<Arc<Ui>>, caller: Caller) -> Response {
     let now = now_ms();
     let agents = ui.sources.fleet.list();
     let connected = agents.iter().filter(|a| a.connected).count();
@@ -232,7 +281,7 @@ pub async fn overview(State(ui): State<Arc<Ui>>) -> Response {
         Chart::new("Agents connected, last hour", "chart-agents", Unit::Plain, &connected_line, start, now, step),
     ];
     page(&OverviewPage {
-        shell: Shell::new("overview", "Overview"),
+        shell: Shell::new("overview", "Overview", &caller),
         figures,
         severities,
         slow_rules: slow.into_iter().take(5).map(|(_, r)| r).collect(),
@@ -331,7 +380,7 @@ fn filter_labels(record: &crate::fleet::AgentRecord) -> BTreeMap<String, String>
     labels
 }
 
-pub async fn fleet(State(ui): State<Arc<Ui>>, Query(params): Query<FleetParams>) -> Response {
+pub async fn fleet(State(ui): State<Arc<Ui>>, caller: Caller, Query(params): Query<FleetParams>) -> Response {
     let now = now_ms();
     let mut records = ui.sources.fleet.list();
     let total = records.len();
@@ -381,7 +430,7 @@ pub async fn fleet(State(ui): State<Arc<Ui>>, Query(params): Query<FleetParams>)
         .collect();
     let agents = records.iter().map(|r| agent_row(r, offset(&r.id), now)).collect();
     page(&FleetPage {
-        shell: Shell::new("fleet", "Fleet"),
+        shell: Shell::new("fleet", "Fleet", &caller),
         agents,
         total,
         filter: params.filter,
@@ -444,14 +493,19 @@ pub struct NotFoundPage {
     pub message: String,
 }
 
-fn not_found(page_name: &'static str, message: String) -> Response {
-    render(&NotFoundPage { shell: Shell::new(page_name, "Not found"), message }, StatusCode::NOT_FOUND)
+fn not_found(caller: &Caller, page_name: &'static str, message: String) -> Response {
+    render(&NotFoundPage { shell: Shell::new(page_name, "Not found", caller), message }, StatusCode::NOT_FOUND)
 }
 
-pub async fn agent(State(ui): State<Arc<Ui>>, Path(id): Path<String>, Query(params): Query<RangeParams>) -> Response {
+pub async fn agent(
+    State(ui): State<Arc<Ui>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(params): Query<RangeParams>,
+) -> Response {
     let now = now_ms();
     let Some(record) = ui.sources.fleet.list().into_iter().find(|r| r.id == id) else {
-        return not_found("fleet", format!("No agent {id:?} is known to this aggregator."));
+        return not_found(&caller, "fleet", format!("No agent {id:?} is known to this aggregator."));
     };
     // The agent's own series carry the `instance` of its `herd` job; host series that of `node`.
     let instance_of = |job: &str| record.targets.iter().find(|t| t.job == job).map(|t| t.instance.clone());
@@ -563,7 +617,7 @@ pub async fn agent(State(ui): State<Arc<Ui>>, Path(id): Path<String>, Query(para
         .collect();
     let offset = ui.sources.fleet.clock_offsets().get(&record.id).copied();
     page(&AgentPage {
-        shell: Shell::new("fleet", format!("Agent {}", record.id)),
+        shell: Shell::new("fleet", format!("Agent {}", record.id), &caller),
         batches: format::number(record.batches_received as f64),
         samples: format::number(record.samples_received as f64),
         series: record.series_defined,
@@ -637,7 +691,7 @@ fn matchers_text(labels: &BTreeMap<String, String>) -> String {
     format!("{{{}}}", parts.join(", "))
 }
 
-pub async fn alerts(State(ui): State<Arc<Ui>>, Query(params): Query<AlertsParams>) -> Response {
+pub async fn alerts(State(ui): State<Arc<Ui>>, caller: Caller, Query(params): Query<AlertsParams>) -> Response {
     let now = now_ms();
     let groups = ui.sources.rules.groups().await;
     let router = ui.sources.router.as_ref();
@@ -750,7 +804,7 @@ pub async fn alerts(State(ui): State<Arc<Ui>>, Query(params): Query<AlertsParams
         String::new()
     };
     page(&AlertsPage {
-        shell: Shell::new("alerts", "Alerts"),
+        shell: Shell::new("alerts", "Alerts", &caller),
         groups,
         firing,
         pending,
@@ -793,13 +847,17 @@ pub struct SilenceParams {
     matchers: String,
 }
 
-pub async fn new_silence(State(ui): State<Arc<Ui>>, Query(params): Query<SilenceParams>) -> Response {
+pub async fn new_silence(State(ui): State<Arc<Ui>>, caller: Caller, Query(params): Query<SilenceParams>) -> Response {
     page(&SilencePage {
-        shell: Shell::new("alerts", "New silence"),
+        shell: Shell::new("alerts", "New silence", &caller),
         router: ui.sources.router.is_some(),
         matchers: params.matchers,
         duration: "2h".into(),
-        created_by: String::new(),
+        created_by: caller
+            .principal
+            .as_ref()
+            .filter(|p| p.name != "anonymous")
+            .map_or(String::new(), |p| p.name.clone()),
         comment: String::new(),
         error: String::new(),
     })
@@ -815,6 +873,14 @@ pub struct SilenceForm {
     created_by: String,
     #[serde(default)]
     comment: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
 }
 
 /// Refuses a state-changing request a browser sent on another site's behalf:
@@ -832,17 +898,23 @@ fn cross_site(headers: &HeaderMap) -> bool {
 }
 
 fn forbidden_cross_site() -> Response {
-    (StatusCode::FORBIDDEN, "refused: this form was sent from another site\n").into_response()
+    (StatusCode::FORBIDDEN, "refused: this form was sent from another site (or from an older page: reload it)\n")
+        .into_response()
 }
 
-pub async fn create_silence(State(ui): State<Arc<Ui>>, headers: HeaderMap, Form(form): Form<SilenceForm>) -> Response {
-    if cross_site(&headers) {
+pub async fn create_silence(
+    State(ui): State<Arc<Ui>>,
+    caller: Caller,
+    headers: HeaderMap,
+    Form(form): Form<SilenceForm>,
+) -> Response {
+    if cross_site(&headers) || !caller.csrf_ok(&form.csrf) {
         return forbidden_cross_site();
     }
     let failed = |error: String, form: SilenceForm| {
         render(
             &SilencePage {
-                shell: Shell::new("alerts", "New silence"),
+                shell: Shell::new("alerts", "New silence", &caller),
                 router: true,
                 matchers: form.matchers,
                 duration: form.duration,
@@ -854,7 +926,7 @@ pub async fn create_silence(State(ui): State<Arc<Ui>>, headers: HeaderMap, Form(
         )
     };
     let Some(router) = ui.sources.router.as_ref() else {
-        return not_found("alerts", "The built-in alert router is not configured ([alerting] router_config): silences belong to your Alertmanager.".into());
+        return not_found(&caller, "alerts", "The built-in alert router is not configured ([alerting] router_config): silences belong to your Alertmanager.".into());
     };
     let matchers = match matcher::parse_matchers(&form.matchers) {
         Ok(matchers) if !matchers.is_empty() => matchers,
@@ -893,12 +965,18 @@ pub async fn create_silence(State(ui): State<Arc<Ui>>, headers: HeaderMap, Form(
     }
 }
 
-pub async fn expire_silence(State(ui): State<Arc<Ui>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if cross_site(&headers) {
+pub async fn expire_silence(
+    State(ui): State<Arc<Ui>>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if cross_site(&headers) || !caller.csrf_ok(&form.csrf) {
         return forbidden_cross_site();
     }
     let Some(router) = ui.sources.router.as_ref() else {
-        return not_found("alerts", "The built-in alert router is not configured.".into());
+        return not_found(&caller, "alerts", "The built-in alert router is not configured.".into());
     };
     match router.with_silences(|silences| silences.expire(&id, now_ms())) {
         Ok(()) => {
@@ -906,10 +984,98 @@ pub async fn expire_silence(State(ui): State<Arc<Ui>>, headers: HeaderMap, Path(
             Redirect::to(&format!("/alerts?expired={}#silences", url_encode(&id))).into_response()
         }
         Err(crate::alertmanager::silence::SilenceError::NotFound(_)) => {
-            not_found("alerts", format!("No silence {id:?}."))
+            not_found(&caller, "alerts", format!("No silence {id:?}."))
         }
         Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")).into_response(),
     }
+}
+
+// ---- login ----
+
+#[derive(Template)]
+#[template(path = "login.html")]
+pub struct LoginPage {
+    pub shell: Shell,
+    pub next: String,
+    pub error: String,
+    pub available: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct LoginParams {
+    #[serde(default)]
+    next: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    next: String,
+}
+
+/// Where to go after logging in: a path on this site, else the overview.
+fn safe_next(next: &str) -> &str {
+    if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') { next } else { "/" }
+}
+
+pub async fn login_form(State(ui): State<Arc<Ui>>, caller: Caller, Query(params): Query<LoginParams>) -> Response {
+    page(&LoginPage {
+        shell: Shell::new("login", "Log in", &caller),
+        next: safe_next(&params.next).to_owned(),
+        error: String::new(),
+        available: ui.sources.auth.is_some(),
+    })
+}
+
+pub async fn login(
+    State(ui): State<Arc<Ui>>,
+    caller: Caller,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if cross_site(&headers) {
+        return forbidden_cross_site();
+    }
+    let next = safe_next(&form.next).to_owned();
+    let Some(auth) = ui.sources.auth.as_ref() else {
+        return Redirect::to(&next).into_response();
+    };
+    match auth.login(&form.token) {
+        Ok((session, principal)) => {
+            tracing::info!(name = %principal.name, role = %principal.role, "web UI login");
+            let mut response = Redirect::to(&next).into_response();
+            response.headers_mut().insert(header::SET_COOKIE, session::set_cookie(&session));
+            response
+        }
+        Err(_) => render(
+            &LoginPage {
+                shell: Shell::new("login", "Log in", &caller),
+                next,
+                error: "That token is not valid: use the contents of a token file from [[http.tokens]].".into(),
+                available: true,
+            },
+            StatusCode::UNAUTHORIZED,
+        ),
+    }
+}
+
+pub async fn logout(
+    State(ui): State<Arc<Ui>>,
+    caller: Caller,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if cross_site(&headers) || !caller.csrf_ok(&form.csrf) {
+        return forbidden_cross_site();
+    }
+    if let Some(auth) = ui.sources.auth.as_ref() {
+        auth.logout(&headers);
+    }
+    let mut response = Redirect::to("/login").into_response();
+    response.headers_mut().insert(header::SET_COOKIE, session::clear_cookie());
+    response
 }
 
 // ---- graph ----
@@ -957,10 +1123,10 @@ pub struct GraphParams {
     step: String,
 }
 
-pub async fn graph(State(ui): State<Arc<Ui>>, Query(params): Query<GraphParams>) -> Response {
+pub async fn graph(State(ui): State<Arc<Ui>>, caller: Caller, Query(params): Query<GraphParams>) -> Response {
     let range = if params.range.is_empty() { "1h".to_owned() } else { params.range.clone() };
     let mut view = GraphPage {
-        shell: Shell::new("graph", "Graph"),
+        shell: Shell::new("graph", "Graph", &caller),
         expr: params.expr.clone(),
         range: range.clone(),
         end: params.end.clone(),
@@ -1118,7 +1284,7 @@ pub struct RulesPage {
     pub unhealthy: usize,
 }
 
-pub async fn rules(State(ui): State<Arc<Ui>>) -> Response {
+pub async fn rules(State(ui): State<Arc<Ui>>, caller: Caller) -> Response {
     let now = now_ms();
     let groups = ui.sources.rules.groups().await;
     let mut unhealthy = 0;
@@ -1169,7 +1335,7 @@ pub async fn rules(State(ui): State<Arc<Ui>>) -> Response {
                 .collect(),
         })
         .collect();
-    page(&RulesPage { shell: Shell::new("rules", "Rules"), groups: views, unhealthy })
+    page(&RulesPage { shell: Shell::new("rules", "Rules", &caller), groups: views, unhealthy })
 }
 
 // ---- targets ----
@@ -1205,7 +1371,7 @@ async fn by_target(ui: &Ui, expr: &str, now: i64) -> ByTarget {
         .collect()
 }
 
-pub async fn targets(State(ui): State<Arc<Ui>>) -> Response {
+pub async fn targets(State(ui): State<Arc<Ui>>, caller: Caller) -> Response {
     let now = now_ms();
     let up = by_target(&ui, "up", now).await;
     let up_at = by_target(&ui, "timestamp(up)", now).await;
@@ -1285,7 +1451,7 @@ pub async fn targets(State(ui): State<Arc<Ui>>) -> Response {
     }
     rows.sort_by(|a, b| (a.healthy, &a.job, &a.instance).cmp(&(b.healthy, &b.job, &b.instance)));
     let down = rows.iter().filter(|r| !r.healthy).count();
-    page(&TargetsPage { shell: Shell::new("targets", "Targets"), targets: rows, down })
+    page(&TargetsPage { shell: Shell::new("targets", "Targets", &caller), targets: rows, down })
 }
 
 // ---- status ----
@@ -1340,7 +1506,7 @@ pub struct StatusPage {
     pub config: String,
 }
 
-pub async fn status(State(ui): State<Arc<Ui>>) -> Response {
+pub async fn status(State(ui): State<Arc<Ui>>, caller: Caller) -> Response {
     let now = now_ms();
     let cached = ui.cardinality.lock().expect("cardinality lock is never poisoned").clone();
     let cardinality = match cached {
@@ -1398,7 +1564,7 @@ pub async fn status(State(ui): State<Arc<Ui>>) -> Response {
         ]);
     }
     page(&StatusPage {
-        shell: Shell::new("status", "Status"),
+        shell: Shell::new("status", "Status", &caller),
         build,
         store,
         cardinality,

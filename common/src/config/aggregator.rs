@@ -42,6 +42,8 @@ pub struct RawAggregatorConfig {
     pub remote_write: Vec<super::remote_write::RawRemoteWrite>,
     #[serde(default)]
     pub remote_write_receiver: super::remote_write::RawReceiver,
+    #[serde(default)]
+    pub http: super::http::RawHttp,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -179,6 +181,8 @@ pub struct AggregatorConfig {
     pub alerting: AlertingConfig,
     pub storage: super::storage::StorageConfig,
     pub remote: super::remote_write::RemoteConfig,
+    /// Who may call the HTTP API: `[http]`.
+    pub http: super::http::HttpConfig,
 }
 
 impl AggregatorConfig {
@@ -299,7 +303,9 @@ impl RawAggregatorConfig {
         let storage = self.storage.validate(&mut problems);
         let remote =
             super::remote_write::validate(self.remote_write, self.remote_write_receiver, base_dir, &mut problems);
+        let http = self.http.validate(http_listen, base_dir, &mut problems);
         let config = AggregatorConfig {
+            http,
             storage,
             quic_listen,
             http_listen,
