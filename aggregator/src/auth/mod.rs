@@ -457,6 +457,49 @@ mod tests {
         );
     }
 
+    async fn send(router: &axum::Router, request: axum::http::request::Builder) -> axum::http::Response<Body> {
+        router.clone().oneshot(request.body(Body::empty()).unwrap()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_login_cookie_stands_for_its_token_and_changes_must_be_same_origin() {
+        let f = fixture(None);
+        // A browser asking for a page without credentials is sent to the login form.
+        let page = send(&f.router, Request::get("/api/v1/query").header("Accept", "text/html")).await;
+        assert_eq!(page.status(), StatusCode::UNAUTHORIZED, "API routes answer 401 even to browsers");
+        let f_page = axum::Router::new().route("/fleet", get(|| async { "fleet" }));
+        let pages = layer(f_page, Arc::clone(&f.auth));
+        let redirect = send(&pages, Request::get("/fleet?sort=host").header("Accept", "text/html")).await;
+        assert_eq!(redirect.status(), StatusCode::SEE_OTHER);
+        assert_eq!(redirect.headers()["location"], "/login?next=%2Ffleet%3Fsort%3Dhost");
+
+        assert!(f.auth.login("wrong-token-0123456789").is_err());
+        let (session, principal) = f.auth.login("editor-token-0123456789").unwrap();
+        assert_eq!(principal.name, "eve");
+        let cookie = format!("{}={}", session::COOKIE_NAME, session.id);
+        let read = send(&f.router, Request::get("/api/v1/query").header("Cookie", &cookie)).await;
+        assert_eq!(read.status(), StatusCode::OK);
+        let post = |origin: &'static str| {
+            Request::post("/api/v2/silences")
+                .header("Cookie", &cookie)
+                .header("Host", "agg:7401")
+                .header("Origin", origin)
+        };
+        let foreign = send(&f.router, post("http://evil.example")).await;
+        assert_eq!(foreign.status(), StatusCode::FORBIDDEN, "a change from another site's page");
+        let own = send(&f.router, post("http://agg:7401")).await;
+        assert_eq!(own.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(own.into_body(), 1 << 20).await.unwrap();
+        assert_eq!(&body[..], b"created by eve");
+        // Logging out ends the session: the cookie is then no credential at all.
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, cookie.parse().unwrap());
+        f.auth.logout(&headers);
+        let after = send(&f.router, Request::get("/api/v1/query").header("Cookie", &cookie)).await;
+        assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
+        assert!(f.auth.refusals().iter().any(|((_, reason), _)| *reason == "cross_site"));
+    }
+
     #[test]
     fn bad_token_files_are_refused_with_their_entry() {
         use std::os::unix::fs::PermissionsExt;

@@ -201,7 +201,7 @@ pub async fn overview(State(ui): State<Arc<Ui>>, caller: Caller) -> Response {
             ));
         }
     }
-    slow.sort_by(|a, b| b.0.cmp(&a.0));
+    slow.sort_by_key(|(duration, _)| std::cmp::Reverse(*duration));
     let ingest_rate = ui.scalar("sum(rate(herd_ingest_samples_total[1m]))", now).await;
     let stats = ui.sources.store.stats();
     let wal_bytes = ui.sources.wal.bytes.load(std::sync::atomic::Ordering::Relaxed);
@@ -1021,6 +1021,8 @@ fn safe_next(next: &str) -> &str {
 }
 
 pub async fn login_form(State(ui): State<Arc<Ui>>, caller: Caller, Query(params): Query<LoginParams>) -> Response {
+    // The login form is open to all: its caller is no one until logged in.
+    let caller = if caller.session.is_some() { caller } else { Caller::default() };
     page(&LoginPage {
         shell: Shell::new("login", "Log in", &caller),
         next: safe_next(&params.next).to_owned(),
@@ -1039,6 +1041,7 @@ pub async fn login(
         return forbidden_cross_site();
     }
     let next = safe_next(&form.next).to_owned();
+    let caller = if caller.session.is_some() { caller } else { Caller::default() };
     let Some(auth) = ui.sources.auth.as_ref() else {
         return Redirect::to(&next).into_response();
     };
