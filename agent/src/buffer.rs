@@ -309,6 +309,23 @@ impl Buffer {
         }
     }
 
+    /// New bounds from a pushed configuration. A lower `max_bytes` takes
+    /// effect at the next push (the oldest batches make room, counted as
+    /// drops); memory batches past the new count wait there until the disk
+    /// takes them or they are acknowledged.
+    pub fn set_limits(&mut self, max_bytes: u64, max_memory_batches: usize) {
+        if (max_bytes, max_memory_batches.max(1)) == (self.max_bytes, self.max_memory_batches) {
+            return;
+        }
+        info!(max_bytes, memory_batches = max_memory_batches, "agent buffer limits changed");
+        self.max_bytes = max_bytes;
+        if !self.disk_short {
+            self.budget = max_bytes;
+        }
+        self.max_memory_batches = max_memory_batches.max(1);
+        self.update_stats();
+    }
+
     /// Drops the oldest batches until `incoming` more bytes fit the budget.
     fn make_room(&mut self, incoming: u64) {
         while self.stored_bytes + incoming > self.budget.min(self.max_bytes) {

@@ -5,23 +5,26 @@
 //! - `collect`: the `Collector` trait, the scheduler, one module per source.
 //! - `buffer`: the durable, bounded sled queue every batch passes through.
 //! - `uplink`: the connection to the aggregator (failover, backoff, backfill).
+//! - `remote_config`: configuration pushed by the aggregator, applied live, last-known-good.
 //! - `run`: wires both from an `AgentConfig` and stops on a cancellation token.
 #![forbid(unsafe_code)]
 
 pub mod buffer;
 pub mod collect;
 pub mod exposition;
+pub mod remote_config;
 pub mod uplink;
 
 use std::sync::Arc;
 
 use herd_common::config::agent::AgentConfig;
 use herd_common::tls::{TlsError, TlsMaterial};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use collect::{Collector, Scheduler, SharedSeriesTable};
+use collect::{CollectorSpec, Scheduler, SharedSeriesTable};
+use remote_config::{LiveSettings, LocalConfig, LogLevelSetter, RemoteConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -30,18 +33,49 @@ pub enum StartError {
     #[error("cannot open a UDP socket for the uplink: {0}")]
     Socket(std::io::Error),
     #[error(transparent)]
-    HostSettings(#[from] collect::host::HostSettingsError),
-    #[error(transparent)]
-    PostgresSettings(#[from] collect::postgres::PostgresSettingsError),
+    Collector(#[from] collect::BuildError),
     #[error(transparent)]
     Buffer(#[from] buffer::BufferError),
 }
 
 /// Batches in flight between the scheduler and the uplink task.
 const SCHEDULER_CHANNEL_BATCHES: usize = 16;
+/// Pushed configurations waiting to be applied, and their answers.
+const CONFIG_CHANNEL: usize = 4;
+
+/// What the agent starts from.
+pub struct AgentSetup {
+    pub local: LocalConfig,
+    /// The local file, validated.
+    pub config: AgentConfig,
+    /// Switches the log filter when a pushed configuration changes `agent.log_level`.
+    pub set_log_level: Option<LogLevelSetter>,
+}
+
+impl AgentSetup {
+    /// An agent configured by TOML text alone (the demo, tests), without a log level switch.
+    pub fn from_toml(source_name: &str, text: &str, hostname: &str) -> Result<Self, herd_common::config::ConfigError> {
+        let config = AgentConfig::from_toml(source_name, text, None, hostname)?;
+        let local = LocalConfig {
+            source_name: source_name.to_owned(),
+            text: text.to_owned(),
+            base_dir: None,
+            hostname: hostname.to_owned(),
+        };
+        Ok(Self { local, config, set_log_level: None })
+    }
+}
 
 /// Runs the agent until `shutdown` is cancelled, then closes the uplink.
-pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), StartError> {
+pub async fn run(setup: AgentSetup, shutdown: CancellationToken) -> Result<(), StartError> {
+    let running = remote_config::startup(&setup.local, setup.config.clone());
+    if running.config().log_level != setup.config.log_level
+        && let Some(set) = &setup.set_log_level
+        && let Err(err) = set(&running.config().log_level)
+    {
+        tracing::warn!(error = %err, "cannot switch the log level");
+    }
+    let config = running.config().clone();
     let material = TlsMaterial::load(&config.uplink.tls)?;
     let client_config = herd_common::tls::client_config(&material, config.uplink.idle_timeout)?;
     let (buffer_dir, max_bytes, memory_batches) =
@@ -52,46 +86,41 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let table: SharedSeriesTable = Arc::new(std::sync::Mutex::new(recovered.table));
     let (tx, rx) = mpsc::channel(SCHEDULER_CHANNEL_BATCHES);
     let buffer_stats = recovered.buffer.stats();
-    let uplink = uplink::Uplink::new(&config, client_config, Arc::clone(&table), recovered.buffer)
+    let (live, live_rx) = watch::channel(LiveSettings::of(&running));
+    let (push_tx, push_rx) = mpsc::channel(CONFIG_CHANNEL);
+    let (ack_tx, ack_rx) = mpsc::channel(CONFIG_CHANNEL);
+    let channels = uplink::ConfigChannels {
+        live: live_rx,
+        pushes: push_tx,
+        acks: ack_rx,
+        local_config: setup.local.redacted(),
+        local_config_dir: setup.local.base_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(),
+    };
+    let uplink = uplink::Uplink::new(&config, client_config, Arc::clone(&table), recovered.buffer, channels)
         .map_err(StartError::Socket)?;
 
-    let mut collectors: Vec<Arc<dyn Collector>> = Vec::new();
-    if let Some(host) = &config.collect.host {
-        collectors.push(Arc::new(collect::host::HostCollector::from_config(host, config.collect.timeout)?));
-    }
-    if let Some(containers) = &config.collect.containers {
-        collectors.push(Arc::new(collect::containers::ContainersCollector::start(containers, shutdown.child_token())));
-    }
-    for (index, postgres) in config.collect.postgres.iter().enumerate() {
-        collectors.push(Arc::new(collect::postgres::PostgresCollector::from_config(index, postgres)?));
-    }
-    for redis in &config.collect.redis {
-        collectors.push(Arc::new(collect::redis::RedisCollector::from_config(redis)));
-    }
-    for probe in &config.collect.probe {
-        collectors.push(Arc::new(collect::probe::ProbeCollector::from_config(probe)));
-    }
-    for scrape in &config.collect.scrape {
-        collectors.push(Arc::new(collect::scrape::ScrapeCollector::from_config(scrape)));
-    }
-    let mut common_labels: Vec<(String, String)> = config.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    common_labels.push(("instance".into(), config.instance.clone()));
-    collectors.push(Arc::new(collect::herd::SelfCollector::new(buffer_stats, uplink.stats())));
+    let config_stats = Arc::new(remote_config::ConfigStats::default());
+    let own = Arc::new(collect::herd::SelfCollector::new(buffer_stats, uplink.stats(), Arc::clone(&config_stats)));
     // The buffer keeps the sequence, so numbers never repeat across restarts.
     let first_seq = recovered.next_seq;
-    let scheduler = Scheduler::new(
-        collectors,
+    let (commands, command_rx) = mpsc::channel(CONFIG_CHANNEL);
+    let scheduler = Scheduler::from_specs(
+        &CollectorSpec::all(&config),
+        vec![own],
         config.collect.interval,
         config.collect.timeout,
         Arc::clone(&table),
-        common_labels,
+        remote_config::common_labels(&config),
         first_seq,
         tx,
-    );
+        shutdown.child_token(),
+    )?
+    .with_commands(command_rx);
     info!(
         agent = %config.id,
         interval_ms = config.collect.interval.as_millis() as u64,
         endpoints = config.uplink.endpoints.len(),
+        config_version = running.version,
         "agent started"
     );
     let scheduler = match config.metrics_listen {
@@ -102,9 +131,19 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         }
         None => scheduler,
     };
+    let manager = RemoteConfig {
+        local: setup.local,
+        running,
+        scheduler: commands,
+        live,
+        set_log_level: setup.set_log_level,
+        stats: config_stats,
+    };
+    let manager_task = tokio::spawn(manager.run(push_rx, ack_tx, shutdown.child_token()));
     let scheduler_task = tokio::spawn(scheduler.run(shutdown.child_token()));
     uplink.run(rx, shutdown.clone()).await;
     let _ = scheduler_task.await;
+    manager_task.abort();
     info!("agent stopped");
     Ok(())
 }

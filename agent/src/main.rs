@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use herd_common::config::agent::{AgentConfig, DEFAULT_PATH};
+use herd_agent::AgentSetup;
+use herd_agent::remote_config::{LocalConfig, LogLevelSetter};
+use herd_common::config::agent::DEFAULT_PATH;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -34,18 +36,12 @@ fn hostname() -> String {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let config = AgentConfig::load(&cli.config, &hostname()).map_err(|err| anyhow::anyhow!("{err}"))?;
+    let (local, config) = LocalConfig::load(&cli.config, &hostname()).map_err(|err| anyhow::anyhow!("{err}"))?;
     if matches!(cli.command, Some(Command::CheckConfig)) {
         println!("{}: ok", cli.config.display());
         return Ok(());
     }
-    // RUST_LOG wins over the file, so an operator can turn up logging without editing it.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let set_log_level = init_logging(&config.log_level);
 
     // The agent shares every host it runs on: one runtime thread does all its
     // async work (each extra thread costs stack, a malloc arena and wake-ups);
@@ -63,8 +59,35 @@ fn main() -> anyhow::Result<()> {
             tracing::info!("shutdown requested");
             signals.cancel();
         });
-        herd_agent::run(config, shutdown).await.context("agent failed to start")
+        let setup = AgentSetup { local, config, set_log_level };
+        herd_agent::run(setup, shutdown).await.context("agent failed to start")
     })
+}
+
+/// Logs to stderr at `level`; returns the switch a pushed `agent.log_level`
+/// uses, unless RUST_LOG is set: it wins over every configuration, so an
+/// operator can turn up logging without editing anything.
+fn init_logging(level: &str) -> Option<LogLevelSetter> {
+    use tracing_subscriber::prelude::*;
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let pinned = from_env.is_some();
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(from_env.unwrap_or_else(|| EnvFilter::new(level)));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .init();
+    if pinned {
+        return None;
+    }
+    Some(std::sync::Arc::new(move |level: &str| {
+        handle.reload(EnvFilter::new(level)).map_err(|err| err.to_string())?;
+        tracing::info!(level, "log level changed");
+        Ok(())
+    }))
 }
 
 async fn wait_for_signal() {

@@ -21,8 +21,10 @@ use std::time::Duration;
 
 use herd_common::config::Endpoint;
 use herd_common::config::agent::AgentConfig;
-use herd_common::protocol::{AgentEvent, AgentLink, ConfigAck, Hello, ProtocolError, SampleBatch};
-use tokio::sync::mpsc;
+use herd_common::protocol::{
+    AgentEvent, AgentLink, ConfigAck, ConfigOutcome, ConfigPush, Hello, ProtocolError, SampleBatch,
+};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
@@ -30,6 +32,20 @@ use tracing::{debug, info, warn};
 
 use crate::buffer::Buffer;
 use crate::collect::SharedSeriesTable;
+use crate::remote_config::LiveSettings;
+
+/// How the uplink talks with the agent's configuration manager.
+pub struct ConfigChannels {
+    /// The running configuration's labels, version and buffer limits.
+    pub live: watch::Receiver<LiveSettings>,
+    /// Pushes received from the aggregator, to apply.
+    pub pushes: mpsc::Sender<ConfigPush>,
+    /// Their outcomes, to send back.
+    pub acks: mpsc::Receiver<ConfigAck>,
+    /// The local file as reported in the hello (passwords hidden), and its directory.
+    pub local_config: String,
+    pub local_config_dir: String,
+}
 
 /// QUIC application close codes the agent uses.
 const CLOSE_SHUTDOWN: u32 = 0;
@@ -81,7 +97,7 @@ enum StreamError {
 pub struct Uplink {
     agent_id: String,
     hostname: String,
-    labels: Vec<(String, String)>,
+    config: ConfigChannels,
     endpoints: Vec<Endpoint>,
     server_name: Option<String>,
     connect_timeout: Duration,
@@ -103,6 +119,7 @@ impl Uplink {
         client_config: quinn::ClientConfig,
         table: SharedSeriesTable,
         buffer: Buffer,
+        channels: ConfigChannels,
     ) -> std::io::Result<Self> {
         let bind: SocketAddr = "[::]:0".parse().expect("literal address");
         let mut quic = quinn::Endpoint::client(bind)
@@ -111,7 +128,7 @@ impl Uplink {
         Ok(Self {
             agent_id: config.id.clone(),
             hostname: gethostname::gethostname().to_string_lossy().into_owned(),
-            labels: config.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            config: channels,
             endpoints: config.uplink.endpoints.clone(),
             server_name: config.uplink.server_name.clone(),
             connect_timeout: config.uplink.connect_timeout,
@@ -222,6 +239,10 @@ impl Uplink {
 
     /// Writes `batch` to the buffer and makes it durable before anything sends it.
     async fn store(&mut self, batch: &SampleBatch) {
+        if self.config.live.has_changed().unwrap_or(false) {
+            let limits = self.config.live.borrow_and_update().buffer.clone();
+            self.buffer.set_limits(limits.max_bytes, limits.memory_batches);
+        }
         {
             let table = self.table.lock().expect("series table lock is never poisoned");
             self.buffer.push(batch, &table);
@@ -287,13 +308,20 @@ impl Uplink {
         let endpoint = self.endpoints[index].clone();
         let (mut send, mut recv) =
             connection.open_bi().await.map_err(|e| StreamError::Connection(describe_connection_error(&e)))?;
-        let hello = Hello {
-            agent_id: self.agent_id.clone(),
-            hostname: self.hostname.clone(),
-            agent_version: herd_common::VERSION.to_owned(),
-            labels: self.labels.clone(),
-            config_version: 0,
-            backlog_batches: self.buffer.len() as u64,
+        let hello = {
+            let live = self.config.live.borrow();
+            Hello {
+                agent_id: self.agent_id.clone(),
+                hostname: self.hostname.clone(),
+                agent_version: herd_common::VERSION.to_owned(),
+                labels: live.labels.clone(),
+                config_version: live.version,
+                config_profile: live.profile.clone(),
+                config_hash: live.hash.clone(),
+                local_config: self.config.local_config.clone(),
+                local_config_dir: self.config.local_config_dir.clone(),
+                backlog_batches: self.buffer.len() as u64,
+            }
         };
         let mut link = AgentLink::new(Instant::now().into_std(), hello)?;
 
@@ -334,8 +362,11 @@ impl Uplink {
                         link.set_backlog(self.buffer.len() as u64);
                     }
                     AgentEvent::ConfigPushed(push) => {
-                        let error = Some("this agent version does not apply pushed configuration yet".to_owned());
-                        link.send_config_ack(Instant::now().into_std(), ConfigAck { version: push.version, error })?;
+                        let version = push.version;
+                        if self.config.pushes.try_send(push).is_err() {
+                            let ack = self.busy_ack(version);
+                            link.send_config_ack(Instant::now().into_std(), ack)?;
+                        }
                     }
                     AgentEvent::PeerClosing { reason } => {
                         return Ok(Ended::Lost(format!("aggregator closing: {reason}")));
@@ -358,6 +389,9 @@ impl Uplink {
                     let Some(batch) = batch else { return Ok(Ended::Shutdown) };
                     self.store(&batch).await;
                     self.send(&mut link, &batch)?;
+                }
+                Some(ack) = self.config.acks.recv() => {
+                    link.send_config_ack(Instant::now().into_std(), ack)?;
                 }
                 read = recv.read(&mut buffer) => match read {
                     Ok(Some(n)) => link.handle_bytes(Instant::now().into_std(), &buffer[..n])?,
@@ -398,6 +432,21 @@ impl Uplink {
                     }
                 }
             }
+        }
+    }
+
+    /// The answer to a push that arrived while another was being applied.
+    fn busy_ack(&self, version: u64) -> ConfigAck {
+        let live = self.config.live.borrow();
+        ConfigAck {
+            version,
+            outcome: ConfigOutcome::Refused,
+            running_version: live.version,
+            running_profile: live.profile.clone(),
+            running_hash: live.hash.clone(),
+            effective_hash: String::new(),
+            error: Some("another pushed configuration is being applied; send it again".to_owned()),
+            collectors: Vec::new(),
         }
     }
 

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herd_common::config::agent::AgentConfig;
 use herd_common::config::aggregator::AggregatorConfig;
 use herd_common::metric::METRIC_NAME;
 use herd_common::tls::{self, Role, TlsError, TlsMaterial};
@@ -75,8 +74,8 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> Result<()
         key = agent_key.display(),
         interval = humantime::format_duration(options.interval),
     );
-    let agent_config = AgentConfig::from_toml("demo agent config", &agent_toml, None, &hostname)?;
-    let agent = tokio::spawn(herd_agent::run(agent_config, shutdown.child_token()));
+    let agent_setup = herd_agent::AgentSetup::from_toml("demo agent config", &agent_toml, &hostname)?;
+    let agent = tokio::spawn(herd_agent::run(agent_setup, shutdown.child_token()));
 
     let http = running.http_addr;
     println!("Herd demo: open http://{http}/ for the web UI");

@@ -256,6 +256,7 @@ mod tests {
             labels: vec![],
             config_version: 0,
             backlog_batches: 0,
+            ..Hello::default()
         };
         let addr = "127.0.0.1:1".parse().unwrap();
         let now = SystemTime::now();

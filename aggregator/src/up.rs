@@ -140,6 +140,7 @@ mod tests {
             labels: vec![],
             config_version: 0,
             backlog_batches: 0,
+            ..Hello::default()
         }
     }
 

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 
 use super::{Batch, CollectError, Collector};
 use crate::buffer::BufferStats;
+use crate::remote_config::ConfigStats;
 use crate::uplink::UplinkStats;
 
 /// Clock ticks per second in /proc/self/stat.
@@ -17,12 +18,13 @@ const USER_HZ: f64 = 100.0;
 pub struct SelfCollector {
     buffer: Arc<BufferStats>,
     uplink: Arc<UplinkStats>,
+    config: Arc<ConfigStats>,
     page_size: f64,
 }
 
 impl SelfCollector {
-    pub fn new(buffer: Arc<BufferStats>, uplink: Arc<UplinkStats>) -> Self {
-        Self { buffer, uplink, page_size: 4096.0 }
+    pub fn new(buffer: Arc<BufferStats>, uplink: Arc<UplinkStats>, config: Arc<ConfigStats>) -> Self {
+        Self { buffer, uplink, config, page_size: 4096.0 }
     }
 }
 
@@ -58,6 +60,8 @@ impl Collector for SelfCollector {
         out.push("herd_agent_uplink_sent_bytes_total", &[], load(&u.sent_bytes));
         out.push("herd_agent_uplink_backfilled_batches_total", &[], load(&u.backfilled_batches));
         out.push("herd_agent_uplink_acked_batches_total", &[], load(&u.acked_batches));
+        out.push("herd_agent_config_version", &[], load(&self.config.version));
+        out.push("herd_agent_config_apply_failures_total", &[], load(&self.config.apply_failures));
 
         // Process figures, as Prometheus client libraries name them.
         let path = "/proc/self/stat";

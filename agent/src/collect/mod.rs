@@ -18,6 +18,7 @@ pub mod postgres;
 pub mod probe;
 pub mod redis;
 pub mod scrape;
+pub mod spec;
 pub mod tls;
 
 use std::sync::{Arc, Mutex};
@@ -25,12 +26,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use herd_common::metric::{SeriesId, SeriesTable, stale_nan};
-use herd_common::protocol::SampleBatch;
-use tokio::sync::mpsc;
+use herd_common::protocol::{CollectorHealth, SampleBatch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+pub use spec::{BuildError, CollectorSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CollectError {
@@ -114,12 +117,10 @@ impl Batch {
 
 /// Runs the collectors at their intervals and sends one batch per tick.
 pub struct Scheduler {
-    collectors: Vec<Arc<dyn Collector>>,
-    /// Per collector: its interval, and its timeout (the agent's, at most the interval).
-    intervals: Vec<Duration>,
-    timeouts: Vec<Duration>,
-    /// Per collector: when it runs next (`None`: at the next tick).
-    next_due: Vec<Option<Instant>>,
+    slots: Vec<Slot>,
+    /// `collect.interval` and `collect.timeout`: for collectors without their own.
+    interval: Duration,
+    timeout: Duration,
     /// How often the scheduler wakes up.
     tick: Duration,
     table: SharedSeriesTable,
@@ -127,15 +128,72 @@ pub struct Scheduler {
     common_labels: Arc<Vec<(String, String)>>,
     next_seq: u64,
     out: mpsc::Sender<SampleBatch>,
-    /// Per collector, the series it reported last cycle (sorted).
-    previous: Vec<Vec<SeriesId>>,
-    /// A series-id buffer handed back and forth with `previous`.
+    /// A series-id buffer handed back and forth with each slot's `previous`.
     spare_ids: Vec<SeriesId>,
-    failing: Vec<bool>,
+    /// Series of collectors a new configuration removed: ended with a
+    /// staleness marker in the next batch.
+    retired: Vec<SeriesId>,
     /// The latest samples, for the local metrics endpoint.
     latest: Option<crate::exposition::Latest>,
-    /// Per collector, its latest run's samples (kept only with `latest`).
-    last_samples: Vec<Vec<(SeriesId, f64)>>,
+    commands: Option<mpsc::Receiver<SchedulerCommand>>,
+    /// Parent of the stop tokens of collectors built from specs.
+    stop: CancellationToken,
+}
+
+/// One collector and its scheduling state.
+struct Slot {
+    collector: Arc<dyn Collector>,
+    /// What it was built from; `None` for collectors every configuration has (the agent's own).
+    spec: Option<CollectorSpec>,
+    /// Ends the tasks it owns when it is removed.
+    stop: Option<CancellationToken>,
+    interval: Duration,
+    /// The agent's timeout, at most the interval.
+    timeout: Duration,
+    /// When it runs next (`None`: at the next tick).
+    next_due: Option<Instant>,
+    /// The series it reported last run (sorted).
+    previous: Vec<SeriesId>,
+    failing: bool,
+    /// Its last run's error, for the health reported after a configuration change.
+    last_error: Option<String>,
+    /// Its latest run's samples (kept only with `latest`).
+    last_samples: Vec<(SeriesId, f64)>,
+}
+
+impl Slot {
+    fn new(collector: Arc<dyn Collector>, spec: Option<CollectorSpec>, stop: Option<CancellationToken>) -> Self {
+        Slot {
+            collector,
+            spec,
+            stop,
+            interval: Duration::ZERO,
+            timeout: Duration::ZERO,
+            next_due: None,
+            previous: Vec::new(),
+            failing: false,
+            last_error: None,
+            last_samples: Vec::new(),
+        }
+    }
+
+    fn health(&self) -> CollectorHealth {
+        CollectorHealth { name: self.collector.name().to_owned(), error: self.last_error.clone() }
+    }
+}
+
+/// Work handed to a running scheduler.
+pub enum SchedulerCommand {
+    /// Switch to these collectors (see [`Scheduler::apply`]); the reply is
+    /// each collector's health after the first run of those that changed,
+    /// or why the new set could not be built (nothing changed then).
+    Apply {
+        specs: Vec<CollectorSpec>,
+        interval: Duration,
+        timeout: Duration,
+        common_labels: Vec<(String, String)>,
+        reply: oneshot::Sender<Result<Vec<CollectorHealth>, BuildError>>,
+    },
 }
 
 /// Shortest scheduler tick, whatever the intervals.
@@ -155,27 +213,73 @@ impl Scheduler {
         first_seq: u64,
         out: mpsc::Sender<SampleBatch>,
     ) -> Self {
-        let n = collectors.len();
-        let intervals: Vec<Duration> = collectors.iter().map(|c| c.interval().unwrap_or(interval)).collect();
-        let timeouts = intervals.iter().map(|&every| timeout.min(every)).collect();
-        let tick_ms = intervals.iter().fold(interval.as_millis(), |acc, every| gcd(acc, every.as_millis()));
-        let tick = Duration::from_millis(u64::try_from(tick_ms).unwrap_or(u64::MAX)).max(MIN_TICK);
-        Self {
-            collectors,
-            intervals,
-            timeouts,
-            next_due: vec![None; n],
-            tick,
+        let slots = collectors.into_iter().map(|c| Slot::new(c, None, None)).collect();
+        let mut scheduler = Self {
+            slots,
+            interval,
+            timeout,
+            tick: MIN_TICK,
             table,
             common_labels: Arc::new(common_labels),
             next_seq: first_seq,
             out,
-            previous: vec![Vec::new(); n],
             spare_ids: Vec::new(),
-            failing: vec![false; n],
+            retired: Vec::new(),
             latest: None,
-            last_samples: vec![Vec::new(); n],
+            commands: None,
+            stop: CancellationToken::new(),
+        };
+        scheduler.retune();
+        scheduler
+    }
+
+    /// A scheduler for the collectors `specs` describe, plus `always`
+    /// (collectors every configuration has). `stop` ends the tasks the
+    /// collectors own.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_specs(
+        specs: &[CollectorSpec],
+        always: Vec<Arc<dyn Collector>>,
+        interval: Duration,
+        timeout: Duration,
+        table: SharedSeriesTable,
+        common_labels: Vec<(String, String)>,
+        first_seq: u64,
+        out: mpsc::Sender<SampleBatch>,
+        stop: CancellationToken,
+    ) -> Result<Self, BuildError> {
+        let mut scheduler = Self::new(always, interval, timeout, table, common_labels, first_seq, out);
+        scheduler.stop = stop;
+        let mut built = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let token = scheduler.stop.child_token();
+            built.push(Slot::new(spec.build(token.clone())?, Some(spec.clone()), Some(token)));
         }
+        built.append(&mut scheduler.slots);
+        scheduler.slots = built;
+        scheduler.retune();
+        Ok(scheduler)
+    }
+
+    /// Takes commands (configuration changes) from `commands` while running.
+    pub fn with_commands(mut self, commands: mpsc::Receiver<SchedulerCommand>) -> Self {
+        self.commands = Some(commands);
+        self
+    }
+
+    /// Sets each slot's interval and timeout and the tick from them.
+    fn retune(&mut self) {
+        for slot in &mut self.slots {
+            slot.interval = slot
+                .spec
+                .as_ref()
+                .map_or_else(|| slot.collector.interval(), CollectorSpec::interval)
+                .unwrap_or(self.interval);
+            slot.timeout = self.timeout.min(slot.interval);
+        }
+        let tick_ms =
+            self.slots.iter().fold(self.interval.as_millis(), |acc, slot| gcd(acc, slot.interval.as_millis()));
+        self.tick = Duration::from_millis(u64::try_from(tick_ms).unwrap_or(u64::MAX)).max(MIN_TICK);
     }
 
     /// How often the scheduler wakes up: the intervals' greatest common divisor.
@@ -191,18 +295,137 @@ impl Scheduler {
 
     /// Collects until `shutdown` is cancelled.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut ticker = tokio::time::interval(self.tick);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
-        loop {
-            let now = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                now = ticker.tick() => now,
-            };
-            let Some(batch) = self.run_due(now).await else { continue };
-            if self.out.send(batch).await.is_err() {
-                return; // The uplink is gone: the agent is shutting down.
+        let mut commands = self.commands.take();
+        'ticking: loop {
+            let mut ticker = tokio::time::interval(self.tick);
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+            loop {
+                let now = tokio::select! {
+                    _ = shutdown.cancelled() => break 'ticking,
+                    now = ticker.tick() => now,
+                    Some(command) = async { match commands.as_mut() { Some(c) => c.recv().await, None => std::future::pending().await } } => {
+                        let tick = self.tick;
+                        let SchedulerCommand::Apply { specs, interval, timeout, common_labels, reply } = command;
+                        let result = self.apply(specs, interval, timeout, common_labels).await;
+                        let _ = reply.send(result);
+                        if self.tick != tick {
+                            continue 'ticking;
+                        }
+                        continue;
+                    }
+                };
+                let Some(batch) = self.run_due(now).await else { continue };
+                if self.out.send(batch).await.is_err() {
+                    break 'ticking; // The uplink is gone: the agent is shutting down.
+                }
             }
         }
+        self.stop.cancel();
+    }
+
+    /// Switches to the collectors `specs` describe, under a new
+    /// `collect.interval`, `collect.timeout` and common labels. Collectors
+    /// whose settings did not change keep running on their schedule, with
+    /// their series and connections; a changed interval only re-tunes one;
+    /// new and changed ones are built (if any cannot be, nothing changes)
+    /// and run at once; removed ones are stopped and their series end with a
+    /// staleness marker in the next batch. Returns every collector's health
+    /// after that first run.
+    pub async fn apply(
+        &mut self,
+        specs: Vec<CollectorSpec>,
+        interval: Duration,
+        timeout: Duration,
+        common_labels: Vec<(String, String)>,
+    ) -> Result<Vec<CollectorHealth>, BuildError> {
+        // Decide every spec first, building what is new, so that a collector
+        // that cannot be built leaves the running ones untouched.
+        enum Choice {
+            Keep(usize),
+            New(Arc<dyn Collector>, CancellationToken),
+        }
+        let mut kept = vec![false; self.slots.len()];
+        let mut choices = Vec::with_capacity(specs.len());
+        for spec in &specs {
+            let reusable = (0..self.slots.len())
+                .find(|&i| !kept[i] && self.slots[i].spec.as_ref().is_some_and(|running| running.same_collector(spec)));
+            if let Some(i) = reusable {
+                kept[i] = true;
+                choices.push(Choice::Keep(i));
+                continue;
+            }
+            let token = self.stop.child_token();
+            match spec.build(token.clone()) {
+                Ok(collector) => choices.push(Choice::New(collector, token)),
+                Err(err) => {
+                    token.cancel();
+                    for choice in &choices {
+                        if let Choice::New(_, token) = choice {
+                            token.cancel();
+                        }
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        let mut old: Vec<Option<Slot>> = std::mem::take(&mut self.slots).into_iter().map(Some).collect();
+        let mut slots = Vec::with_capacity(specs.len() + 1);
+        // Indices in `slots` that run now: new, rebuilt or re-tuned.
+        let mut run_now = Vec::new();
+        for (spec, choice) in specs.into_iter().zip(choices) {
+            match choice {
+                Choice::Keep(at) => {
+                    let mut slot = old[at].take().expect("each old slot is kept at most once");
+                    if slot.spec.as_ref() != Some(&spec) {
+                        run_now.push(slots.len());
+                    }
+                    slot.spec = Some(spec);
+                    slots.push(slot);
+                }
+                Choice::New(collector, token) => {
+                    info!(collector = collector.name(), "collector started");
+                    run_now.push(slots.len());
+                    slots.push(Slot::new(collector, Some(spec), Some(token)));
+                }
+            }
+        }
+        // Collectors every configuration has stay; the rest of the old ones go.
+        for slot in old.into_iter().flatten() {
+            if slot.spec.is_none() {
+                slots.push(slot);
+            } else {
+                if let Some(stop) = &slot.stop {
+                    stop.cancel();
+                }
+                info!(collector = slot.collector.name(), "collector removed");
+                self.retired.extend_from_slice(&slot.previous);
+            }
+        }
+        let labels_changed = *self.common_labels != common_labels;
+        self.common_labels = Arc::new(common_labels);
+        self.interval = interval;
+        self.timeout = timeout;
+        let before: Vec<Duration> = slots.iter().map(|s| s.interval).collect();
+        self.slots = slots;
+        self.retune();
+        for (index, slot) in self.slots.iter().enumerate() {
+            // Every series is renamed by new common labels; a new interval starts now.
+            let retuned = before.get(index).is_some_and(|&b| b != Duration::ZERO && b != slot.interval);
+            if (labels_changed || retuned) && !run_now.contains(&index) {
+                run_now.push(index);
+            }
+        }
+        if !run_now.is_empty() {
+            let now = Instant::now();
+            for &index in &run_now {
+                let slot = &mut self.slots[index];
+                slot.next_due = Some(now + slot.interval);
+            }
+            run_now.sort_unstable();
+            let batch = self.run_collectors(&run_now).await;
+            let _ = self.out.send(batch).await;
+        }
+        Ok(self.slots.iter().filter(|s| s.spec.is_some()).map(Slot::health).collect())
     }
 
     /// Runs the collectors due at `now`, if any, and returns their batch.
@@ -210,17 +433,18 @@ impl Scheduler {
         // Half a tick of slack: a tick that fires a little late still runs what was due on it.
         let horizon = now + self.tick / 2;
         let due: Vec<usize> =
-            (0..self.collectors.len()).filter(|&i| self.next_due[i].is_none_or(|at| at <= horizon)).collect();
+            (0..self.slots.len()).filter(|&i| self.slots[i].next_due.is_none_or(|at| at <= horizon)).collect();
         if due.is_empty() {
             return None;
         }
         for &i in &due {
-            let every = self.intervals[i];
-            let mut next = self.next_due[i].map_or(now + every, |at| at + every);
+            let slot = &mut self.slots[i];
+            let every = slot.interval;
+            let mut next = slot.next_due.map_or(now + every, |at| at + every);
             while next <= horizon {
                 next += every; // Skipped runs are not made up, as with the ticker.
             }
-            self.next_due[i] = Some(next);
+            slot.next_due = Some(next);
         }
         Some(self.run_collectors(&due).await)
     }
@@ -228,10 +452,10 @@ impl Scheduler {
     /// Runs every collector once, due or not, and returns the cycle's batch.
     pub async fn cycle(&mut self) -> SampleBatch {
         let now = Instant::now();
-        for (next, every) in self.next_due.iter_mut().zip(&self.intervals) {
-            *next = Some(now + *every);
+        for slot in &mut self.slots {
+            slot.next_due = Some(now + slot.interval);
         }
-        let all: Vec<usize> = (0..self.collectors.len()).collect();
+        let all: Vec<usize> = (0..self.slots.len()).collect();
         self.run_collectors(&all).await
     }
 
@@ -239,10 +463,11 @@ impl Scheduler {
         let timestamp_ms = unix_millis(SystemTime::now());
         let mut tasks = JoinSet::new();
         for &index in which {
-            let collector = Arc::clone(&self.collectors[index]);
+            let slot = &self.slots[index];
+            let collector = Arc::clone(&slot.collector);
             let mut batch =
                 Batch::new(Arc::clone(&self.table), collector.job().to_owned(), Arc::clone(&self.common_labels));
-            let timeout = self.timeouts[index];
+            let timeout = slot.timeout;
             tasks.spawn(async move {
                 let started = Instant::now();
                 let result = match tokio::time::timeout(timeout, collector.collect(&mut batch)).await {
@@ -261,15 +486,16 @@ impl Scheduler {
             let Ok((index, mut batch, result, elapsed)) = joined else {
                 continue; // A collector panicked; its series go stale below.
             };
-            let collector = &self.collectors[index];
+            let slot = &mut self.slots[index];
+            let name = slot.collector.name();
             let success = result.is_ok();
-            match (&result, self.failing[index]) {
-                (Err(err), false) => warn!(collector = collector.name(), error = %err, "collector failing"),
-                (Ok(()), true) => info!(collector = collector.name(), "collector recovered"),
+            match (&result, slot.failing) {
+                (Err(err), false) => warn!(collector = name, error = %err, "collector failing"),
+                (Ok(()), true) => info!(collector = name, "collector recovered"),
                 _ => {}
             }
-            self.failing[index] = !success;
-            let name = collector.name();
+            slot.failing = !success;
+            slot.last_error = result.err().map(|err| err.to_string());
             batch.push("herd_collector_success", &[("collector", name)], if success { 1.0 } else { 0.0 });
             batch.push("herd_collector_duration_seconds", &[("collector", name)], elapsed.as_secs_f64());
             // The ids reported now, in the buffer of the run before last: no allocation per cycle.
@@ -278,20 +504,28 @@ impl Scheduler {
             current.extend(batch.samples.iter().map(|&(id, _)| id));
             current.sort_unstable();
             current.dedup();
-            for gone in sorted_difference(&self.previous[index], &current) {
+            for gone in sorted_difference(&slot.previous, &current) {
                 batch.samples.push((gone, stale_nan()));
             }
-            self.spare_ids = std::mem::replace(&mut self.previous[index], current);
+            self.spare_ids = std::mem::replace(&mut slot.previous, current);
             if self.latest.is_some() {
-                self.last_samples[index].clone_from(&batch.samples);
+                slot.last_samples.clone_from(&batch.samples);
             }
             samples.append(&mut batch.samples);
+        }
+        if !self.retired.is_empty() {
+            let mut retired = std::mem::take(&mut self.retired);
+            retired.sort_unstable();
+            retired.dedup();
+            // A series a remaining collector reports again is not ended.
+            let reported: std::collections::HashSet<SeriesId> = samples.iter().map(|&(id, _)| id).collect();
+            samples.extend(retired.into_iter().filter(|id| !reported.contains(id)).map(|id| (id, stale_nan())));
         }
         if let Some(latest) = &self.latest {
             let mut latest = latest.lock().expect("latest lock is never poisoned");
             latest.clear();
-            for collector_samples in &self.last_samples {
-                latest.extend_from_slice(collector_samples);
+            for slot in &self.slots {
+                latest.extend_from_slice(&slot.last_samples);
             }
         }
         let seq = self.next_seq;
@@ -474,6 +708,83 @@ mod tests {
         // Nothing due at 200 ms: no batch at all.
         assert_eq!(jobs_per_tick[1], (200, Vec::new()));
         assert_eq!((fast.2.load(Ordering::SeqCst), slow.2.load(Ordering::SeqCst)), (8, 4));
+    }
+
+    fn probe(target: &str, interval_ms: u64) -> CollectorSpec {
+        use herd_common::config::agent::{ProbeConfig, ProbeKind};
+        let address = herd_common::config::Endpoint::parse(target.trim_start_matches("tcp://")).unwrap();
+        CollectorSpec::Probe(ProbeConfig {
+            target: target.to_owned(),
+            kind: ProbeKind::Tcp { address },
+            timeout: Duration::from_millis(50),
+            interval: Duration::from_millis(interval_ms),
+            tls: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_new_configuration_keeps_retunes_replaces_and_ends_collectors() {
+        let table: SharedSeriesTable = Arc::default();
+        let (tx, mut rx) = mpsc::channel(16);
+        let labels = vec![("instance".to_owned(), "web-1".to_owned())];
+        let (a, b, c) =
+            (probe("tcp://127.0.0.1:1", 1000), probe("tcp://127.0.0.1:2", 1000), probe("tcp://127.0.0.1:3", 1000));
+        let mut scheduler = Scheduler::from_specs(
+            &[a.clone(), b.clone()],
+            vec![Arc::new(Shrinking(AtomicU32::new(2)))],
+            Duration::from_secs(1),
+            Duration::from_millis(500),
+            Arc::clone(&table),
+            labels.clone(),
+            1,
+            tx,
+            CancellationToken::new(),
+        )
+        .unwrap();
+        scheduler.cycle().await;
+        let kept = Arc::clone(&scheduler.slots[0].collector);
+        let series_of = |name: &str| -> Vec<SeriesId> {
+            let table = table.lock().unwrap();
+            (0..table.len() as SeriesId).filter(|&id| table.labels(id).unwrap().to_string().contains(name)).collect()
+        };
+        // `a` re-tuned to 500 ms, `b` removed, `c` added.
+        let health = scheduler
+            .apply(
+                vec![probe("tcp://127.0.0.1:1", 500), c.clone()],
+                Duration::from_secs(1),
+                Duration::from_millis(500),
+                labels.clone(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            health.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(),
+            ["probe:tcp://127.0.0.1:1", "probe:tcp://127.0.0.1:3"]
+        );
+        assert!(health.iter().all(|h| h.error.is_none()), "a refused TCP probe is a successful cycle: {health:?}");
+        assert!(Arc::ptr_eq(&kept, &scheduler.slots[0].collector), "a re-tuned collector keeps running");
+        assert_eq!(scheduler.slots[0].interval, Duration::from_millis(500));
+        assert_eq!(scheduler.tick(), Duration::from_millis(500));
+        let first = rx.recv().await.unwrap(); // the cycle() batch was not sent; this is apply's
+        let stale: Vec<SeriesId> = first.samples.iter().filter(|s| is_stale(s.1)).map(|s| s.0).collect();
+        let b_series = series_of("127.0.0.1:2");
+        assert!(!b_series.is_empty() && b_series.iter().all(|id| stale.contains(id)), "the removed probe's series end");
+        assert!(series_of("127.0.0.1:1").iter().all(|id| !stale.contains(id)), "the kept probe's series go on");
+        assert!(first.samples.iter().any(|s| series_of("127.0.0.1:3").contains(&s.0)), "the new probe ran at once");
+        // A collector that cannot be built leaves everything as it was.
+        let bad = CollectorSpec::Host {
+            config: herd_common::config::agent::HostConfig {
+                procfs_root: "/proc".into(),
+                mount_points_exclude: "(".into(),
+                fs_types_exclude: String::new(),
+                disk_devices_exclude: String::new(),
+                net_devices_exclude: String::new(),
+            },
+            collect_timeout: Duration::from_secs(1),
+        };
+        assert!(scheduler.apply(vec![bad], Duration::from_secs(1), Duration::from_millis(500), labels).await.is_err());
+        assert_eq!(scheduler.slots.len(), 3);
+        assert!(Arc::ptr_eq(&kept, &scheduler.slots[0].collector));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use arbitrary::Arbitrary;
 use herd_common::protocol::frame::{self, FrameDecoder, PROTOCOL_VERSION};
 use herd_common::protocol::samples::SampleEncoder;
 use herd_common::protocol::{
-    ConfigAck, Goodbye, Heartbeat, Hello, Message, MetricBatch, SeriesDefs, ServerEvent, ServerLink, Welcome, codec,
+    ConfigAck, ConfigOutcome, Goodbye, Heartbeat, Hello, Message, MetricBatch, SeriesDefs, ServerEvent, ServerLink, Welcome, codec,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -108,6 +108,7 @@ fuzz_target!(|input: Input| {
                 labels,
                 config_version,
                 backlog_batches,
+                ..Hello::default()
             })),
             Op::Defs { skip, series } => {
                 let series: Vec<Vec<(String, String)>> = series
@@ -142,7 +143,16 @@ fuzz_target!(|input: Input| {
                 framed(&Message::Batch(MetricBatch { seq, timestamp_ms, sample_count, packed }))
             }
             Op::Heartbeat(backlog_batches) => framed(&Message::Heartbeat(Heartbeat { backlog_batches })),
-            Op::ConfigAck { version, error } => framed(&Message::ConfigAck(ConfigAck { version, error })),
+            Op::ConfigAck { version, error } => framed(&Message::ConfigAck(ConfigAck {
+                version,
+                outcome: if error.is_some() { ConfigOutcome::Refused } else { ConfigOutcome::Applied },
+                running_version: version,
+                running_profile: String::new(),
+                running_hash: String::new(),
+                effective_hash: String::new(),
+                error,
+                collectors: Vec::new(),
+            })),
             Op::Goodbye(reason) => framed(&Message::Goodbye(Goodbye { reason })),
             Op::Advance { ms } => {
                 now += Duration::from_millis(u64::from(ms));

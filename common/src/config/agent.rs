@@ -975,6 +975,43 @@ impl AgentConfig {
         postgres.chain(redis).chain(probe).chain(scrape).filter_map(|(key, tls)| Some((key, tls?)))
     }
 
+    /// Files this configuration reads while it runs (password and DSN files,
+    /// client TLS files) that cannot be read here, each as a problem naming
+    /// its key. The file loader leaves them to the collectors (a file may
+    /// appear later); a pushed configuration is refused for them, since the
+    /// one it replaces may be working.
+    pub fn unreadable_files(&self) -> Vec<String> {
+        let mut files: Vec<(String, &Path)> = Vec::new();
+        for (i, pg) in self.collect.postgres.iter().enumerate() {
+            if let DsnSource::File(path) = &pg.dsn {
+                files.push((format!("collect.postgres[{i}].dsn_file"), path));
+            }
+            if let PasswordSource::File(path) = &pg.password {
+                files.push((format!("collect.postgres[{i}].password_file"), path));
+            }
+        }
+        for (i, redis) in self.collect.redis.iter().enumerate() {
+            if let PasswordSource::File(path) = &redis.password {
+                files.push((format!("collect.redis[{i}].password_file"), path));
+            }
+        }
+        for (key, tls) in self.client_tls() {
+            if let Some(ca) = &tls.ca_file {
+                files.push((format!("{key}.tls.ca_file"), ca));
+            }
+            if let Some(client) = &tls.client_cert {
+                files.push((format!("{key}.tls.cert_file"), &client.cert_file));
+                files.push((format!("{key}.tls.key_file"), &client.key_file));
+            }
+        }
+        files
+            .into_iter()
+            .filter_map(|(key, path)| {
+                std::fs::File::open(path).err().map(|err| format!("{key}: cannot read {}: {err}", path.display()))
+            })
+            .collect()
+    }
+
     /// Keys that hold a password written in the configuration itself.
     pub fn inline_secret_keys(&self) -> Vec<String> {
         let mut keys = Vec::new();

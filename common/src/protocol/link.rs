@@ -506,6 +506,7 @@ mod tests {
             labels: vec![("env".into(), "prod".into())],
             config_version: 0,
             backlog_batches: 0,
+            ..Hello::default()
         }
     }
 

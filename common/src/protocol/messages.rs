@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// Agent → aggregator, first message on a stream. Its claims are
 /// informational: the agent's identity is its client certificate.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Hello {
     /// Agent id as configured; the aggregator compares it with the certificate.
     pub agent_id: String,
@@ -13,8 +13,18 @@ pub struct Hello {
     pub agent_version: String,
     /// Labels the agent attaches to all of its series (e.g. `env`, `role`).
     pub labels: Vec<(String, String)>,
-    /// Version of the configuration the agent is running, 0 for its local file.
+    /// Version of the pushed configuration the agent is running, 0 for its local file alone.
     pub config_version: u64,
+    /// The profile that version belongs to ("" for none).
+    pub config_profile: String,
+    /// Hash of the pushed body it runs (`config::pushed::content_hash`; "" for none).
+    pub config_hash: String,
+    /// The agent's local configuration file, passwords replaced by `***`
+    /// (`config::pushed::redacted`), so the aggregator can validate what a
+    /// push would make of it and show the difference.
+    pub local_config: String,
+    /// Directory relative paths in `local_config` are taken from.
+    pub local_config_dir: String,
     /// Batches waiting in the agent's buffer when it connected.
     pub backlog_batches: u64,
 }
@@ -80,19 +90,54 @@ pub struct Heartbeat {
     pub backlog_batches: u64,
 }
 
-/// Aggregator → agent: a new configuration to validate and apply.
+/// Aggregator → agent: a configuration to validate and apply: the agent
+/// overlays `toml`, a profile body in its own file format, on its local
+/// file. Version 0 with an empty body returns the agent to its local file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfigPush {
     pub version: u64,
-    /// The agent configuration in its TOML file format.
+    pub profile: String,
+    /// `content_hash` of `toml`, for the acknowledgement.
+    pub hash: String,
     pub toml: String,
 }
 
-/// Agent → aggregator: outcome of a [`ConfigPush`].
+/// Agent → aggregator: what became of a [`ConfigPush`], sent after the
+/// first collection cycle under it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfigAck {
+    /// The version pushed.
     pub version: u64,
-    /// `None` when applied; the validation errors otherwise.
+    pub outcome: ConfigOutcome,
+    /// The version, profile and body hash the agent runs now (the pushed
+    /// one when applied, the previous one otherwise).
+    pub running_version: u64,
+    pub running_profile: String,
+    pub running_hash: String,
+    /// Hash of the whole effective configuration it runs now.
+    pub effective_hash: String,
+    /// Why it was refused or rolled back: every problem, with its key path.
+    pub error: Option<String>,
+    /// Each collector after its first cycle under the pushed configuration.
+    pub collectors: Vec<CollectorHealth>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConfigOutcome {
+    /// Running it.
+    Applied,
+    /// Not applied (invalid here, or unappliable); the previous one keeps running.
+    Refused,
+    /// Applied, every collector failed its first cycle, the previous one restored.
+    RolledBack,
+}
+
+/// One collector's first cycle under a pushed configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectorHealth {
+    /// As in `herd_collector_success{collector=...}`.
+    pub name: String,
+    /// `None` when the cycle succeeded.
     pub error: Option<String>,
 }
 

@@ -25,6 +25,10 @@ mod tests {
                 agent_version: "0.1.0".into(),
                 labels: vec![("role".into(), "postgres".into())],
                 config_version: 7,
+                config_profile: "postgres".into(),
+                config_hash: "sha256:00".into(),
+                local_config: "[collect]\n".into(),
+                local_config_dir: "/etc/herd".into(),
                 backlog_batches: 12,
             }),
             Message::Welcome(Welcome {
@@ -40,8 +44,22 @@ mod tests {
             Message::Batch(MetricBatch { seq: u64::MAX, timestamp_ms: -5, sample_count: 2, packed: vec![1, 2, 3] }),
             Message::Ack(Ack { ranges: vec![(1, 5), (9, 9)] }),
             Message::Heartbeat(Heartbeat { backlog_batches: 3 }),
-            Message::ConfigPush(ConfigPush { version: 2, toml: "[collect]\ninterval = \"1s\"\n".into() }),
-            Message::ConfigAck(ConfigAck { version: 2, error: Some("collect.interval: too short".into()) }),
+            Message::ConfigPush(ConfigPush {
+                version: 2,
+                profile: "web".into(),
+                hash: "sha256:ab".into(),
+                toml: "[collect]\ninterval = \"1s\"\n".into(),
+            }),
+            Message::ConfigAck(ConfigAck {
+                version: 2,
+                outcome: ConfigOutcome::RolledBack,
+                running_version: 1,
+                running_profile: "web".into(),
+                running_hash: "sha256:cd".into(),
+                effective_hash: "sha256:ef".into(),
+                error: Some("collect.interval: too short".into()),
+                collectors: vec![CollectorHealth { name: "host".into(), error: Some("timed out".into()) }],
+            }),
             Message::Goodbye(Goodbye { reason: "shutting down".into() }),
         ]
     }
@@ -126,7 +144,7 @@ mod tests {
         fn hello_roundtrips(agent_id in ".{0,40}", labels in prop::collection::vec((".{0,10}", ".{0,10}"), 0..5), version in any::<u64>()) {
             let message = Message::Hello(Hello {
                 agent_id: agent_id.clone(), hostname: agent_id, agent_version: "x".into(),
-                labels, config_version: version, backlog_batches: version,
+                labels, config_version: version, backlog_batches: version, ..Hello::default()
             });
             let mut bytes = Vec::new();
             encode(&message, &mut bytes).unwrap();
