@@ -305,7 +305,17 @@ fn every_page_works_in_a_real_browser() {
             let widths = browser.js("return [document.documentElement.scrollWidth, window.innerWidth]", vec![]).await;
             let (scroll, inner) = (widths[0].as_u64().unwrap_or(0), widths[1].as_u64().unwrap_or(0));
             assert!(inner <= 420, "the window did not shrink to a phone's width: {widths}");
-            assert!(scroll <= inner, "{path} scrolls sideways at {inner}px: {scroll}px wide");
+            if scroll > inner {
+                let wide = browser
+                    .js(
+                        "const clipped = e => { for (let n = e.parentElement; n; n = n.parentElement) if (getComputedStyle(n).overflowX !== 'visible') return true; return false; };
+                         return [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > window.innerWidth + 1 && !clipped(e))
+                            .slice(0, 8).map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))",
+                        vec![],
+                    )
+                    .await;
+                panic!("{path} scrolls sideways at {inner}px: {scroll}px wide; past the edge: {wide}");
+            }
             if matches!(name, "overview" | "fleet" | "graph" | "alerts") {
                 browser.screenshot(&format!("{name}-phone")).await;
             }
