@@ -184,8 +184,10 @@ impl Fleet {
         let mut agents = self.agents.write().expect("fleet lock is never poisoned");
         let gone: Vec<String> =
             agents.values().filter(|r| !r.connected && r.last_seen < cutoff).map(|r| r.id.clone()).collect();
+        let mut offsets = self.clock_offsets.write().expect("fleet lock is never poisoned");
         for id in &gone {
             agents.remove(id);
+            offsets.remove(id);
         }
         if !gone.is_empty() {
             self.changed();

@@ -230,7 +230,7 @@ pub async fn start(
         fleet: Arc::clone(&fleet),
         store: Arc::clone(&store),
         db: Some(Arc::clone(&db)),
-        engine: Engine::new(Arc::clone(&store), config.lookback_delta, max_series).with_limits(query_limits),
+        engine: Arc::new(Engine::new(Arc::clone(&store), config.lookback_delta, max_series).with_limits(query_limits)),
         rules: Arc::clone(&rules),
         router: alert_router,
         ingest: Arc::clone(&stats),

@@ -52,7 +52,7 @@ pub struct UiSources {
     /// The durable store's own figures; `None` for a memory store.
     pub db: Option<Arc<Db>>,
     /// The engine for the UI's queries (its own limits, like the API's).
-    pub engine: Engine,
+    pub engine: Arc<Engine>,
     pub rules: Arc<RuleManager>,
     /// The built-in alert router, when `alerting.router_config` is set.
     pub router: Option<Arc<AlertRouter>>,
@@ -67,22 +67,15 @@ pub struct UiSources {
 /// The UI's state: its sources and a cache of the Status page's cardinality figures.
 pub struct Ui {
     sources: UiSources,
-    engine: Arc<Engine>,
     started_at: SystemTime,
     query_slots: Arc<Semaphore>,
     cardinality: Mutex<Option<(Instant, Arc<pages::Cardinality>)>>,
 }
 
 impl Ui {
-    pub fn new(mut sources: UiSources) -> Arc<Self> {
-        // The engine moves behind an Arc so query threads can share it.
-        let engine = std::mem::replace(
-            &mut sources.engine,
-            Engine::new(Arc::clone(&sources.store), std::time::Duration::from_secs(300), 1),
-        );
+    pub fn new(sources: UiSources) -> Arc<Self> {
         Arc::new(Self {
             sources,
-            engine: Arc::new(engine),
             started_at: SystemTime::now(),
             query_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_QUERIES)),
             cardinality: Mutex::new(None),
@@ -95,7 +88,7 @@ impl Ui {
             .acquire_owned()
             .await
             .map_err(|_| "the aggregator is shutting down".to_owned())?;
-        let engine = Arc::clone(&self.engine);
+        let engine = Arc::clone(&self.sources.engine);
         let evaluated = crate::api::on_query_thread(move || {
             let _permit = permit;
             let parsed = Engine::parse(&expr)?;

@@ -634,6 +634,7 @@ pub async fn agent(
 
 // ---- alerts and silences ----
 
+#[derive(Clone)]
 pub struct AlertView {
     pub name: String,
     pub state: &'static str,
@@ -759,8 +760,9 @@ pub async fn alerts(State(ui): State<Arc<Ui>>, caller: Caller, Query(params): Qu
                         matchers_text(&BTreeMap::from([("alertname".to_owned(), view.name.clone())])),
                     )],
                 };
+                // An alert several routes match is in each of their groups.
                 for key in keys {
-                    grouped.entry(key).or_default().push(AlertView { ..clone_alert(&view) });
+                    grouped.entry(key).or_default().push(view.clone());
                 }
             }
         }
@@ -812,21 +814,6 @@ pub async fn alerts(State(ui): State<Arc<Ui>>, caller: Caller, Query(params): Qu
         silences,
         notice,
     })
-}
-
-fn clone_alert(view: &AlertView) -> AlertView {
-    AlertView {
-        name: view.name.clone(),
-        state: view.state,
-        severity: view.severity.clone(),
-        labels: view.labels.clone(),
-        annotations: view.annotations.clone(),
-        active_since: view.active_since.clone(),
-        active_ago: view.active_ago.clone(),
-        value: view.value.clone(),
-        silence_href: view.silence_href.clone(),
-        silenced_by: view.silenced_by.clone(),
-    }
 }
 
 #[derive(Template)]
