@@ -11,17 +11,21 @@
 //! - `api`: HTTP and JSON, and nothing else does either.
 //! - `auth`: the one authentication and authorization layer in front of every HTTP route.
 //! - `fleet`: which agents exist and how they are doing.
+//! - `configs`: remote configuration (profiles, versions, staged rollouts, what each agent runs).
 //! - `remote`: Prometheus remote_write out (WAL-tailing queues) and in (`/api/v1/write`).
 //! - `ui`: the built-in web UI (HTML pages, SVG charts, its own small script).
 //! - `selfmon`: the aggregator's own metrics, written to the store.
 //! - `up`: `up{job, instance}` for every agent target, from the fleet.
 //! - `server`: wires the above for `serve` and `demo`.
+//! - `client`: the CLI's HTTP client of a running aggregator.
 //! - `pki` and `demo`: the CLI's certificate commands and the one-command demo.
 #![forbid(unsafe_code)]
 
 pub mod alertmanager;
 pub mod api;
 pub mod auth;
+pub mod client;
+pub mod configs;
 pub mod demo;
 pub mod fleet;
 pub mod ingest;

@@ -58,6 +58,9 @@ enum Command {
     /// Silences in the built-in alert router (through its Alertmanager v2 API).
     #[command(subcommand)]
     Silence(SilenceCommand),
+    /// Remote configuration of the fleet's agents (through the HTTP API).
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Run PromQL test files in Prometheus's format (load, clear, eval instant at, eval_fail, eval_ordered).
     PromqlTest {
         /// Test files.
@@ -100,6 +103,111 @@ enum SilenceCommand {
         api: RouterApi,
         #[arg(required = true)]
         ids: Vec<String>,
+    },
+}
+
+/// Where the aggregator's HTTP API is, and the token to call it with.
+#[derive(Debug, Args)]
+struct ApiArgs {
+    /// The aggregator's HTTP address.
+    #[arg(long, env = "HERD_URL", default_value = "http://127.0.0.1:7401", global = true)]
+    url: String,
+    /// A file holding a bearer token (an admin's, for changes).
+    #[arg(long, env = "HERD_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
+    /// A bearer token (prefer --token-file: a command line is visible to others).
+    #[arg(long, env = "HERD_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+}
+
+impl ApiArgs {
+    fn client(&self) -> anyhow::Result<herd_aggregator::client::ApiClient> {
+        Ok(herd_aggregator::client::ApiClient::new(&self.url, self.token_file.as_deref(), self.token.clone())?)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Push a profile version: a body in the agent's TOML format for the agents matching a selector.
+    Push {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The profile's name.
+        #[arg(long)]
+        profile: String,
+        /// Agents it is for, in Prometheus matcher syntax (`{}`: all).
+        #[arg(long, default_value = "{}")]
+        selector: String,
+        /// The highest-priority matching profile decides an agent's configuration.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i64,
+        /// What changed and why.
+        #[arg(short, long, default_value = "")]
+        message: String,
+        /// Show which agents match and what would change, without storing or sending anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Staged: this many agents (or percent, e.g. 10%) first.
+        #[arg(long)]
+        canary: Option<String>,
+        /// After the canaries, this many agents per wave (default: all the rest).
+        #[arg(long, default_value_t = 0)]
+        wave_size: usize,
+        /// How long a wave may take to acknowledge and run healthy.
+        #[arg(long)]
+        wait: Option<String>,
+        /// Agents that may refuse or fail before the rollout halts.
+        #[arg(long, default_value_t = 0)]
+        max_failures: usize,
+        /// The body (`-`: standard input).
+        file: PathBuf,
+    },
+    /// List profiles.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Print a version's body: NAME (the active one) or NAME@VERSION.
+    Show {
+        #[command(flatten)]
+        api: ApiArgs,
+        reference: String,
+    },
+    /// Diff two versions: NAME@A NAME@B.
+    Diff {
+        #[command(flatten)]
+        api: ApiArgs,
+        from: String,
+        to: String,
+    },
+    /// Per agent: desired and applied version, hash, state, last error, collectors.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Only agents matching this selector.
+        #[arg(long)]
+        selector: Option<String>,
+    },
+    /// Make an older version active again on every matching agent.
+    Rollback {
+        #[command(flatten)]
+        api: ApiArgs,
+        profile: String,
+        /// The version (default: the one before the active).
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Continue a halted rollout, accepting its failures so far.
+    Resume {
+        #[command(flatten)]
+        api: ApiArgs,
+        profile: String,
+    },
+    /// Stop a rollout and return its agents to the version before it.
+    Abort {
+        #[command(flatten)]
+        api: ApiArgs,
+        profile: String,
     },
 }
 
@@ -295,6 +403,59 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             Ok(())
+        }
+        Command::Config(command) => {
+            use herd_aggregator::configs::client;
+            let printed = match command {
+                ConfigCommand::Push {
+                    api,
+                    profile,
+                    selector,
+                    priority,
+                    message,
+                    dry_run,
+                    canary,
+                    wave_size,
+                    wait,
+                    max_failures,
+                    file,
+                } => {
+                    let body = if file.as_os_str() == "-" {
+                        std::io::read_to_string(std::io::stdin()).context("cannot read the body from standard input")?
+                    } else {
+                        std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?
+                    };
+                    let args = client::PushArgs {
+                        profile,
+                        selector,
+                        priority,
+                        body,
+                        message,
+                        dry_run,
+                        canary,
+                        wave_size,
+                        wait,
+                        max_failures,
+                    };
+                    client::push(&api.client()?, &args)?
+                }
+                ConfigCommand::List { api } => client::list(&api.client()?)?,
+                ConfigCommand::Show { api, reference } => client::show(&api.client()?, &reference)?,
+                ConfigCommand::Diff { api, from, to } => client::diff(&api.client()?, &from, &to)?,
+                ConfigCommand::Status { api, selector } => client::status(&api.client()?, selector.as_deref())?,
+                ConfigCommand::Rollback { api, profile, to } => {
+                    client::action(&api.client()?, &profile, "rollback", to)?
+                }
+                ConfigCommand::Resume { api, profile } => client::action(&api.client()?, &profile, "resume", None)?,
+                ConfigCommand::Abort { api, profile } => client::action(&api.client()?, &profile, "abort", None)?,
+            };
+            if printed.ok {
+                print!("{}", printed.text);
+                Ok(())
+            } else {
+                eprint!("{}", printed.text);
+                std::process::exit(1);
+            }
         }
         Command::Serve { config } => {
             let config = AggregatorConfig::load(&config).map_err(|err| anyhow::anyhow!("{err}"))?;

@@ -51,6 +51,8 @@ pub enum StartError {
     RemoteWrite(#[from] crate::remote::queue::QueueError),
     #[error("cannot load the HTTP API's credentials: {0}")]
     Auth(#[from] crate::auth::AuthError),
+    #[error("cannot load remote configuration: {0}")]
+    Configs(#[from] crate::configs::store::StoreError),
 }
 
 /// Replays the WAL (latest checkpoint, then newer segments) into the
@@ -185,15 +187,20 @@ pub async fn start(
     up.restore();
     let stats = Arc::new(IngestStats::default());
     let ready = Arc::new(AtomicBool::new(false));
-    let ingest = Arc::new(Ingest::new(
-        Arc::clone(&store),
-        Arc::clone(&fleet),
-        Arc::clone(&stats),
-        wal.clone(),
-        Arc::clone(&dedup),
-        config.heartbeat_interval,
-        config.max_series_per_agent,
-    ));
+    let configs = Arc::new(crate::configs::ConfigManager::open(&config.state_dir, config.keep_config_versions)?);
+    tasks.spawn(Arc::clone(&configs).run(shutdown.child_token()));
+    let ingest = Arc::new(
+        Ingest::new(
+            Arc::clone(&store),
+            Arc::clone(&fleet),
+            Arc::clone(&stats),
+            wal.clone(),
+            Arc::clone(&dedup),
+            config.heartbeat_interval,
+            config.max_series_per_agent,
+        )
+        .with_configs(Arc::clone(&configs)),
+    );
     let limits = &config.query_limits;
     let max_series = usize::try_from(limits.max_series).unwrap_or(usize::MAX);
     let query_limits = Limits {
@@ -206,7 +213,8 @@ pub async fn start(
     let state = Arc::new(
         ApiState::new(engine, Arc::clone(&store), Arc::clone(&fleet), Arc::clone(&stats), Arc::clone(&ready))
             .with_max_concurrent_queries(usize::try_from(limits.max_concurrency).unwrap_or(usize::MAX))
-            .with_auth(Arc::clone(&auth)),
+            .with_auth(Arc::clone(&auth))
+            .with_configs(Arc::clone(&configs)),
     );
 
     let (notifier, rules) = start_rules(config, &store, query_limits, http_addr, &auth, &shutdown, &mut tasks).await?;
@@ -238,12 +246,14 @@ pub async fn start(
         // `Secret`s print as `***`.
         config_text: format!("{config:#?}"),
         auth: Some(Arc::clone(&auth)),
+        configs: Some(Arc::clone(&configs)),
     });
     let http_shutdown = shutdown.child_token();
     let http_rules = Arc::clone(&rules);
     tasks.spawn(async move {
         let routes = api::router(state)
             .merge(api::rules::routes(http_rules))
+            .merge(api::configs::routes(configs))
             .merge(router_routes)
             .merge(remote_routes)
             .merge(crate::ui::routes(ui));

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use herd_tests::servers::{Postgres, Redis, servers_available};
+use herd_tests::servers::{PASSWORD, Postgres, Redis, secret_file, servers_available};
 use herd_tests::*;
 use promql_parser::parser::{self, Expr};
 use serde_json::Value as Json;
@@ -133,8 +133,17 @@ fn start(servers: bool) -> Fixture {
     let mut tail = format!("[[collect.scrape]]\njob = \"app\"\nurl = \"http://{app}/metrics\"\n");
     let servers = servers.then(|| {
         let (postgres, redis) = (Postgres::start(), Redis::start());
-        tail.push_str(&format!("[[collect.postgres]]\ndsn = \"{}\"\nname = \"main\"\n", postgres.dsn()));
-        tail.push_str(&format!("[[collect.redis]]\naddress = \"127.0.0.1:{}\"\nname = \"cache\"\n", redis.port));
+        let password = secret_file(&work.path().join("servers.password"), PASSWORD);
+        tail.push_str(&format!(
+            "[[collect.postgres]]\ndsn = \"{}\"\npassword_file = \"{}\"\nname = \"main\"\n",
+            postgres.dsn("postgres"),
+            password.display()
+        ));
+        tail.push_str(&format!(
+            "[[collect.redis]]\naddress = \"{}\"\npassword_file = \"{}\"\nname = \"cache\"\n",
+            redis.address(),
+            password.display()
+        ));
         (postgres, redis)
     });
     let config = agent_config_with(work.path(), &pki, "web-1", &[quic], "1s", "", &tail);

@@ -153,6 +153,7 @@ fn every_page_works_in_a_real_browser() {
         client.goto(&format!("{base}/fleet")).await.unwrap();
         let fleet = browser.text("table.fleet").await;
         assert!(fleet.contains("web-1") && fleet.contains("web-2"), "{fleet}");
+        assert_eq!(fleet.matches("applied").count(), 2, "both run their local configuration: {fleet}");
         assert_eq!(client.find_all(Locator::Css("table.fleet tbody tr.up")).await.unwrap().len(), 2, "{fleet}");
         agents[1].kill();
         let killed = Instant::now();

@@ -8,8 +8,10 @@
 //! - `series`: `/api/v1/series`, `/labels`, `/label/<name>/values`, `/metadata`.
 //! - `status`: `/api/v1/status/buildinfo`, `/runtimeinfo`.
 //! - `rules`: `/api/v1/rules`, `/api/v1/alerts` (routes of their own, merged in by `server`).
+//! - `configs`: `/api/v1/configs...`, remote configuration (routes of their own).
 //! - `params`: parameters, times, durations, the error envelope; `json`: result encoding.
 
+pub mod configs;
 mod json;
 mod params;
 mod query;
@@ -51,6 +53,8 @@ pub struct ApiState {
     query_slots: Arc<Semaphore>,
     /// For `/metrics`' refusal counters.
     auth: Option<Arc<crate::auth::Authenticator>>,
+    /// For each agent's configuration state in `/api/v1/agents` and `/metrics`.
+    configs: Option<Arc<crate::configs::ConfigManager>>,
 }
 
 impl ApiState {
@@ -70,7 +74,14 @@ impl ApiState {
             started_at: SystemTime::now(),
             query_slots: Arc::new(Semaphore::new(DEFAULT_MAX_CONCURRENT_QUERIES)),
             auth: None,
+            configs: None,
         }
+    }
+
+    /// Remote configuration, whose per-agent state the fleet API and `/metrics` show.
+    pub fn with_configs(mut self, configs: Arc<crate::configs::ConfigManager>) -> Self {
+        self.configs = Some(configs);
+        self
     }
 
     /// The authentication layer whose refusals `/metrics` reports.
@@ -157,6 +168,11 @@ async fn agents(State(state): State<Arc<ApiState>>) -> Response {
                 "batchesReceived": a.batches_received,
                 "samplesReceived": a.samples_received,
                 "seriesDefined": a.series_defined,
+                "config": state
+                    .configs
+                    .as_ref()
+                    .and_then(|c| c.agent_status(&a.id))
+                    .map_or(Json::Null, |s| configs::status_json(&s)),
             })
         })
         .collect();
@@ -210,6 +226,18 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     }
     if let Some(auth) = &state.auth {
         auth.write_metrics(&mut out);
+    }
+    if let Some(configs) = &state.configs {
+        let name = "herd_config_pushes_total";
+        let _ = writeln!(out, "# HELP {name} Configuration pushes, by result.\n# TYPE {name} counter");
+        for (result, count) in configs.push_counts() {
+            let _ = writeln!(out, "{name}{{result=\"{result}\"}} {count}");
+        }
+        let name = "herd_fleet_agents";
+        let _ = writeln!(out, "# HELP {name} Known agents, by configuration state.\n# TYPE {name} gauge");
+        for (config_state, count) in configs.state_counts() {
+            let _ = writeln!(out, "{name}{{config_state=\"{}\"}} {count}", config_state.as_str());
+        }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response()
 }

@@ -253,6 +253,10 @@ impl Authenticator {
             }
         };
         match access {
+            // Without credentials, too little role means: authenticate (401).
+            Access::Needs(needed) if principal.role < needed && !headers.contains_key(header::AUTHORIZATION) => Err(
+                refused(Refusal::MissingCredentials, format!("this needs a bearer token with role {needed} or above")),
+            ),
             Access::Needs(needed) if principal.role < needed => Err(refused(
                 Refusal::InsufficientRole,
                 format!("{} has role {}; this needs {needed}", principal.name, principal.role),
@@ -449,7 +453,9 @@ mod tests {
     async fn anonymous_callers_get_the_configured_role_only() {
         let f = fixture(Some(Role::Viewer));
         assert_eq!(call(&f.router, Method::GET, "/api/v1/query", None).await.0, StatusCode::OK);
-        assert_eq!(call(&f.router, Method::POST, "/api/v2/silences", None).await.0, StatusCode::FORBIDDEN);
+        let (status, body) = call(&f.router, Method::POST, "/api/v2/silences", None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "no credentials: authenticate first");
+        assert!(body.contains("needs a bearer token with role editor"), "{body}");
         // A wrong token is not quietly downgraded to anonymous.
         assert_eq!(
             call(&f.router, Method::GET, "/api/v1/query", Some("wrong-token-0123456789")).await.0,

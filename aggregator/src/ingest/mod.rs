@@ -116,6 +116,8 @@ impl SeriesLog {
 
 pub struct Ingest {
     fleet: Arc<Fleet>,
+    /// Remote configuration: told who connects, hands out their pushes.
+    configs: Option<Arc<crate::configs::ConfigManager>>,
     stats: Arc<IngestStats>,
     log: Arc<SeriesLog>,
     dedup: Arc<Dedup>,
@@ -134,7 +136,13 @@ impl Ingest {
         max_series_per_agent: u32,
     ) -> Self {
         let log = Arc::new(SeriesLog::new(store, wal, Arc::clone(&stats)));
-        Self { fleet, stats, log, dedup, heartbeat_interval, max_series_per_agent }
+        Self { fleet, configs: None, stats, log, dedup, heartbeat_interval, max_series_per_agent }
+    }
+
+    /// Connects agent sessions to remote configuration.
+    pub fn with_configs(mut self, configs: Arc<crate::configs::ConfigManager>) -> Self {
+        self.configs = Some(configs);
+        self
     }
 
     /// The write path agent batches take, for other sources of samples.
@@ -204,9 +212,13 @@ impl Ingest {
             new_series: Vec::new(),
             wal_samples: Vec::new(),
             newest_batch_ms: i64::MIN,
+            pushes: None,
         };
         session.serve(&connection, send, recv, shutdown).await;
         if let Some(connection_id) = session.connection_id {
+            if let Some(configs) = &self.configs {
+                configs.disconnected(&session.identity, connection_id);
+            }
             self.fleet.disconnected(&session.identity, connection_id, SystemTime::now());
             info!(agent = %session.identity, %remote, "agent disconnected");
         }
@@ -233,6 +245,8 @@ struct Session<'a> {
     wal_samples: Vec<(u64, f64)>,
     /// Timestamp of the newest batch received on this connection (for the clock offset).
     newest_batch_ms: i64,
+    /// Configurations to push to this agent, once it said hello.
+    pushes: Option<tokio::sync::mpsc::Receiver<herd_common::protocol::ConfigPush>>,
 }
 
 impl Session<'_> {
@@ -265,6 +279,9 @@ impl Session<'_> {
                     }
                 },
                 _ = sleep_or_forever(deadline) => link.handle_timeout(Instant::now().into_std()),
+                Some(push) = async { match self.pushes.as_mut() { Some(pushes) => pushes.recv().await, None => std::future::pending().await } } => {
+                    link.push_config(Instant::now().into_std(), push)
+                }
             };
             // Events decoded before an error are still acted on: their batches are valid.
             let handled = self.handle_events(&mut link);
@@ -303,6 +320,13 @@ impl Session<'_> {
                     }
                     let connection_id = self.ingest.fleet.connected(&self.identity, &hello, self.remote, now);
                     self.connection_id = Some(connection_id);
+                    if let Some(configs) = &self.ingest.configs {
+                        // Selectors match the agent's labels and `agent`, its identity.
+                        let mut labels: std::collections::BTreeMap<String, String> =
+                            hello.labels.iter().cloned().collect();
+                        labels.insert("agent".to_owned(), self.identity.clone());
+                        self.pushes = Some(configs.connected(&self.identity, connection_id, &hello, labels));
+                    }
                     info!(agent = %self.identity, remote = %self.remote, version = %hello.agent_version, backlog_batches = hello.backlog_batches, "agent connected");
                     let welcome = Welcome {
                         aggregator_version: herd_common::VERSION.to_owned(),
@@ -333,10 +357,9 @@ impl Session<'_> {
                     });
                 }
                 ServerEvent::ConfigAcked(ack) => {
-                    if let Some(error) = &ack.error {
-                        warn!(agent = %self.identity, version = ack.version, %error, "agent refused pushed configuration");
-                    } else {
-                        self.update_fleet(|record| record.config_version = ack.version);
+                    self.update_fleet(|record| record.config_version = ack.running_version);
+                    if let Some(configs) = &self.ingest.configs {
+                        configs.acked(&self.identity, ack);
                     }
                 }
                 ServerEvent::PeerClosing { reason } => debug!(agent = %self.identity, %reason, "agent closing"),

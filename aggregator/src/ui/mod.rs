@@ -62,6 +62,8 @@ pub struct UiSources {
     pub config_text: String,
     /// The HTTP authentication layer, for the login form's sessions.
     pub auth: Option<Arc<crate::auth::Authenticator>>,
+    /// Remote configuration: each agent's desired and applied versions.
+    pub configs: Option<Arc<crate::configs::ConfigManager>>,
 }
 
 /// The UI's state: its sources and a cache of the Status page's cardinality figures.

@@ -21,6 +21,7 @@ use crate::alertmanager::matcher::{self, Matcher};
 use crate::alertmanager::silence::{SilenceMatcher, SilenceRequest, SilenceState};
 use crate::auth::Principal;
 use crate::auth::session::{self, Session};
+use crate::configs::{AgentConfigStatus, ConfigState};
 use crate::promql::{QueryRange, Value};
 use crate::rules::{AlertState, Health, Rule};
 use herd_common::config::http::Role;
@@ -305,6 +306,12 @@ pub struct AgentRow {
     pub backlog: u64,
     pub clock_offset: String,
     pub config_version: u64,
+    /// Remote configuration: `applied`, `refused`, ... (empty without it).
+    pub config_state: &'static str,
+    pub config_desired: String,
+    pub config_applied: String,
+    pub config_error: String,
+    pub config_bad: bool,
     pub remote_addr: String,
 }
 
@@ -347,7 +354,15 @@ const FLEET_COLUMNS: &[(&str, &str)] = &[
     ("offset", "Clock offset"),
 ];
 
-fn agent_row(record: &crate::fleet::AgentRecord, clock_offset_ms: Option<i64>, now: i64) -> AgentRow {
+fn agent_row(
+    record: &crate::fleet::AgentRecord,
+    clock_offset_ms: Option<i64>,
+    config: Option<&AgentConfigStatus>,
+    now: i64,
+) -> AgentRow {
+    let version = |profile: &str, version: u64| {
+        if version == 0 { "local file".to_owned() } else { format!("{profile} v{version}") }
+    };
     AgentRow {
         id: record.id.clone(),
         href: format!("/fleet/{}", url_encode(&record.id)),
@@ -365,18 +380,37 @@ fn agent_row(record: &crate::fleet::AgentRecord, clock_offset_ms: Option<i64>, n
             format!("{sign}{}", short_duration(Duration::from_millis(ms.unsigned_abs())))
         }),
         config_version: record.config_version,
+        config_state: config.map_or("", |c| c.state.as_str()),
+        config_desired: config.map_or(String::new(), |c| match &c.desired {
+            Some((profile, v)) => version(profile, *v),
+            None => "local file".to_owned(),
+        }),
+        config_applied: config.map_or(String::new(), |c| version(&c.applied_profile, c.applied_version)),
+        config_error: config.and_then(|c| c.last_error.clone()).unwrap_or_default(),
+        config_bad: config
+            .is_some_and(|c| matches!(c.state, ConfigState::Refused | ConfigState::RolledBack | ConfigState::Conflict)),
         remote_addr: if record.connected { record.remote_addr.to_string() } else { "-".into() },
     }
 }
 
+/// Each agent's remote configuration status, by agent.
+fn config_statuses(ui: &Ui) -> HashMap<String, AgentConfigStatus> {
+    let statuses = ui.sources.configs.as_ref().and_then(|c| c.status(None).ok()).unwrap_or_default();
+    statuses.into_iter().map(|s| (s.agent.clone(), s)).collect()
+}
+
 /// The labels a fleet filter matches against: the agent's own labels plus
-/// `agent`, `host`, `version` and `status` (`connected` or `disconnected`).
-fn filter_labels(record: &crate::fleet::AgentRecord) -> BTreeMap<String, String> {
+/// `agent`, `host`, `version`, `status` (`connected` or `disconnected`) and
+/// `config_state` (`applied`, `refused`, ...).
+fn filter_labels(record: &crate::fleet::AgentRecord, config: Option<&AgentConfigStatus>) -> BTreeMap<String, String> {
     let mut labels: BTreeMap<String, String> = record.labels.iter().cloned().collect();
     labels.insert("agent".into(), record.id.clone());
     labels.insert("host".into(), record.hostname.clone());
     labels.insert("version".into(), record.version.clone());
     labels.insert("status".into(), if record.connected { "connected" } else { "disconnected" }.into());
+    if let Some(config) = config {
+        labels.insert("config_state".into(), config.state.as_str().into());
+    }
     labels
 }
 
@@ -385,9 +419,10 @@ pub async fn fleet(State(ui): State<Arc<Ui>>, caller: Caller, Query(params): Que
     let mut records = ui.sources.fleet.list();
     let total = records.len();
     let mut filter_error = String::new();
+    let configs = config_statuses(&ui);
     if !params.filter.trim().is_empty() {
         match matcher::parse_matchers(&params.filter) {
-            Ok(matchers) => records.retain(|r| matcher::all_match(&matchers, &filter_labels(r))),
+            Ok(matchers) => records.retain(|r| matcher::all_match(&matchers, &filter_labels(r, configs.get(&r.id)))),
             Err(err) => filter_error = err.to_string(),
         }
     }
@@ -428,7 +463,7 @@ pub async fn fleet(State(ui): State<Arc<Ui>>, caller: Caller, Query(params): Que
             }
         })
         .collect();
-    let agents = records.iter().map(|r| agent_row(r, offset(&r.id), now)).collect();
+    let agents = records.iter().map(|r| agent_row(r, offset(&r.id), configs.get(&r.id), now)).collect();
     page(&FleetPage {
         shell: Shell::new("fleet", "Fleet", &caller),
         agents,
@@ -616,12 +651,13 @@ pub async fn agent(
         })
         .collect();
     let offset = ui.sources.fleet.clock_offsets().get(&record.id).copied();
+    let config = ui.sources.configs.as_ref().and_then(|c| c.agent_status(&record.id));
     page(&AgentPage {
         shell: Shell::new("fleet", format!("Agent {}", record.id), &caller),
         batches: format::number(record.batches_received as f64),
         samples: format::number(record.samples_received as f64),
         series: record.series_defined,
-        agent: agent_row(&record, offset, now),
+        agent: agent_row(&record, offset, config.as_ref(), now),
         instance,
         targets,
         collectors,

@@ -44,7 +44,20 @@ pub struct RawAggregatorConfig {
     pub remote_write_receiver: super::remote_write::RawReceiver,
     #[serde(default)]
     pub http: super::http::RawHttp,
+    #[serde(default)]
+    pub remote_config: RawRemoteConfig,
 }
+
+/// `[remote_config]`: profiles pushed to agents.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRemoteConfig {
+    /// Versions kept per profile for rollback (the active one is always kept).
+    pub keep_versions: Option<usize>,
+}
+
+/// Versions kept per profile by default.
+pub const DEFAULT_KEEP_VERSIONS: usize = 20;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -183,6 +196,8 @@ pub struct AggregatorConfig {
     pub remote: super::remote_write::RemoteConfig,
     /// Who may call the HTTP API: `[http]`.
     pub http: super::http::HttpConfig,
+    /// `[remote_config] keep_versions`.
+    pub keep_config_versions: usize,
 }
 
 impl AggregatorConfig {
@@ -304,8 +319,13 @@ impl RawAggregatorConfig {
         let remote =
             super::remote_write::validate(self.remote_write, self.remote_write_receiver, base_dir, &mut problems);
         let http = self.http.validate(http_listen, base_dir, &mut problems);
+        let keep_config_versions = self.remote_config.keep_versions.unwrap_or(DEFAULT_KEEP_VERSIONS);
+        if keep_config_versions == 0 {
+            problems.push("remote_config.keep_versions", "must be at least 1");
+        }
         let config = AggregatorConfig {
             http,
+            keep_config_versions,
             storage,
             quic_listen,
             http_listen,
