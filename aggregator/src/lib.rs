@@ -13,6 +13,7 @@
 //! - `fleet`: which agents exist and how they are doing.
 //! - `configs`: remote configuration (profiles, versions, staged rollouts, what each agent runs).
 //! - `remote`: Prometheus remote_write out (WAL-tailing queues) and in (`/api/v1/write`).
+//! - `ui`: the built-in web UI (HTML pages, SVG charts, its own small script).
 //! - `selfmon`: the aggregator's own metrics, written to the store.
 //! - `up`: `up{job, instance}` for every agent target, from the fleet.
 //! - `server`: wires the above for `serve` and `demo`.
@@ -36,5 +37,6 @@ pub mod rules;
 pub mod selfmon;
 pub mod server;
 pub mod store;
+pub mod ui;
 pub mod up;
 pub mod wal;

@@ -218,7 +218,7 @@ pub async fn start(
     );
 
     let (notifier, rules) = start_rules(config, &store, query_limits, http_addr, &auth, &shutdown, &mut tasks).await?;
-    let router_routes = start_router(config, &store, &notifier, http_addr, &shutdown, &mut tasks)?;
+    let (router_routes, alert_router) = start_router(config, &store, &notifier, http_addr, &shutdown, &mut tasks)?;
     let (remote_routes, remote_figures) =
         start_remote(config, &ingest, &wal, &config.state_dir.join("wal"), &shutdown, &mut tasks)?;
     tasks.spawn(ingest.run(endpoint, shutdown.child_token()));
@@ -235,6 +235,20 @@ pub async fn start(
         configs: Some(Arc::clone(&configs)),
     };
     tasks.spawn(monitor.run(shutdown.child_token()));
+    let ui = crate::ui::Ui::new(crate::ui::UiSources {
+        fleet: Arc::clone(&fleet),
+        store: Arc::clone(&store),
+        db: Some(Arc::clone(&db)),
+        engine: Arc::new(Engine::new(Arc::clone(&store), config.lookback_delta, max_series).with_limits(query_limits)),
+        rules: Arc::clone(&rules),
+        router: alert_router,
+        ingest: Arc::clone(&stats),
+        wal: Arc::clone(&wal.stats),
+        // `Secret`s print as `***`.
+        config_text: format!("{config:#?}"),
+        auth: Some(Arc::clone(&auth)),
+        configs: Some(Arc::clone(&configs)),
+    });
     let http_shutdown = shutdown.child_token();
     let http_rules = Arc::clone(&rules);
     tasks.spawn(async move {
@@ -242,7 +256,8 @@ pub async fn start(
             .merge(api::rules::routes(http_rules))
             .merge(api::configs::routes(configs))
             .merge(router_routes)
-            .merge(remote_routes);
+            .merge(remote_routes)
+            .merge(crate::ui::routes(ui));
         let serve = axum::serve(listener, crate::auth::layer(routes, auth))
             .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
         if let Err(err) = serve.await {
@@ -260,7 +275,7 @@ pub async fn start(
 /// rule manager's alerts are handed to it (besides any external
 /// Alertmanagers), SIGHUP reloads its file, its counters are written to the store with the other
 /// self-metrics, and its Alertmanager v2 API routes are returned to be served
-/// on the HTTP port (empty when no router is configured).
+/// on the HTTP port (empty when no router is configured), with the router for the web UI.
 fn start_router(
     config: &AggregatorConfig,
     store: &Arc<dyn Storage>,
@@ -268,8 +283,8 @@ fn start_router(
     http_addr: SocketAddr,
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<()>,
-) -> Result<axum::Router, StartError> {
-    let Some(path) = &config.alerting.router_config else { return Ok(axum::Router::new()) };
+) -> Result<(axum::Router, Option<Arc<crate::alertmanager::Router>>), StartError> {
+    let Some(path) = &config.alerting.router_config else { return Ok((axum::Router::new(), None)) };
     let router_config = crate::alertmanager::config::load(path)?;
     let external_url = config
         .alerting
@@ -312,7 +327,7 @@ fn start_router(
         }
     });
     info!(config = %path.display(), "built-in alert router serving Alertmanager's v2 API");
-    Ok(crate::alertmanager::api::routes(router))
+    Ok((crate::alertmanager::api::routes(Arc::clone(&router)), Some(router)))
 }
 // ---- end of built-in alert router ----
 // ---- remote_write (aggregator/src/remote/) ----

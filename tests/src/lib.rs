@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod browser;
 pub mod peers;
 pub mod relay;
 pub mod router;
@@ -429,4 +430,13 @@ impl Drop for TmpfsMount {
 /// The latest value of `selector` (a single series), if any.
 pub fn latest_value(aggregator: &Aggregator, selector: &str) -> Option<f64> {
     vector_result(&aggregator.query(selector)).first().and_then(|s| s["value"][1].as_str()?.parse().ok())
+}
+
+/// POST `fields` as an `application/x-www-form-urlencoded` body to `url`, as
+/// Grafana and Prometheus clients send queries; `None` on a connection error.
+pub fn http_post_form(url: &str, fields: &[(&str, &str)]) -> Option<(u16, String)> {
+    let mut response = http_agent().post(url).send_form(fields.iter().copied()).ok()?;
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().ok()?;
+    Some((status, body))
 }

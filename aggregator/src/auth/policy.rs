@@ -58,6 +58,13 @@ const RULES: &[Rule] = &[
     rule(DELETE, "/api/v2/silence/{id}", EDITOR),
     rule(POST, "/-/reload", EDITOR),
     rule(POST, "/api/v1/write", Access::Own),
+    // The web UI: its login form and assets are open; silences need an editor.
+    rule(GET_HEAD, "/login", Access::Open),
+    rule(POST, "/login", Access::Open),
+    rule(POST, "/logout", Access::Open),
+    rule(GET_HEAD, "/ui/assets/{file}", Access::Open),
+    rule(POST, "/alerts/silences", EDITOR),
+    rule(POST, "/alerts/silences/{id}/expire", EDITOR),
     // Remote configuration: every change is an admin's.
     rule(ANY_WRITE, "/api/v1/configs", ADMIN),
     rule(ANY_WRITE, "/api/v1/configs/{*rest}", ADMIN),
@@ -114,6 +121,11 @@ mod tests {
         check(Method::POST, "/api/v1/configs", ADMIN);
         check(Method::POST, "/api/v1/configs/web/rollback", ADMIN);
         check(Method::GET, "/api/v1/configs/web", VIEWER);
+        check(Method::GET, "/", VIEWER);
+        check(Method::GET, "/fleet/web-1", VIEWER);
+        check(Method::POST, "/login", Access::Open);
+        check(Method::POST, "/alerts/silences", EDITOR);
+        check(Method::POST, "/alerts/silences/abc/expire", EDITOR);
     }
 
     #[test]
