@@ -17,7 +17,7 @@ if [[ ${CI:-} == true && -z ${CARGO_TARGET_DIR:-} ]]; then
 fi
 
 # Debian packages the tests run for real (peers to compare against).
-packages=(prometheus-node-exporter postgresql redis-server prometheus-postgres-exporter prometheus-redis-exporter prometheus-alertmanager busybox-static prometheus victoria-metrics)
+packages=(prometheus-node-exporter postgresql redis-server prometheus-postgres-exporter prometheus-redis-exporter prometheus-alertmanager busybox-static prometheus victoria-metrics chromium chromium-driver)
 
 missing=()
 for package in "${packages[@]}"; do

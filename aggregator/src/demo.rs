@@ -78,7 +78,8 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> Result<()
     let agent = tokio::spawn(herd_agent::run(agent_setup, shutdown.child_token()));
 
     let http = running.http_addr;
-    println!("Herd demo: an aggregator and a local agent on loopback");
+    println!("Herd demo: open http://{http}/ for the web UI");
+    println!("  an aggregator and a local agent on loopback");
     println!("  state      {} (removed on exit)", state.path().display());
     println!("  agents     udp/{} (mutual TLS, throw-away CA)", running.quic_addr);
     println!("  HTTP API   http://{http}");

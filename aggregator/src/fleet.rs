@@ -55,6 +55,9 @@ pub struct Fleet {
     /// Bumped whenever the set of agents or their targets changes, so the
     /// writer of `fleet.json` knows when there is something new to keep.
     generation: std::sync::atomic::AtomicU64,
+    /// Per agent, how far its clock is behind the aggregator's (milliseconds,
+    /// negative when ahead), from the age of its newest batch on arrival.
+    clock_offsets: RwLock<std::collections::HashMap<String, i64>>,
 }
 
 impl Fleet {
@@ -200,8 +203,10 @@ impl Fleet {
         let mut agents = self.agents.write().expect("fleet lock is never poisoned");
         let gone: Vec<String> =
             agents.values().filter(|r| !r.connected && r.last_seen < cutoff).map(|r| r.id.clone()).collect();
+        let mut offsets = self.clock_offsets.write().expect("fleet lock is never poisoned");
         for id in &gone {
             agents.remove(id);
+            offsets.remove(id);
         }
         if !gone.is_empty() {
             self.changed();
@@ -211,6 +216,22 @@ impl Fleet {
 
     pub fn list(&self) -> Vec<AgentRecord> {
         self.agents.read().expect("fleet lock is never poisoned").values().cloned().collect()
+    }
+
+    /// Records the age on arrival of the agent's newest batch.
+    pub fn note_clock_offset(&self, id: &str, offset_ms: i64) {
+        let mut offsets = self.clock_offsets.write().expect("fleet lock is never poisoned");
+        match offsets.get_mut(id) {
+            Some(offset) => *offset = offset_ms,
+            None => {
+                offsets.insert(id.to_owned(), offset_ms);
+            }
+        }
+    }
+
+    /// The last clock offset seen per agent (see `note_clock_offset`).
+    pub fn clock_offsets(&self) -> std::collections::HashMap<String, i64> {
+        self.clock_offsets.read().expect("fleet lock is never poisoned").clone()
     }
 
     pub fn connected_count(&self) -> usize {

@@ -15,6 +15,7 @@
 //! - `identity`: enrollment tokens, the CA key signing agent certificates, their inventory and revocation.
 //! - `configs`: remote configuration (profiles, versions, staged rollouts, what each agent runs).
 //! - `remote`: Prometheus remote_write out (WAL-tailing queues) and in (`/api/v1/write`).
+//! - `ui`: the built-in web UI (HTML pages, SVG charts, its own small script).
 //! - `selfmon`: the aggregator's own metrics, written to the store.
 //! - `up`: `up{job, instance}` for every agent target, from the fleet.
 //! - `server`: wires the above for `serve` and `demo`.
@@ -40,5 +41,6 @@ pub mod rules;
 pub mod selfmon;
 pub mod server;
 pub mod store;
+pub mod ui;
 pub mod up;
 pub mod wal;

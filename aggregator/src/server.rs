@@ -232,7 +232,7 @@ pub async fn start(
     );
 
     let (notifier, rules) = start_rules(config, &store, query_limits, http_addr, &auth, &shutdown, &mut tasks).await?;
-    let router_routes = start_router(config, &store, &notifier, http_addr, &shutdown, &mut tasks)?;
+    let (router_routes, alert_router) = start_router(config, &store, &notifier, http_addr, &shutdown, &mut tasks)?;
     let (remote_routes, remote_figures) =
         start_remote(config, &ingest, &wal, &config.state_dir.join("wal"), &shutdown, &mut tasks)?;
     tasks.spawn(ingest.run(endpoint, shutdown.child_token()));
@@ -250,12 +250,27 @@ pub async fn start(
         configs: Some(Arc::clone(&configs)),
     };
     tasks.spawn(monitor.run(shutdown.child_token()));
+    let ui = crate::ui::Ui::new(crate::ui::UiSources {
+        fleet: Arc::clone(&fleet),
+        store: Arc::clone(&store),
+        db: Some(Arc::clone(&db)),
+        engine: Arc::new(Engine::new(Arc::clone(&store), config.lookback_delta, max_series).with_limits(query_limits)),
+        rules: Arc::clone(&rules),
+        router: alert_router,
+        ingest: Arc::clone(&stats),
+        wal: Arc::clone(&wal.stats),
+        // `Secret`s print as `***`.
+        config_text: format!("{config:#?}"),
+        auth: Some(Arc::clone(&auth)),
+        configs: Some(Arc::clone(&configs)),
+    });
     let routes = api::router(state)
         .merge(api::rules::routes(Arc::clone(&rules)))
         .merge(api::configs::routes(configs))
         .merge(router_routes)
         .merge(remote_routes)
-        .merge(api::identity::routes(Arc::clone(&identity)));
+        .merge(api::identity::routes(Arc::clone(&identity)))
+        .merge(crate::ui::routes(ui));
     let routes = http_listener.limits(crate::auth::layer(routes, auth));
     tasks.spawn(Arc::clone(&http_listener).run(listener, routes, shutdown.child_token()));
     ready.store(true, Ordering::Release);
@@ -339,7 +354,7 @@ fn start_identity(
 /// rule manager's alerts are handed to it (besides any external
 /// Alertmanagers), SIGHUP reloads its file, its counters are written to the store with the other
 /// self-metrics, and its Alertmanager v2 API routes are returned to be served
-/// on the HTTP port (empty when no router is configured).
+/// on the HTTP port (empty when no router is configured), with the router for the web UI.
 fn start_router(
     config: &AggregatorConfig,
     store: &Arc<dyn Storage>,
@@ -347,8 +362,8 @@ fn start_router(
     http_addr: SocketAddr,
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<()>,
-) -> Result<axum::Router, StartError> {
-    let Some(path) = &config.alerting.router_config else { return Ok(axum::Router::new()) };
+) -> Result<(axum::Router, Option<Arc<crate::alertmanager::Router>>), StartError> {
+    let Some(path) = &config.alerting.router_config else { return Ok((axum::Router::new(), None)) };
     let router_config = crate::alertmanager::config::load(path)?;
     let external_url = config
         .alerting
@@ -391,7 +406,7 @@ fn start_router(
         }
     });
     info!(config = %path.display(), "built-in alert router serving Alertmanager's v2 API");
-    Ok(crate::alertmanager::api::routes(router))
+    Ok((crate::alertmanager::api::routes(Arc::clone(&router)), Some(router)))
 }
 // ---- end of built-in alert router ----
 // ---- remote_write (aggregator/src/remote/) ----

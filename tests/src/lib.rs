@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod browser;
 pub mod identity;
 pub mod peers;
 pub mod relay;
@@ -548,4 +549,13 @@ pub fn get_with(agent: &ureq::Agent, url: &str, token: Option<&str>) -> Option<(
     let mut response = request.call().ok()?;
     let status = response.status().as_u16();
     Some((status, response.body_mut().read_to_string().unwrap_or_default()))
+}
+
+/// POST `fields` as an `application/x-www-form-urlencoded` body to `url`, as
+/// Grafana and Prometheus clients send queries; `None` on a connection error.
+pub fn http_post_form(url: &str, fields: &[(&str, &str)]) -> Option<(u16, String)> {
+    let mut response = http_agent().post(url).send_form(fields.iter().copied()).ok()?;
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().ok()?;
+    Some((status, body))
 }

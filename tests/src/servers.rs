@@ -160,3 +160,21 @@ pub fn secret_file(path: &Path, secret: &str) -> PathBuf {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod secret file");
     path.to_owned()
 }
+
+/// Whether PostgreSQL's server binaries and `redis-server` are installed;
+/// without them, fails under `HERD_REQUIRE_PEERS=1` and says so otherwise.
+pub fn servers_available() -> bool {
+    let postgres = std::env::var_os("HERD_PG_BIN")
+        .map_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"), PathBuf::from)
+        .join("initdb")
+        .exists();
+    let redis = Command::new("redis-server").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !(postgres && redis) {
+        assert!(
+            std::env::var("HERD_REQUIRE_PEERS").as_deref() != Ok("1"),
+            "PostgreSQL or redis-server is missing: apt-get install postgresql redis-server"
+        );
+        eprintln!("skipped: PostgreSQL or redis-server is not installed (apt-get install postgresql redis-server)");
+    }
+    postgres && redis
+}

@@ -397,7 +397,7 @@ fn equal_values(names: &[String], labels: &BTreeMap<String, String>) -> Vec<Stri
     names.iter().map(|n| labels.get(n).cloned().unwrap_or_default()).collect()
 }
 
-fn group_labels(group_by: &GroupBy, labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+pub fn group_labels(group_by: &GroupBy, labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     match group_by {
         GroupBy::All => labels.clone(),
         GroupBy::Labels(names) => names.iter().filter_map(|n| labels.get(n).map(|v| (n.clone(), v.clone()))).collect(),

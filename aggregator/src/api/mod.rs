@@ -3,7 +3,8 @@
 //! readiness, and the aggregator's own `/metrics`. The only module that knows
 //! HTTP and JSON; store and PromQL types are converted here.
 //!
-//! - `query`: `/api/v1/query`, `/api/v1/query_range`.
+//! - `query`: `/api/v1/query`, `/api/v1/query_range`, `/api/v1/query_exemplars`
+//!   (always empty: Herd keeps no exemplars), `/api/v1/format_query`.
 //! - `series`: `/api/v1/series`, `/labels`, `/label/<name>/values`, `/metadata`.
 //! - `status`: `/api/v1/status/buildinfo`, `/runtimeinfo`.
 //! - `rules`: `/api/v1/rules`, `/api/v1/alerts` (routes of their own, merged in by `server`).
@@ -38,6 +39,7 @@ use crate::ingest::IngestStats;
 use crate::promql::Engine;
 use crate::store::Storage;
 pub use params::{parse_duration, parse_time};
+pub(crate) use query::on_query_thread;
 
 /// Queries evaluated at once before others wait, as Prometheus's
 /// `--query.max-concurrency` default.
@@ -120,6 +122,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/api/v1/query", get(query::instant).post(query::instant))
         .route("/api/v1/query_range", get(query::range).post(query::range))
+        .route("/api/v1/query_exemplars", get(query::exemplars).post(query::exemplars))
+        .route("/api/v1/format_query", get(query::format).post(query::format))
         .route("/api/v1/series", get(series::series).post(series::series))
         .route("/api/v1/labels", get(series::labels).post(series::labels))
         .route("/api/v1/label/{name}/values", get(series::label_values))

@@ -116,7 +116,9 @@ async fn execute(
 
 /// Runs `work` on a new thread with a stack sized for deep expressions, off
 /// the I/O threads (evaluation is CPU work), and waits for its result.
-async fn on_query_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+pub(crate) async fn on_query_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
     let (done, result) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("herd-query".into())
@@ -127,4 +129,37 @@ async fn on_query_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 's
         })
         .map_err(|err| ApiError::internal(format!("cannot start a query thread: {err}")))?;
     result.await.map_err(|_| ApiError::internal("query evaluation failed"))
+}
+
+/// `/api/v1/query_exemplars`: Herd stores no exemplars, so the answer is
+/// Prometheus's for a store without any, an empty list, after the same
+/// checks of `query`, `start` and `end`. Grafana's Prometheus data source
+/// asks it to decide whether to offer exemplars.
+pub(crate) async fn exemplars(
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let params = Params::new(&method, &headers, raw.as_deref(), &body);
+    let start_ms = params.time_or("start", i64::MIN)?;
+    let end_ms = params.time_or("end", i64::MAX)?;
+    if end_ms < start_ms {
+        return Err(ApiError::invalid_param("end", "end timestamp must not be before start timestamp"));
+    }
+    Engine::parse(params.get("query").unwrap_or("")).map_err(|err| ApiError::invalid_param("query", err))?;
+    Ok(json_response(json::success("[]")))
+}
+
+/// `/api/v1/format_query`: the expression, prettified as Prometheus prints it.
+pub(crate) async fn format(
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let params = Params::new(&method, &headers, raw.as_deref(), &body);
+    let expr = Engine::parse(params.get("query").unwrap_or("")).map_err(|err| ApiError::invalid_param("query", err))?;
+    let formatted = serde_json::to_string(&expr.prettify()).map_err(|err| ApiError::internal(err.to_string()))?;
+    Ok(json_response(json::success(&formatted)))
 }

@@ -18,8 +18,13 @@
 //! (`herd://client/NAME`, never an agent's) named in
 //! `[[http.client_certificates]]` gets that entry's role, unless it is
 //! revoked. A bearer token, when present, is what counts.
+//!
+//! Browsers log in once with a token and then carry a session cookie
+//! instead (`session`); a browser asking for a page without credentials is
+//! sent to the login form rather than given a JSON 401.
 
 pub mod policy;
+pub mod session;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -89,6 +94,8 @@ pub enum Refusal {
     InvalidCredentials,
     /// Valid credentials with a role below the route's.
     InsufficientRole,
+    /// A state-changing request carried by the session cookie from a page of another origin.
+    CrossSite,
 }
 
 impl Refusal {
@@ -97,6 +104,7 @@ impl Refusal {
             Refusal::MissingCredentials => "missing_credentials",
             Refusal::InvalidCredentials => "invalid_credentials",
             Refusal::InsufficientRole => "insufficient_role",
+            Refusal::CrossSite => "cross_site",
         }
     }
 }
@@ -115,6 +123,8 @@ struct Credentials {
 
 pub struct Authenticator {
     credentials: RwLock<Credentials>,
+    /// The web UI's logged-in browsers.
+    sessions: session::Sessions,
     /// Refused requests by (route pattern, reason).
     refused: Mutex<BTreeMap<(String, &'static str), u64>>,
     revocation: RwLock<Option<RevocationCheck>>,
@@ -167,6 +177,7 @@ impl Authenticator {
     pub fn new(config: &HttpConfig) -> Result<Self, AuthError> {
         Ok(Self {
             credentials: RwLock::new(load(config)?),
+            sessions: session::Sessions::default(),
             refused: Mutex::new(BTreeMap::new()),
             revocation: RwLock::new(None),
             route_credentials: RwLock::new(Vec::new()),
@@ -254,10 +265,16 @@ impl Authenticator {
         Ok(())
     }
 
-    /// The caller of a request with these headers.
+    /// The caller of a request with these headers: its bearer token, else
+    /// its session cookie, else anonymous.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Refusal> {
         let credentials = self.credentials.read().expect("credentials lock is never poisoned");
         let Some(value) = headers.get(header::AUTHORIZATION) else {
+            if let Some((_, digest)) = self.session(headers)
+                && let Some(token) = credentials.tokens.iter().find(|t| same(&t.digest, &digest))
+            {
+                return Ok(Principal { name: token.name.clone(), role: token.role });
+            }
             return credentials
                 .anonymous_role
                 .map(|role| Principal { name: ANONYMOUS.to_owned(), role })
@@ -278,6 +295,38 @@ impl Authenticator {
             }
         }
         found.map(|t| Principal { name: t.name.clone(), role: t.role }).ok_or(Refusal::InvalidCredentials)
+    }
+
+    /// The live session a request's cookie names, with its token's digest.
+    fn session(&self, headers: &HeaderMap) -> Option<(session::Session, [u8; 32])> {
+        self.sessions.get(session::cookie(headers)?)
+    }
+
+    /// Starts a browser session for `token` (from the login form).
+    pub fn login(&self, token: &str) -> Result<(session::Session, Principal), Refusal> {
+        let presented = digest(token.trim().as_bytes());
+        let principal = {
+            let credentials = self.credentials.read().expect("credentials lock is never poisoned");
+            let mut found = None;
+            for candidate in &credentials.tokens {
+                if same(&candidate.digest, &presented) {
+                    found = Some(Principal { name: candidate.name.clone(), role: candidate.role });
+                }
+            }
+            found.ok_or(Refusal::InvalidCredentials)?
+        };
+        let session = self.sessions.create(presented).map_err(|err| {
+            tracing::error!(error = %err, "no randomness for a session id");
+            Refusal::InvalidCredentials
+        })?;
+        Ok((session, principal))
+    }
+
+    /// Ends the session a request's cookie names, if any.
+    pub fn logout(&self, headers: &HeaderMap) {
+        if let Some(id) = session::cookie(headers) {
+            self.sessions.remove(id);
+        }
     }
 
     /// Decides a request to `route` (the router's pattern, e.g.
@@ -301,6 +350,16 @@ impl Authenticator {
             tracing::debug!(route, reason = refusal.reason_code(), "HTTP request refused");
             Refused { refusal, message }
         };
+        // A browser's cookie goes with every request to this host, whichever
+        // site's page sends it: a change it carries must come from this origin.
+        let unsafe_method = !matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD);
+        if unsafe_method
+            && headers.get(header::AUTHORIZATION).is_none()
+            && self.session(headers).is_some()
+            && !session::same_origin(headers)
+        {
+            return Err(refused(Refusal::CrossSite, "refused: a change sent from another site's page".to_owned()));
+        }
         if let Some(principal) = self.route_principal(route, headers) {
             return Ok(principal);
         }
@@ -361,7 +420,7 @@ impl IntoResponse for Refused {
     /// 401 (with `WWW-Authenticate: Bearer`) or 403, in Prometheus's error shape.
     fn into_response(self) -> Response {
         let (status, error_type) = match self.refusal {
-            Refusal::InsufficientRole => (StatusCode::FORBIDDEN, "forbidden"),
+            Refusal::InsufficientRole | Refusal::CrossSite => (StatusCode::FORBIDDEN, "forbidden"),
             Refusal::MissingCredentials | Refusal::InvalidCredentials => (StatusCode::UNAUTHORIZED, "unauthorized"),
         };
         let body = serde_json::json!({"status": "error", "errorType": error_type, "error": self.message});
@@ -385,11 +444,37 @@ pub async fn middleware(State(auth): State<Arc<Authenticator>>, mut request: Req
     let client = request.extensions().get::<ClientCertificate>();
     match auth.check(request.method(), &route, request.headers(), client) {
         Ok(principal) => {
+            if request.headers().get(header::AUTHORIZATION).is_none()
+                && let Some((session, _)) = auth.session(request.headers())
+            {
+                request.extensions_mut().insert(session);
+            }
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
+        // A browser asking for a page without (valid) credentials gets the login form.
+        Err(refused)
+            if matches!(refused.refusal, Refusal::MissingCredentials | Refusal::InvalidCredentials)
+                && wants_page(&request) =>
+        {
+            let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+            let next: String = form_urlencoded::byte_serialize(path.as_bytes()).collect();
+            axum::response::Redirect::to(&format!("/login?next={next}")).into_response()
+        }
         Err(refused) => refused.into_response(),
     }
+}
+
+/// A browser navigating to a UI page (not an API call).
+fn wants_page(request: &Request) -> bool {
+    let path = request.uri().path();
+    let accepts_html =
+        request.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/html"));
+    *request.method() == axum::http::Method::GET
+        && accepts_html
+        && !path.starts_with("/api/")
+        && !path.starts_with("/-/")
+        && path != "/metrics"
 }
 
 /// Puts every route of `router` behind the layer; call it on the router
@@ -501,6 +586,49 @@ mod tests {
             call(&f.router, Method::GET, "/api/v1/query", Some("wrong-token-0123456789")).await.0,
             StatusCode::UNAUTHORIZED
         );
+    }
+
+    async fn send(router: &axum::Router, request: axum::http::request::Builder) -> axum::http::Response<Body> {
+        router.clone().oneshot(request.body(Body::empty()).unwrap()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_login_cookie_stands_for_its_token_and_changes_must_be_same_origin() {
+        let f = fixture(None);
+        // A browser asking for a page without credentials is sent to the login form.
+        let page = send(&f.router, Request::get("/api/v1/query").header("Accept", "text/html")).await;
+        assert_eq!(page.status(), StatusCode::UNAUTHORIZED, "API routes answer 401 even to browsers");
+        let f_page = axum::Router::new().route("/fleet", get(|| async { "fleet" }));
+        let pages = layer(f_page, Arc::clone(&f.auth));
+        let redirect = send(&pages, Request::get("/fleet?sort=host").header("Accept", "text/html")).await;
+        assert_eq!(redirect.status(), StatusCode::SEE_OTHER);
+        assert_eq!(redirect.headers()["location"], "/login?next=%2Ffleet%3Fsort%3Dhost");
+
+        assert!(f.auth.login("wrong-token-0123456789").is_err());
+        let (session, principal) = f.auth.login("editor-token-0123456789").unwrap();
+        assert_eq!(principal.name, "eve");
+        let cookie = format!("{}={}", session::COOKIE_NAME, session.id);
+        let read = send(&f.router, Request::get("/api/v1/query").header("Cookie", &cookie)).await;
+        assert_eq!(read.status(), StatusCode::OK);
+        let post = |origin: &'static str| {
+            Request::post("/api/v2/silences")
+                .header("Cookie", &cookie)
+                .header("Host", "agg:7401")
+                .header("Origin", origin)
+        };
+        let foreign = send(&f.router, post("http://evil.example")).await;
+        assert_eq!(foreign.status(), StatusCode::FORBIDDEN, "a change from another site's page");
+        let own = send(&f.router, post("http://agg:7401")).await;
+        assert_eq!(own.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(own.into_body(), 1 << 20).await.unwrap();
+        assert_eq!(&body[..], b"created by eve");
+        // Logging out ends the session: the cookie is then no credential at all.
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, cookie.parse().unwrap());
+        f.auth.logout(&headers);
+        let after = send(&f.router, Request::get("/api/v1/query").header("Cookie", &cookie)).await;
+        assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
+        assert!(f.auth.refusals().iter().any(|((_, reason), _)| *reason == "cross_site"));
     }
 
     #[test]

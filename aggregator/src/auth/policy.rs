@@ -61,6 +61,13 @@ const RULES: &[Rule] = &[
     // Enrollment tokens and certificates: reads too, since they show who may join.
     rule(GET_HEAD, "/api/v1/identity/{*rest}", ADMIN),
     rule(ANY_WRITE, "/api/v1/identity/{*rest}", ADMIN),
+    // The web UI: its login form and assets are open; silences need an editor.
+    rule(GET_HEAD, "/login", Access::Open),
+    rule(POST, "/login", Access::Open),
+    rule(POST, "/logout", Access::Open),
+    rule(GET_HEAD, "/ui/assets/{file}", Access::Open),
+    rule(POST, "/alerts/silences", EDITOR),
+    rule(POST, "/alerts/silences/{id}/expire", EDITOR),
     // Remote configuration: every change is an admin's.
     rule(ANY_WRITE, "/api/v1/configs", ADMIN),
     rule(ANY_WRITE, "/api/v1/configs/{*rest}", ADMIN),
@@ -120,6 +127,11 @@ mod tests {
         check(Method::GET, "/api/v1/identity/tokens", ADMIN);
         check(Method::POST, "/api/v1/identity/revocations", ADMIN);
         check(Method::DELETE, "/api/v1/identity/tokens/{id}", ADMIN);
+        check(Method::GET, "/", VIEWER);
+        check(Method::GET, "/fleet/web-1", VIEWER);
+        check(Method::POST, "/login", Access::Open);
+        check(Method::POST, "/alerts/silences", EDITOR);
+        check(Method::POST, "/alerts/silences/abc/expire", EDITOR);
     }
 
     #[test]

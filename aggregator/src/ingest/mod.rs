@@ -256,6 +256,7 @@ impl Ingest {
             awaiting_sync: Vec::new(),
             new_series: Vec::new(),
             wal_samples: Vec::new(),
+            newest_batch_ms: i64::MIN,
             pushes: None,
         };
         session.serve(&connection, send, recv, shutdown).await;
@@ -289,6 +290,8 @@ struct Session<'a> {
     new_series: Vec<SeriesRef>,
     /// Reused buffer for one batch's (series, value) pairs.
     wal_samples: Vec<(u64, f64)>,
+    /// Timestamp of the newest batch received on this connection (for the clock offset).
+    newest_batch_ms: i64,
     /// Configurations to push to this agent, once it said hello.
     pushes: Option<tokio::sync::mpsc::Receiver<herd_common::protocol::ConfigPush>>,
 }
@@ -433,6 +436,13 @@ impl Session<'_> {
             self.wal_samples.push((series, value));
         }
         self.ingest.log.append(timestamp_ms, &self.wal_samples);
+        if timestamp_ms > self.newest_batch_ms {
+            // A batch newer than any before it was collected just now: its age
+            // on arrival is the agent's clock offset plus a little transit.
+            self.newest_batch_ms = timestamp_ms;
+            let arrived_ms = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            self.ingest.fleet.note_clock_offset(&self.identity, arrived_ms - timestamp_ms);
+        }
         let stats = &self.ingest.stats;
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.samples.fetch_add(samples.len() as u64, Ordering::Relaxed);
