@@ -5,6 +5,7 @@
 //! - `collect`: the `Collector` trait, the scheduler, one module per source.
 //! - `buffer`: the durable, bounded sled queue every batch passes through.
 //! - `uplink`: the connection to the aggregator (failover, backoff, backfill).
+//! - `identity`: enrollment (`herd-agent enroll`) and certificate renewal.
 //! - `remote_config`: configuration pushed by the aggregator, applied live, last-known-good.
 //! - `run`: wires both from an `AgentConfig` and stops on a cancellation token.
 #![forbid(unsafe_code)]
@@ -12,6 +13,7 @@
 pub mod buffer;
 pub mod collect;
 pub mod exposition;
+pub mod identity;
 pub mod remote_config;
 pub mod uplink;
 
@@ -86,6 +88,11 @@ pub async fn run(setup: AgentSetup, shutdown: CancellationToken) -> Result<(), S
     let table: SharedSeriesTable = Arc::new(std::sync::Mutex::new(recovered.table));
     let (tx, rx) = mpsc::channel(SCHEDULER_CHANNEL_BATCHES);
     let buffer_stats = recovered.buffer.stats();
+    let enroll_hint = format!(
+        "herd-agent enroll --aggregator {} --token-file FILE --ca-fingerprint sha256:... --name {} --force",
+        config.uplink.endpoints.first().map(ToString::to_string).unwrap_or_default(),
+        config.id
+    );
     let (live, live_rx) = watch::channel(LiveSettings::of(&running));
     let (push_tx, push_rx) = mpsc::channel(CONFIG_CHANNEL);
     let (ack_tx, ack_rx) = mpsc::channel(CONFIG_CHANNEL);
@@ -98,6 +105,10 @@ pub async fn run(setup: AgentSetup, shutdown: CancellationToken) -> Result<(), S
     };
     let uplink = uplink::Uplink::new(&config, client_config, Arc::clone(&table), recovered.buffer, channels)
         .map_err(StartError::Socket)?;
+    let (renewer, renewal_link) =
+        identity::Renewer::new(config.uplink.tls.clone(), config.uplink.idle_timeout, enroll_hint, uplink.stats());
+    tokio::spawn(renewer.run(shutdown.child_token()));
+    let uplink = uplink.with_renewal(renewal_link);
 
     let config_stats = Arc::new(remote_config::ConfigStats::default());
     let own = Arc::new(collect::herd::SelfCollector::new(buffer_stats, uplink.stats(), Arc::clone(&config_stats)));

@@ -51,6 +51,8 @@ pub struct ConfigChannels {
 const CLOSE_SHUTDOWN: u32 = 0;
 const CLOSE_PROTOCOL_ERROR: u32 = 1;
 const CLOSE_FAILBACK: u32 = 5;
+/// The certificate was renewed: the agent reconnects with the new one.
+const CLOSE_RENEWED: u32 = 8;
 /// A connection that lasted this long resets the backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 const READ_BUFFER_BYTES: usize = 64 * 1024;
@@ -66,6 +68,10 @@ pub struct UplinkStats {
     pub sent_bytes: AtomicU64,
     pub backfilled_batches: AtomicU64,
     pub acked_batches: AtomicU64,
+    /// The agent certificate's `not_after`, Unix seconds (kept by the renewer).
+    pub certificate_expiry_seconds: AtomicU64,
+    pub certificate_renewals: AtomicU64,
+    pub certificate_renewal_failures: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +90,8 @@ enum Ended {
     Lost(String),
     /// A preferred endpoint answered: continue there.
     Failback(quinn::Connection, usize),
+    /// A new certificate was installed: reconnect with it now.
+    Renewed,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +119,8 @@ pub struct Uplink {
     buffer: Buffer,
     stats: Arc<UplinkStats>,
     last_failure: Option<String>,
+    /// Shares the live connection with the certificate renewer and brings back new client configurations.
+    renewal: Option<crate::identity::RenewalLink>,
 }
 
 impl Uplink {
@@ -142,7 +152,24 @@ impl Uplink {
             buffer,
             stats: Arc::new(UplinkStats::default()),
             last_failure: None,
+            renewal: None,
         })
+    }
+
+    /// Lets `link`'s renewer use the live connection and switch certificates.
+    pub fn with_renewal(mut self, link: crate::identity::RenewalLink) -> Self {
+        self.renewal = Some(link);
+        self
+    }
+
+    /// Installs a client configuration the renewer made since the last connect, if any.
+    fn take_renewed_client_config(&mut self) {
+        let Some(link) = self.renewal.as_mut() else { return };
+        if link.client_config.has_changed().unwrap_or(false)
+            && let Some(config) = link.client_config.borrow_and_update().clone()
+        {
+            self.quic.set_default_client_config(config);
+        }
     }
 
     pub fn stats(&self) -> Arc<UplinkStats> {
@@ -153,6 +180,8 @@ impl Uplink {
     pub async fn run(mut self, mut rx: mpsc::Receiver<SampleBatch>, shutdown: CancellationToken) {
         let mut backoff = self.backoff_initial;
         'rounds: loop {
+            self.take_renewed_client_config();
+            let mut renewed = false;
             for index in 0..self.endpoints.len() {
                 let connecting = connect(
                     self.quic.clone(),
@@ -180,6 +209,11 @@ impl Uplink {
                             connection.close(CLOSE_FAILBACK.into(), b"returning to a preferred aggregator");
                             current = Some((better, better_index));
                         }
+                        Ended::Renewed => {
+                            info!(endpoint = %endpoint, "reconnecting with the renewed certificate");
+                            connection.close(CLOSE_RENEWED.into(), b"certificate renewed");
+                            renewed = true;
+                        }
                         Ended::Lost(reason) => {
                             self.report_failure(format!("connection to {endpoint} lost: {reason}"));
                             if started.elapsed() >= STABLE_CONNECTION {
@@ -190,6 +224,9 @@ impl Uplink {
                 }
                 // Start again from the preferred endpoint.
                 break;
+            }
+            if renewed {
+                continue 'rounds;
             }
             let wait = jittered(backoff);
             debug!(wait_ms = wait.as_millis() as u64, buffered_batches = self.buffer.len(), "uplink backing off");
@@ -336,6 +373,7 @@ impl Uplink {
         let mut next_backfill = Instant::now();
         let backlog = self.buffer.len().saturating_sub(1);
 
+        let mut renewed_config = self.renewal.as_ref().map(|link| link.client_config.clone());
         let mut next_probe = Instant::now() + self.failback_interval;
         let mut probe: Option<JoinHandle<Option<(quinn::Connection, usize)>>> = None;
         let mut buffer = vec![0u8; READ_BUFFER_BYTES];
@@ -352,6 +390,9 @@ impl Uplink {
                             "uplink connected"
                         );
                         self.last_failure = None;
+                        if let Some(link) = &self.renewal {
+                            link.connection.send_replace(Some(connection.clone()));
+                        }
                         self.stats.connected.store(1, Ordering::Relaxed);
                         self.stats.connects.fetch_add(1, Ordering::Relaxed);
                     }
@@ -399,6 +440,12 @@ impl Uplink {
                     Err(err) => return Err(StreamError::Connection(describe_read_error(&err))),
                 },
                 _ = sleep_or_forever(deadline) => link.handle_timeout(Instant::now().into_std())?,
+                _ = client_config_changed(&mut renewed_config) => {
+                    let _ = link.close(Instant::now().into_std(), "certificate renewed");
+                    let _ = self.flush_link(&mut link, &mut send).await;
+                    let _ = send.finish();
+                    return Ok(Ended::Renewed);
+                }
                 _ = sleep_until(next_backfill), if backfilling => {
                     match self.buffer.next_at_or_after(backfill_next, backfill_end) {
                         Some(seq) => {
@@ -476,6 +523,16 @@ async fn probe_preferred(
         }
     }
     None
+}
+
+/// Resolves when the renewer publishes a new client configuration; never without a renewer.
+async fn client_config_changed(receiver: &mut Option<tokio::sync::watch::Receiver<Option<quinn::ClientConfig>>>) {
+    if let Some(receiver) = receiver
+        && receiver.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 async fn sleep_or_forever(deadline: Option<Instant>) {

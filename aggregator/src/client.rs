@@ -12,6 +12,8 @@ pub enum ClientError {
     Http { url: String, message: String },
     #[error("cannot read the token file {path}: {source}")]
     TokenFile { path: String, source: std::io::Error },
+    #[error("cannot trust the aggregator's HTTPS certificate: {0}")]
+    Tls(String),
 }
 
 pub struct ApiClient {
@@ -38,6 +40,38 @@ impl ApiClient {
             .build()
             .into();
         Ok(Self { base_url: base_url.trim_end_matches('/').to_owned(), token, agent })
+    }
+
+    /// For an `https://` URL: trust `ca_file` (the CA of the aggregator's
+    /// HTTPS certificate) instead of the system's bundle.
+    pub fn with_ca_file(mut self, ca_file: Option<&Path>) -> Result<Self, ClientError> {
+        if !self.base_url.starts_with("https://") {
+            return Ok(self);
+        }
+        let mut tls = ureq::tls::TlsConfig::builder()
+            .provider(ureq::tls::TlsProvider::Rustls)
+            .unversioned_rustls_crypto_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()));
+        if let Some(path) = ca_file {
+            let pem =
+                std::fs::read(path).map_err(|e| ClientError::Tls(format!("cannot read {}: {e}", path.display())))?;
+            let roots: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert.to_owned()),
+                    _ => None,
+                })
+                .collect();
+            if roots.is_empty() {
+                return Err(ClientError::Tls(format!("{} holds no certificate", path.display())));
+            }
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&roots));
+        }
+        self.agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(30)))
+            .http_status_as_error(false)
+            .tls_config(tls.build())
+            .build()
+            .into();
+        Ok(self)
     }
 
     pub fn url(&self, path: &str) -> String {

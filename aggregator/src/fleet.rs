@@ -16,6 +16,10 @@ pub struct AgentRecord {
     pub id: String,
     /// What the agent said in its hello (informational).
     pub claimed_id: String,
+    /// Bound to the identity by the fleet CA (enrollment token, or `cert
+    /// issue --label`); on every series and `up` of the agent. Unlike
+    /// `labels` (the hello's claims), the agent cannot change them.
+    pub trusted_labels: Vec<(String, String)>,
     pub hostname: String,
     pub version: String,
     pub labels: Vec<(String, String)>,
@@ -69,6 +73,7 @@ impl Fleet {
         let record = AgentRecord {
             id: id.to_owned(),
             claimed_id: hello.agent_id.clone(),
+            trusted_labels: previous.map(|p| p.trusted_labels.clone()).unwrap_or_default(),
             hostname: hello.hostname.clone(),
             version: hello.agent_version.clone(),
             labels: hello.labels.clone(),
@@ -93,6 +98,18 @@ impl Fleet {
         let mut agents = self.agents.write().expect("fleet lock is never poisoned");
         if let Some(record) = agents.get_mut(id).filter(|r| r.connection_id == connection_id) {
             update(record);
+        }
+    }
+
+    /// Sets the trusted labels of the agent's current connection (from its certificate).
+    pub fn set_trusted_labels(&self, id: &str, connection_id: u64, labels: &[(String, String)]) {
+        let mut changed = false;
+        self.update(id, connection_id, |record| {
+            changed = record.trusted_labels != labels;
+            record.trusted_labels = labels.to_vec();
+        });
+        if changed {
+            self.changed();
         }
     }
 
@@ -136,6 +153,7 @@ impl Fleet {
             let record = AgentRecord {
                 id: agent.id.clone(),
                 claimed_id: agent.id.clone(),
+                trusted_labels: agent.trusted_labels,
                 hostname: agent.hostname,
                 version: String::new(),
                 labels: Vec::new(),
@@ -173,6 +191,7 @@ impl Fleet {
             .map(|r| KnownAgent {
                 id: r.id.clone(),
                 hostname: r.hostname.clone(),
+                trusted_labels: r.trusted_labels.clone(),
                 last_seen: r.last_seen,
                 targets: r.targets.clone(),
             })
@@ -225,6 +244,9 @@ impl Fleet {
 pub struct KnownAgent {
     pub id: String,
     pub hostname: String,
+    /// So an away agent's `up 0` carries them too.
+    #[serde(default)]
+    pub trusted_labels: Vec<(String, String)>,
     #[serde(with = "unix_ms")]
     pub last_seen: SystemTime,
     pub targets: BTreeSet<Target>,

@@ -9,8 +9,10 @@
 //! - `notify`: delivers alerts to Alertmanagers.
 //! - `alertmanager`: the built-in alert router (Alertmanager's config, silences, receivers, v2 API).
 //! - `api`: HTTP and JSON, and nothing else does either.
+//! - `http`: the HTTP listener (connections, TLS, request limits) the API is served on.
 //! - `auth`: the one authentication and authorization layer in front of every HTTP route.
 //! - `fleet`: which agents exist and how they are doing.
+//! - `identity`: enrollment tokens, the CA key signing agent certificates, their inventory and revocation.
 //! - `configs`: remote configuration (profiles, versions, staged rollouts, what each agent runs).
 //! - `remote`: Prometheus remote_write out (WAL-tailing queues) and in (`/api/v1/write`).
 //! - `ui`: the built-in web UI (HTML pages, SVG charts, its own small script).
@@ -28,6 +30,8 @@ pub mod client;
 pub mod configs;
 pub mod demo;
 pub mod fleet;
+pub mod http;
+pub mod identity;
 pub mod ingest;
 pub mod notify;
 pub mod pki;

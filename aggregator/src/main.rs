@@ -44,9 +44,12 @@ enum Command {
     /// Manage the fleet's certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
-    /// Issue certificates signed by the fleet CA.
+    /// Certificates: issue by hand, list and revoke agents' (through the HTTP API).
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Enrollment tokens for `herd-agent enroll` (through the HTTP API, admin role).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Validate a configuration file and print every problem found.
     CheckConfig {
         #[arg(short, long, env = "HERD_AGGREGATOR_CONFIG", default_value = DEFAULT_PATH)]
@@ -118,11 +121,22 @@ struct ApiArgs {
     /// A bearer token (prefer --token-file: a command line is visible to others).
     #[arg(long, env = "HERD_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// The CA of the aggregator's HTTPS certificate, for https:// URLs (default: the system's).
+    #[arg(long, env = "HERD_CA_FILE", global = true)]
+    ca_file: Option<PathBuf>,
 }
 
 impl ApiArgs {
     fn client(&self) -> anyhow::Result<herd_aggregator::client::ApiClient> {
-        Ok(herd_aggregator::client::ApiClient::new(&self.url, self.token_file.as_deref(), self.token.clone())?)
+        Ok(herd_aggregator::client::ApiClient::new(&self.url, self.token_file.as_deref(), self.token.clone())?
+            .with_ca_file(self.ca_file.as_deref())?)
+    }
+
+    /// Calls the admin API; returns the answer's `data`.
+    fn admin(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> anyhow::Result<serde_json::Value> {
+        let (status, text) = self.client()?.call(method, path, body)?;
+        herd_aggregator::api::client::data(status, &text)
+            .with_context(|| format!("{method} {}", self.client().map(|c| c.url(path)).unwrap_or_default()))
     }
 }
 
@@ -216,6 +230,24 @@ struct RouterApi {
     /// The aggregator's HTTP address.
     #[arg(long, env = "HERD_ROUTER_URL", default_value = "http://127.0.0.1:7401")]
     url: String,
+    /// A file holding a bearer token (adding and expiring silences needs the editor role).
+    #[arg(long, env = "HERD_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl RouterApi {
+    fn endpoint(&self) -> anyhow::Result<herd_aggregator::alertmanager::client::RouterEndpoint> {
+        let token = match &self.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the token file {}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        Ok(herd_aggregator::alertmanager::client::RouterEndpoint { url: self.url.clone(), token })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -247,12 +279,66 @@ enum CaCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Print the CA's fingerprint, for `herd-agent enroll --ca-fingerprint`.
+    Fingerprint {
+        /// The CA certificate (default: ca.pem in --dir).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        #[arg(long, default_value = pki::DEFAULT_PKI_DIR)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token; prints it alone on stdout (save it to a file for the agent).
+    Create {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Trusted labels bound to every agent enrolled with it: role=postgres,env=prod.
+        #[arg(long, default_value = "")]
+        labels: String,
+        /// How long it can be used.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// How many agents may enroll with it (default: any number until it expires).
+        #[arg(long)]
+        uses: Option<u32>,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Revoke a token by its ID.
+    Revoke {
+        #[command(flatten)]
+        api: ApiArgs,
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum CertCommand {
     /// Issue a key pair: NAME.pem and NAME-key.pem.
     Issue(IssueArgs),
+    /// List agent certificates: identities, serials, expiry, revocation.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Revoke an agent's certificates (all issued until now), or one by serial:
+    /// its connection is closed and reconnects are refused.
+    Revoke {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The agent's name.
+        #[arg(required_unless_present = "serial", conflicts_with = "serial")]
+        name: Option<String>,
+        /// One certificate's serial (hex, as `cert list` shows it).
+        #[arg(long)]
+        serial: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -264,6 +350,9 @@ struct RoleArgs {
     /// The aggregator's server certificate; NAME is the host name agents connect to.
     #[arg(long, value_name = "NAME")]
     server: Option<String>,
+    /// A client certificate for the HTTP API (role from `[[http.client_certificates]]`); never an agent's.
+    #[arg(long, value_name = "NAME")]
+    client: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -273,6 +362,12 @@ struct IssueArgs {
     /// Extra DNS names or IP addresses for a server certificate.
     #[arg(long = "san", value_name = "NAME_OR_IP")]
     extra_names: Vec<String>,
+    /// Trusted labels of an agent certificate (role=postgres,env=prod); default none.
+    #[arg(long, default_value = "")]
+    labels: String,
+    /// Lifetime of an agent certificate.
+    #[arg(long, default_value = "825d", value_parser = humantime::parse_duration)]
+    lifetime: Duration,
     /// Where the CA is.
     #[arg(long, default_value = pki::DEFAULT_PKI_DIR)]
     ca_dir: PathBuf,
@@ -306,14 +401,69 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cert(CertCommand::Issue(args)) => {
-            let (role, name) = match (args.role.agent, args.role.server) {
-                (Some(name), None) => (Role::Agent, name),
-                (None, Some(name)) => (Role::Server, name),
-                _ => unreachable!("clap enforces exactly one of --agent and --server"),
-            };
             let out_dir = args.out_dir.unwrap_or_else(|| args.ca_dir.clone());
-            let (cert, key) = pki::issue(&args.ca_dir, &out_dir, role, &name, &args.extra_names, args.force)?;
+            let (cert, key) = match (args.role.agent, args.role.server, args.role.client) {
+                (Some(name), None, None) => {
+                    let labels = herd_common::identity::parse_labels(&args.labels)?;
+                    pki::issue_agent(&args.ca_dir, &out_dir, &name, &labels, args.lifetime, args.force)?
+                }
+                (None, Some(name), None) => {
+                    pki::issue(&args.ca_dir, &out_dir, Role::Server, &name, &args.extra_names, args.force)?
+                }
+                (None, None, Some(name)) => {
+                    pki::issue_client(&args.ca_dir, &out_dir, &name, args.lifetime, args.force)?
+                }
+                _ => unreachable!("clap enforces exactly one of --agent, --server and --client"),
+            };
             println!("certificate: {}\nkey:         {} (mode 0600)", cert.display(), key.display());
+            Ok(())
+        }
+        Command::Ca(CaCommand::Fingerprint { ca_file, dir }) => {
+            let path = ca_file.unwrap_or_else(|| dir.join("ca.pem"));
+            let pem = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            println!("{}", herd_common::identity::ca_fingerprint(&pem)?);
+            Ok(())
+        }
+        Command::Cert(CertCommand::List { api }) => {
+            let certificates = api.admin("GET", "/api/v1/identity/certificates", None)?;
+            print!("{}", herd_aggregator::api::client::format_certificates(&certificates));
+            Ok(())
+        }
+        Command::Cert(CertCommand::Revoke { api, name, serial }) => {
+            let body = match (name, serial) {
+                (Some(name), None) => serde_json::json!({ "name": name }),
+                (None, Some(serial)) => serde_json::json!({ "serial": serial }),
+                _ => unreachable!("clap enforces exactly one of NAME and --serial"),
+            };
+            let answer = api.admin("POST", "/api/v1/identity/revocations", Some(&body))?;
+            let serials = answer["serials"].as_array().map_or(0, Vec::len);
+            println!("revoked ({serials} known certificates); live connections are closed");
+            Ok(())
+        }
+        Command::Token(TokenCommand::Create { api, labels, ttl, uses }) => {
+            let labels: serde_json::Map<String, serde_json::Value> = herd_common::identity::parse_labels(&labels)?
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect();
+            let body = serde_json::json!({ "labels": labels, "ttl": ttl, "uses": uses });
+            let token = api.admin("POST", "/api/v1/identity/tokens", Some(&body))?;
+            eprintln!(
+                "token {} expires {} ({} uses); give it to `herd-agent enroll --token-file`",
+                token["id"].as_str().unwrap_or_default(),
+                token["expires"].as_str().unwrap_or_default(),
+                uses.map_or_else(|| "unlimited".to_owned(), |n| n.to_string()),
+            );
+            println!("{}", token["token"].as_str().unwrap_or_default());
+            Ok(())
+        }
+        Command::Token(TokenCommand::List { api }) => {
+            let tokens = api.admin("GET", "/api/v1/identity/tokens", None)?;
+            print!("{}", herd_aggregator::api::client::format_tokens(&tokens));
+            Ok(())
+        }
+        Command::Token(TokenCommand::Revoke { api, id }) => {
+            api.admin("DELETE", &format!("/api/v1/identity/tokens/{id}"), None)?;
+            println!("token {id} revoked");
             Ok(())
         }
         Command::CheckConfig { config } => {
@@ -321,6 +471,12 @@ fn main() -> anyhow::Result<()> {
             if let Some(router_config) = &loaded.alerting.router_config {
                 herd_aggregator::alertmanager::config::load(router_config)?;
                 println!("{}: ok", router_config.display());
+            }
+            if let Some((cert, _)) = &loaded.http_listener.tls {
+                let ca = std::fs::read_to_string(&loaded.tls.ca_file)
+                    .with_context(|| format!("cannot read {}", loaded.tls.ca_file.display()))?;
+                herd_aggregator::http::HttpListener::new(&loaded.http_listener, ca)?;
+                println!("{}: ok (HTTPS)", cert.display());
             }
             println!("{}: ok", config.display());
             Ok(())
@@ -391,14 +547,15 @@ fn main() -> anyhow::Result<()> {
             use herd_aggregator::alertmanager::client;
             match command {
                 SilenceCommand::Add { api, matchers, duration, author, comment } => {
-                    println!("{}", client::add_silence(&api.url, &matchers, duration, &author, &comment)?);
+                    println!("{}", client::add_silence(&api.endpoint()?, &matchers, duration, &author, &comment)?);
                 }
                 SilenceCommand::Query { api, matchers, expired } => {
-                    print!("{}", client::query_silences(&api.url, &matchers, expired)?);
+                    print!("{}", client::query_silences(&api.endpoint()?, &matchers, expired)?);
                 }
                 SilenceCommand::Expire { api, ids } => {
+                    let endpoint = api.endpoint()?;
                     for id in ids {
-                        client::expire_silence(&api.url, &id)?;
+                        client::expire_silence(&endpoint, &id)?;
                     }
                 }
             }

@@ -36,6 +36,50 @@ pub fn issue(
     tls::write_pair(out_dir, name, &pair, force)
 }
 
+/// Issues an agent certificate for `name` with trusted `labels` from the CA
+/// in `ca_dir` (the key is generated here; prefer `herd-agent enroll`, which
+/// keeps the key on the agent).
+pub fn issue_agent(
+    ca_dir: &Path,
+    out_dir: &Path,
+    name: &str,
+    labels: &[(String, String)],
+    lifetime: std::time::Duration,
+    force: bool,
+) -> Result<(PathBuf, PathBuf), TlsError> {
+    issue_with(ca_dir, out_dir, name, force, |ca| {
+        herd_common::identity::issue_agent(ca, name, labels, lifetime, std::time::SystemTime::now())
+    })
+}
+
+/// Issues a client certificate for the HTTP API from the CA in `ca_dir`.
+pub fn issue_client(
+    ca_dir: &Path,
+    out_dir: &Path,
+    name: &str,
+    lifetime: std::time::Duration,
+    force: bool,
+) -> Result<(PathBuf, PathBuf), TlsError> {
+    issue_with(ca_dir, out_dir, name, force, |ca| {
+        herd_common::identity::issue_client(ca, name, lifetime, std::time::SystemTime::now())
+    })
+}
+
+fn issue_with(
+    ca_dir: &Path,
+    out_dir: &Path,
+    name: &str,
+    force: bool,
+    issue: impl FnOnce(&PemPair) -> Result<PemPair, herd_common::identity::IdentityError>,
+) -> Result<(PathBuf, PathBuf), TlsError> {
+    if name == CA_STEM {
+        return Err(TlsError::Config(format!("{name:?} cannot be used as a certificate name")));
+    }
+    let ca = load_ca(ca_dir)?;
+    let pair = issue(&ca).map_err(|e| TlsError::Config(e.to_string()))?;
+    tls::write_pair(out_dir, name, &pair, force)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,6 +26,8 @@ pub struct SelfMonitor {
     pub instance: String,
     pub interval: Duration,
     pub remote: crate::remote::RemoteFigures,
+    /// Enrollment, renewal and certificate refusals, when identity is served.
+    pub identity: Option<Arc<crate::identity::IdentityStats>>,
     /// Remote configuration: pushes by result, agents by configuration state.
     pub configs: Option<Arc<crate::configs::ConfigManager>>,
 }
@@ -92,6 +94,15 @@ impl SelfMonitor {
             }
         }
         self.record_remote(timestamp_ms);
+        if let Some(identity) = &self.identity {
+            for (name, reason, value) in identity.figures() {
+                let extra: &[(&str, &str)] = match &reason {
+                    Some(reason) => &[("reason", reason)],
+                    None => &[],
+                };
+                self.put(timestamp_ms, name, extra, value as f64);
+            }
+        }
         if let Some(configs) = &self.configs {
             for (result, count) in configs.push_counts() {
                 self.put(timestamp_ms, "herd_config_pushes_total", &[("result", result)], count as f64);
@@ -189,6 +200,7 @@ mod tests {
             instance: "agg:7401".into(),
             interval: Duration::from_secs(5),
             remote: Default::default(),
+            identity: None,
             configs: None,
         };
         monitor.record();
@@ -221,6 +233,7 @@ mod tests {
             instance: "agg:7401".into(),
             interval: Duration::from_secs(5),
             remote: Default::default(),
+            identity: None,
             configs: None,
         };
         monitor.record();

@@ -51,6 +51,10 @@ pub enum StartError {
     RemoteWrite(#[from] crate::remote::queue::QueueError),
     #[error("cannot load the HTTP API's credentials: {0}")]
     Auth(#[from] crate::auth::AuthError),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityStartError),
+    #[error("cannot start the HTTP listener: {0}")]
+    HttpListener(#[from] crate::http::HttpError),
     #[error("cannot load remote configuration: {0}")]
     Configs(#[from] crate::configs::store::StoreError),
 }
@@ -173,8 +177,12 @@ pub async fn start(
     let http_addr = listener.local_addr().map_err(|source| StartError::Http { addr: config.http_listen, source })?;
 
     let auth = Arc::new(crate::auth::Authenticator::new(&config.http)?);
+    if config.remote.receiver.enabled {
+        auth.set_remote_write_credentials(&config.remote.receiver);
+    }
     let dedup = Arc::new(Dedup::default());
     let mut tasks = JoinSet::new();
+    let http_listener = start_http_listener(config, material, &shutdown, &mut tasks)?;
     let (db, wal) = open_store(config, &dedup, &shutdown, &mut tasks).await?;
     let store: Arc<dyn Storage> = Arc::clone(&db) as Arc<dyn Storage>;
     let fleet = Arc::new(Fleet::new());
@@ -187,6 +195,9 @@ pub async fn start(
     up.restore();
     let stats = Arc::new(IngestStats::default());
     let ready = Arc::new(AtomicBool::new(false));
+    let identity = start_identity(config, &shutdown, &mut tasks)?;
+    let revocations = Arc::clone(&identity);
+    auth.set_revocation_check(Arc::new(move |info| revocations.is_revoked(info)));
     let configs = Arc::new(crate::configs::ConfigManager::open(&config.state_dir, config.keep_config_versions)?);
     tasks.spawn(Arc::clone(&configs).run(shutdown.child_token()));
     let ingest = Arc::new(
@@ -199,6 +210,7 @@ pub async fn start(
             config.heartbeat_interval,
             config.max_series_per_agent,
         )
+        .with_identity(Arc::clone(&identity))
         .with_configs(Arc::clone(&configs)),
     );
     let limits = &config.query_limits;
@@ -214,6 +226,8 @@ pub async fn start(
         ApiState::new(engine, Arc::clone(&store), Arc::clone(&fleet), Arc::clone(&stats), Arc::clone(&ready))
             .with_max_concurrent_queries(usize::try_from(limits.max_concurrency).unwrap_or(usize::MAX))
             .with_auth(Arc::clone(&auth))
+            .with_identity(identity.stats())
+            .with_http_stats(Arc::clone(&http_listener.stats))
             .with_configs(Arc::clone(&configs)),
     );
 
@@ -232,6 +246,7 @@ pub async fn start(
         instance: format!("{}:{}", crate::selfmon::hostname(), http_addr.port()),
         interval: SELF_MONITOR_INTERVAL,
         remote: remote_figures,
+        identity: Some(identity.stats()),
         configs: Some(Arc::clone(&configs)),
     };
     tasks.spawn(monitor.run(shutdown.child_token()));
@@ -249,25 +264,89 @@ pub async fn start(
         auth: Some(Arc::clone(&auth)),
         configs: Some(Arc::clone(&configs)),
     });
-    let http_shutdown = shutdown.child_token();
-    let http_rules = Arc::clone(&rules);
-    tasks.spawn(async move {
-        let routes = api::router(state)
-            .merge(api::rules::routes(http_rules))
-            .merge(api::configs::routes(configs))
-            .merge(router_routes)
-            .merge(remote_routes)
-            .merge(crate::ui::routes(ui));
-        let serve = axum::serve(listener, crate::auth::layer(routes, auth))
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
-        if let Err(err) = serve.await {
-            tracing::error!(error = %err, "HTTP server failed");
-        }
-    });
+    let routes = api::router(state)
+        .merge(api::rules::routes(Arc::clone(&rules)))
+        .merge(api::configs::routes(configs))
+        .merge(router_routes)
+        .merge(remote_routes)
+        .merge(api::identity::routes(Arc::clone(&identity)))
+        .merge(crate::ui::routes(ui));
+    let routes = http_listener.limits(crate::auth::layer(routes, auth));
+    tasks.spawn(Arc::clone(&http_listener).run(listener, routes, shutdown.child_token()));
     ready.store(true, Ordering::Release);
     info!(%quic_addr, %http_addr, "aggregator listening");
     Ok(Running { quic_addr, http_addr, store, fleet, ingest: stats, rules, notifier, tasks })
 }
+
+// ---- HTTP listener (aggregator/src/http/) ----
+/// The HTTP listener's TLS (read again on SIGHUP) and request limits.
+fn start_http_listener(
+    config: &AggregatorConfig,
+    material: &TlsMaterial,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<Arc<crate::http::HttpListener>, StartError> {
+    let listener = Arc::new(crate::http::HttpListener::new(&config.http_listener, material.ca_pem.clone())?);
+    if !listener.is_tls() && !config.http_listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.http_listen,
+            "HTTP without TLS on a non-loopback address: bearer tokens cross the network in clear (set [http] tls_cert_file and tls_key_file)"
+        );
+    }
+    match signal(SignalKind::hangup()) {
+        Ok(mut hangup) => {
+            let (reloading, settings, stop) =
+                (Arc::clone(&listener), config.http_listener.clone(), shutdown.child_token());
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        Some(()) = hangup.recv() => match reloading.apply_config(&settings) {
+                            Ok(()) if reloading.is_tls() => info!("HTTPS certificate reloaded"),
+                            Ok(()) => {}
+                            Err(err) => tracing::error!(error = %err, "HTTPS certificate reload refused, the previous one stays in use"),
+                        },
+                    }
+                }
+            });
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "SIGHUP handler not installed: the HTTPS certificate reloads only on restart")
+        }
+    }
+    Ok(listener)
+}
+// ---- end HTTP listener ----
+
+// ---- identity (aggregator/src/identity/) ----
+/// Opens the identity state (tokens, certificates, revocations), loads the
+/// CA key that signs enrolled and renewed certificates, and reloads the key
+/// file on SIGHUP.
+fn start_identity(
+    config: &AggregatorConfig,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<Arc<crate::identity::IdentityManager>, StartError> {
+    let identity = crate::identity::IdentityManager::open(config)?;
+    tasks.spawn(Arc::clone(&identity).run(shutdown.child_token()));
+    match signal(SignalKind::hangup()) {
+        Ok(mut hangup) => {
+            let (manager, stop) = (Arc::clone(&identity), shutdown.child_token());
+            let (identity_config, ca_file) = (config.identity.clone(), config.tls.ca_file.clone());
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        Some(()) = hangup.recv() => manager.apply_config(&identity_config, &ca_file),
+                    }
+                }
+            });
+        }
+        Err(err) => tracing::warn!(error = %err, "SIGHUP handler not installed: the CA key reloads only on restart"),
+    }
+    Ok(identity)
+}
+// ---- end identity ----
 
 // ---- built-in alert router ----
 

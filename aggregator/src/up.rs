@@ -27,8 +27,9 @@ use crate::store::{Sample, SeriesRef, Storage};
 /// How long an agent may be away before its targets stop being reported.
 pub const FORGET_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// `up` series already resolved, by job and then instance.
-pub type SeriesRefs = HashMap<String, HashMap<String, SeriesRef>>;
+/// `up` series already resolved, by job and then instance, with the trusted
+/// labels they were resolved with.
+pub type SeriesRefs = HashMap<String, HashMap<String, (Vec<(String, String)>, SeriesRef)>>;
 
 pub struct UpWriter {
     pub store: Arc<dyn Storage>,
@@ -89,16 +90,23 @@ impl UpWriter {
                     (true, false) => 1.0,
                     (false, _) => 0.0,
                 };
-                let known = refs.get(&target.job).and_then(|by_instance| by_instance.get(&target.instance));
+                let known = refs
+                    .get(&target.job)
+                    .and_then(|by_instance| by_instance.get(&target.instance))
+                    .filter(|(trusted, _)| *trusted == agent.trusted_labels);
                 let series = match known {
-                    Some(&series) => series,
+                    Some(&(_, series)) => series,
                     None => {
-                        let series = self.store.series_ref(&Labels::from_pairs([
+                        // The agent's trusted labels, as ingest stamps them on its own series.
+                        let trusted = agent.trusted_labels.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+                        let series = self.store.series_ref(&Labels::from_pairs(trusted.chain([
                             (METRIC_NAME, "up"),
                             ("job", target.job.as_str()),
                             ("instance", target.instance.as_str()),
-                        ]));
-                        refs.entry(target.job.clone()).or_default().insert(target.instance.clone(), series);
+                        ])));
+                        refs.entry(target.job.clone())
+                            .or_default()
+                            .insert(target.instance.clone(), (agent.trusted_labels.clone(), series));
                         series
                     }
                 };

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod identity;
 pub mod metric;
 pub mod protocol;
 pub mod tls;

@@ -89,9 +89,7 @@ pub fn generate_ca(common_name: &str) -> Result<PemPair, TlsError> {
 /// Issues a certificate for `name` signed by `ca`. Server certificates also
 /// carry `extra_names` (DNS names or IP addresses) as alternative names.
 pub fn issue(ca: &PemPair, role: Role, name: &str, extra_names: &[String]) -> Result<PemPair, TlsError> {
-    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(|e| TlsError::Pem { what: "CA key", detail: e.to_string() })?;
-    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)
-        .map_err(|e| TlsError::Pem { what: "CA certificate", detail: e.to_string() })?;
+    let issuer = issuer(ca)?;
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -116,6 +114,13 @@ pub fn issue(ca: &PemPair, role: Role, name: &str, extra_names: &[String]) -> Re
     validity(&mut params, LEAF_VALIDITY_DAYS);
     let cert = params.signed_by(&key, &issuer)?;
     Ok(PemPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}
+
+/// The CA as an rcgen issuer.
+pub(crate) fn issuer(ca: &PemPair) -> Result<Issuer<'static, KeyPair>, TlsError> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(|e| TlsError::Pem { what: "CA key", detail: e.to_string() })?;
+    Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)
+        .map_err(|e| TlsError::Pem { what: "CA certificate", detail: e.to_string() })
 }
 
 /// Writes `pair` as `<dir>/<stem>.pem` and `<dir>/<stem>-key.pem` (mode
@@ -215,22 +220,31 @@ fn transport(idle_timeout: Duration) -> Arc<quinn::TransportConfig> {
     Arc::new(transport)
 }
 
-/// The aggregator's QUIC server configuration: only clients with a
-/// certificate signed by the fleet CA complete the handshake.
+/// The aggregator's QUIC server configuration, for two ALPNs: `herd`
+/// (agents, mutual TLS) and `herd-enroll` (agents without a certificate yet).
+/// A client certificate, when presented, must chain to the fleet CA or the
+/// handshake fails; it is optional at the TLS layer only so that enrollment
+/// can share the port, and ingest closes every `herd` connection that did
+/// not present one. The CA certificate is sent after the server's, so an
+/// enrolling agent can check it against the fingerprint it pinned.
 pub fn server_config(material: &TlsMaterial, idle_timeout: Duration) -> Result<quinn::ServerConfig, TlsError> {
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots(&material.ca_pem)?, provider())
+        .allow_unauthenticated()
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut chain = certs("server certificate", &material.identity.cert_pem)?;
+    for ca in certs("CA certificate", &material.ca_pem)? {
+        if !chain.contains(&ca) {
+            chain.push(ca);
+        }
+    }
     let mut crypto = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            certs("server certificate", &material.identity.cert_pem)?,
-            private_key(&material.identity.key_pem)?,
-        )
+        .with_single_cert(chain, private_key(&material.identity.key_pem)?)
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    crypto.alpn_protocols = vec![ALPN.to_vec()];
+    crypto.alpn_protocols = vec![ALPN.to_vec(), crate::protocol::enroll::ENROLL_ALPN.to_vec()];
     let crypto =
         quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(|e| TlsError::Config(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -256,6 +270,96 @@ pub fn client_config(material: &TlsMaterial, idle_timeout: Duration) -> Result<q
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport(idle_timeout));
     Ok(config)
+}
+
+/// The client configuration of `herd-agent enroll`: no client certificate,
+/// ALPN `herd-enroll`, and the aggregator trusted only if the chain it sends
+/// holds a CA certificate with the pinned fingerprint that signed the
+/// server's certificate for the name connected to (no trust on first use).
+pub fn enrollment_client_config(
+    pinned_fingerprint: &str,
+    idle_timeout: Duration,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let verifier = Arc::new(PinnedCaVerifier { fingerprint: pinned_fingerprint.to_owned(), provider: provider() });
+    let mut crypto = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    crypto.alpn_protocols = vec![crate::protocol::enroll::ENROLL_ALPN.to_vec()];
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport(idle_timeout));
+    Ok(config)
+}
+
+/// Verifies a server chain against the one CA certificate in it whose
+/// SHA-256 is the pinned fingerprint; every other check is webpki's.
+#[derive(Debug)]
+struct PinnedCaVerifier {
+    fingerprint: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let pinned = intermediates
+            .iter()
+            .find(|cert| crate::identity::fingerprint_der(cert.as_ref()) == self.fingerprint)
+            .ok_or(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer))?;
+        let mut roots = RootCertStore::empty();
+        roots.add(pinned.clone().into_owned())?;
+        let webpki =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The ALPN a QUIC connection negotiated.
+pub fn negotiated_alpn(connection: &quinn::Connection) -> Option<Vec<u8>> {
+    connection.handshake_data()?.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?.protocol
+}
+
+/// The verified peer chain of a QUIC connection (empty if none was presented).
+pub fn peer_chain(connection: &quinn::Connection) -> Vec<CertificateDer<'static>> {
+    connection
+        .peer_identity()
+        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .map(|chain| *chain)
+        .unwrap_or_default()
 }
 
 /// The common name of the first certificate in a verified peer chain.

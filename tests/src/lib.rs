@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod browser;
+pub mod identity;
 pub mod peers;
 pub mod relay;
 pub mod router;
@@ -430,6 +431,124 @@ impl Drop for TmpfsMount {
 /// The latest value of `selector` (a single series), if any.
 pub fn latest_value(aggregator: &Aggregator, selector: &str) -> Option<f64> {
     vector_result(&aggregator.query(selector)).first().and_then(|s| s["value"][1].as_str()?.parse().ok())
+}
+
+/// A bearer token in a file (mode 0600) and the `[[http.tokens]]` entry
+/// naming it, for an aggregator's config.
+pub struct HttpToken {
+    pub name: String,
+    pub file: PathBuf,
+    pub token: String,
+}
+
+impl HttpToken {
+    pub fn create(work: &Path, name: &str, role: &str) -> (Self, String) {
+        use std::os::unix::fs::PermissionsExt;
+        let token = format!("{name}-{role}-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let file = work.join(format!("{name}.token"));
+        std::fs::write(&file, &token).expect("write token file");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod token file");
+        let toml =
+            format!("[[http.tokens]]\nname = \"{name}\"\nrole = \"{role}\"\ntoken_file = \"{}\"\n", file.display());
+        (Self { name: name.to_owned(), file, token }, toml)
+    }
+
+    pub fn file_arg(&self) -> &str {
+        self.file.to_str().expect("utf-8 temp path")
+    }
+}
+
+/// Runs `binary` with `args`; returns (success, stdout, stderr).
+pub fn run_cli(binary: &str, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(bin(binary)).args(args).output().unwrap_or_else(|e| panic!("run {binary}: {e}"));
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Sends `method url` with an optional bearer token and body; `None` on a connection error.
+pub fn http_call(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> Option<(u16, String)> {
+    let agent = http_agent();
+    let authorization = token.map(|t| format!("Bearer {t}"));
+    let mut response = match method {
+        "GET" => {
+            let mut request = agent.get(url);
+            if let Some(value) = &authorization {
+                request = request.header("Authorization", value);
+            }
+            request.call().ok()?
+        }
+        "DELETE" => {
+            let mut request = agent.delete(url);
+            if let Some(value) = &authorization {
+                request = request.header("Authorization", value);
+            }
+            request.call().ok()?
+        }
+        _ => {
+            let mut request = agent.post(url).header("Content-Type", content_type);
+            if let Some(value) = &authorization {
+                request = request.header("Authorization", value);
+            }
+            request.send(body).ok()?
+        }
+    };
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    Some((status, text))
+}
+
+/// An HTTPS client trusting `ca_file`, presenting `client` (certificate and key files) if given.
+pub fn https_agent(ca_file: &Path, client: Option<(&Path, &Path)>) -> ureq::Agent {
+    let pem = std::fs::read(ca_file).expect("read CA file");
+    let roots: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert.to_owned()),
+            _ => None,
+        })
+        .collect();
+    let mut tls = ureq::tls::TlsConfig::builder()
+        .provider(ureq::tls::TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&roots));
+    if let Some((cert_file, key_file)) = client {
+        let chain: Vec<ureq::tls::Certificate<'static>> =
+            ureq::tls::parse_pem(&std::fs::read(cert_file).expect("read client certificate"))
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert.to_owned()),
+                    _ => None,
+                })
+                .collect();
+        let key = ureq::tls::PrivateKey::from_pem(&std::fs::read(key_file).expect("read client key"))
+            .expect("client key")
+            .to_owned();
+        tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)));
+    }
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .tls_config(tls.build())
+        .build()
+        .into()
+}
+
+/// GET `url` with `agent`, with an optional bearer token; `None` if it cannot connect (or TLS fails).
+pub fn get_with(agent: &ureq::Agent, url: &str, token: Option<&str>) -> Option<(u16, String)> {
+    let mut request = agent.get(url);
+    if let Some(token) = token {
+        request = request.header("Authorization", format!("Bearer {token}"));
+    }
+    let mut response = request.call().ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.body_mut().read_to_string().unwrap_or_default()))
 }
 
 /// POST `fields` as an `application/x-www-form-urlencoded` body to `url`, as

@@ -190,7 +190,7 @@ fn prometheus_remote_writes_node_exporter_scrapes_into_herd() {
     std::fs::write(work.path().join("rw.token"), format!("{token}\n")).unwrap();
     let (http, quic) = addresses();
     let extra = format!(
-        "[remote_write_receiver]\nenabled = true\nbearer_token_files = [\"{}\"]\n",
+        "[http]\nanonymous_role = \"viewer\"\n[remote_write_receiver]\nenabled = true\nbearer_token_files = [\"{}\"]\n",
         work.path().join("rw.token").display()
     );
     let aggregator = Aggregator::start_configured(&pki, work.path(), "agg", http, quic, &extra);

@@ -60,6 +60,10 @@ impl Collector for SelfCollector {
         out.push("herd_agent_uplink_sent_bytes_total", &[], load(&u.sent_bytes));
         out.push("herd_agent_uplink_backfilled_batches_total", &[], load(&u.backfilled_batches));
         out.push("herd_agent_uplink_acked_batches_total", &[], load(&u.acked_batches));
+        // 0 until the renewer has read the certificate.
+        out.push("herd_agent_certificate_expiry_timestamp_seconds", &[], load(&u.certificate_expiry_seconds));
+        out.push("herd_agent_certificate_renewals_total", &[], load(&u.certificate_renewals));
+        out.push("herd_agent_certificate_renewal_failures_total", &[], load(&u.certificate_renewal_failures));
         out.push("herd_agent_config_version", &[], load(&self.config.version));
         out.push("herd_agent_config_apply_failures_total", &[], load(&self.config.apply_failures));
 

@@ -20,21 +20,44 @@ pub enum ClientError {
     Status { url: String, status: u16, body: String },
 }
 
-fn request(method: &str, url: &str, body: Option<&Json>) -> Result<String, ClientError> {
+/// Where the router's API is, and the bearer token to present (the
+/// `editor` role adds and expires silences).
+#[derive(Debug, Clone)]
+pub struct RouterEndpoint {
+    pub url: String,
+    pub token: Option<String>,
+}
+
+fn request(api: &RouterEndpoint, method: &str, url: &str, body: Option<&Json>) -> Result<String, ClientError> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))
         .http_status_as_error(false)
         .build()
         .into();
     let http = |e: ureq::Error| ClientError::Http { url: url.to_owned(), message: e.to_string() };
+    let authorization = api.token.as_ref().map(|token| format!("Bearer {token}"));
     let response = match (method, body) {
-        ("POST", Some(body)) => agent
-            .post(url)
-            .header("Content-Type", "application/json")
-            .send(&serde_json::to_vec(body).expect("JSON serializes")[..])
-            .map_err(http)?,
-        ("DELETE", _) => agent.delete(url).call().map_err(http)?,
-        _ => agent.get(url).call().map_err(http)?,
+        ("POST", Some(body)) => {
+            let mut request = agent.post(url).header("Content-Type", "application/json");
+            if let Some(value) = &authorization {
+                request = request.header("Authorization", value);
+            }
+            request.send(&serde_json::to_vec(body).expect("JSON serializes")[..]).map_err(http)?
+        }
+        ("DELETE", _) => {
+            let mut request = agent.delete(url);
+            if let Some(value) = &authorization {
+                request = request.header("Authorization", value);
+            }
+            request.call().map_err(http)?
+        }
+        _ => {
+            let mut request = agent.get(url);
+            if let Some(value) = &authorization {
+                request = request.header("Authorization", value);
+            }
+            request.call().map_err(http)?
+        }
     };
     let status = response.status().as_u16();
     let text = response.into_body().read_to_string().unwrap_or_default();
@@ -47,7 +70,7 @@ fn request(method: &str, url: &str, body: Option<&Json>) -> Result<String, Clien
 
 /// Creates a silence; returns its ID.
 pub fn add_silence(
-    base_url: &str,
+    api: &RouterEndpoint,
     matchers: &[String],
     duration: Duration,
     author: &str,
@@ -73,14 +96,14 @@ pub fn add_silence(
         "createdBy": author,
         "comment": comment,
     });
-    let url = format!("{}/api/v2/silences", base_url.trim_end_matches('/'));
-    let answer: Json = serde_json::from_str(&request("POST", &url, Some(&body))?).unwrap_or(Json::Null);
+    let url = format!("{}/api/v2/silences", api.url.trim_end_matches('/'));
+    let answer: Json = serde_json::from_str(&request(api, "POST", &url, Some(&body))?).unwrap_or(Json::Null);
     Ok(answer["silenceID"].as_str().unwrap_or_default().to_owned())
 }
 
 /// Lists silences (all states when `expired`, else active and pending) as a table.
-pub fn query_silences(base_url: &str, matchers: &[String], expired: bool) -> Result<String, ClientError> {
-    let mut url = format!("{}/api/v2/silences", base_url.trim_end_matches('/'));
+pub fn query_silences(api: &RouterEndpoint, matchers: &[String], expired: bool) -> Result<String, ClientError> {
+    let mut url = format!("{}/api/v2/silences", api.url.trim_end_matches('/'));
     let mut query = form_urlencoded::Serializer::new(String::new());
     for m in matchers {
         query.append_pair("filter", m);
@@ -89,7 +112,7 @@ pub fn query_silences(base_url: &str, matchers: &[String], expired: bool) -> Res
     if !query.is_empty() {
         url = format!("{url}?{query}");
     }
-    let list: Json = serde_json::from_str(&request("GET", &url, None)?).unwrap_or(Json::Null);
+    let list: Json = serde_json::from_str(&request(api, "GET", &url, None)?).unwrap_or(Json::Null);
     let mut out = format!(
         "{:<36}  {:<8}  {:<25}  {:<12}  {:<40}  {}\n",
         "ID", "STATE", "ENDS AT", "CREATED BY", "MATCHERS", "COMMENT"
@@ -127,7 +150,7 @@ pub fn query_silences(base_url: &str, matchers: &[String], expired: bool) -> Res
 }
 
 /// Expires a silence now.
-pub fn expire_silence(base_url: &str, id: &str) -> Result<(), ClientError> {
-    let url = format!("{}/api/v2/silence/{id}", base_url.trim_end_matches('/'));
-    request("DELETE", &url, None).map(|_| ())
+pub fn expire_silence(api: &RouterEndpoint, id: &str) -> Result<(), ClientError> {
+    let url = format!("{}/api/v2/silence/{id}", api.url.trim_end_matches('/'));
+    request(api, "DELETE", &url, None).map(|_| ())
 }

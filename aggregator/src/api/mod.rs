@@ -11,7 +11,9 @@
 //! - `configs`: `/api/v1/configs...`, remote configuration (routes of their own).
 //! - `params`: parameters, times, durations, the error envelope; `json`: result encoding.
 
+pub mod client;
 pub mod configs;
+pub mod identity;
 mod json;
 mod params;
 mod query;
@@ -53,6 +55,10 @@ pub struct ApiState {
     query_slots: Arc<Semaphore>,
     /// For `/metrics`' refusal counters.
     auth: Option<Arc<crate::auth::Authenticator>>,
+    /// For `/metrics`' enrollment and renewal counters.
+    identity: Option<Arc<crate::identity::IdentityStats>>,
+    /// For `/metrics`' connection and request-limit counters.
+    http: Option<Arc<crate::http::HttpStats>>,
     /// For each agent's configuration state in `/api/v1/agents` and `/metrics`.
     configs: Option<Arc<crate::configs::ConfigManager>>,
 }
@@ -74,13 +80,27 @@ impl ApiState {
             started_at: SystemTime::now(),
             query_slots: Arc::new(Semaphore::new(DEFAULT_MAX_CONCURRENT_QUERIES)),
             auth: None,
+            identity: None,
+            http: None,
             configs: None,
         }
+    }
+
+    /// The HTTP listener's counters, for `/metrics`.
+    pub fn with_http_stats(mut self, stats: Arc<crate::http::HttpStats>) -> Self {
+        self.http = Some(stats);
+        self
     }
 
     /// Remote configuration, whose per-agent state the fleet API and `/metrics` show.
     pub fn with_configs(mut self, configs: Arc<crate::configs::ConfigManager>) -> Self {
         self.configs = Some(configs);
+        self
+    }
+
+    /// The identity manager's counters, for `/metrics`.
+    pub fn with_identity(mut self, stats: Arc<crate::identity::IdentityStats>) -> Self {
+        self.identity = Some(stats);
         self
     }
 
@@ -156,6 +176,7 @@ async fn agents(State(state): State<Arc<ApiState>>) -> Response {
             json!({
                 "id": a.id,
                 "claimedId": a.claimed_id,
+                "trustedLabels": a.trusted_labels.iter().map(|(k, v)| (k.clone(), Json::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
                 "hostname": a.hostname,
                 "version": a.version,
                 "labels": a.labels.iter().map(|(k, v)| (k.clone(), Json::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
@@ -226,6 +247,12 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     }
     if let Some(auth) = &state.auth {
         auth.write_metrics(&mut out);
+    }
+    if let Some(identity) = &state.identity {
+        identity.write_metrics(&mut out);
+    }
+    if let Some(http) = &state.http {
+        http.write_metrics(&mut out);
     }
     if let Some(configs) = &state.configs {
         let name = "herd_config_pushes_total";

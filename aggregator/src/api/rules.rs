@@ -1,12 +1,14 @@
 //! `/api/v1/rules` and `/api/v1/alerts` in Prometheus's shapes, from
-//! snapshots of the rule manager's groups. Read-only: reloading is SIGHUP's.
+//! snapshots of the rule manager's groups, and `POST /-/reload` (Prometheus's
+//! lifecycle endpoint, `editor` role): the rule files are read again, and a
+//! broken one keeps the running rules and is answered 500 with the errors.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::{Map, Value as Json, json};
 
 use crate::rules::{Alert, AlertState, Group, Health, Rule, RuleManager};
@@ -16,7 +18,21 @@ pub fn routes(rules: Arc<RuleManager>) -> Router {
     Router::new()
         .route("/api/v1/rules", get(rules_handler))
         .route("/api/v1/alerts", get(alerts_handler))
+        .route("/-/reload", post(reload))
         .with_state(rules)
+}
+
+async fn reload(State(rules): State<Arc<RuleManager>>) -> Response {
+    match rules.apply_config().await {
+        Ok(groups) => {
+            tracing::info!(groups, "rule files reloaded over HTTP");
+            format!("reloaded {groups} rule groups\n").into_response()
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "rule reload refused, previous rules keep running");
+            (axum::http::StatusCode::INTERNAL_SERVER_ERROR, format!("failed to reload config: {err}\n")).into_response()
+        }
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -12,6 +12,13 @@
 //! the middleware reads its current credentials. Tokens are kept only as
 //! SHA-256 digests, compared in constant time, and never logged.
 //!
+//! A client certificate is the other credential: the HTTP listener (which
+//! verified it against the fleet CA during the TLS handshake) puts a
+//! [`ClientCertificate`] in the request's extensions; a client certificate
+//! (`herd://client/NAME`, never an agent's) named in
+//! `[[http.client_certificates]]` gets that entry's role, unless it is
+//! revoked. A bearer token, when present, is what counts.
+//!
 //! Browsers log in once with a token and then carry a session cookie
 //! instead (`session`); a browser asking for a page without credentials is
 //! sent to the login form rather than given a JSON 401.
@@ -32,6 +39,29 @@ use herd_common::config::http::{HttpConfig, MIN_TOKEN_BYTES, Role};
 use sha2::{Digest, Sha256};
 
 pub use policy::Access;
+
+/// The verified client certificate of the request's connection.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate(pub herd_common::identity::CertInfo);
+
+/// Whether a certificate is revoked (the identity inventory answers it).
+pub type RevocationCheck = Arc<dyn Fn(&herd_common::identity::CertInfo) -> bool + Send + Sync>;
+
+/// Credentials valid on one route only, with the `editor` role there:
+/// `[remote_write_receiver]`'s bearer tokens and basic-auth pairs, which may
+/// write samples and nothing else.
+#[derive(Default)]
+struct RouteCredentials {
+    route: &'static str,
+    /// Digests of bearer tokens, and of `user:password` for basic auth.
+    bearer: Vec<[u8; 32]>,
+    basic: Vec<[u8; 32]>,
+    /// `allow_unauthenticated`: requests without credentials may use the route.
+    anonymous: bool,
+}
+
+/// The principal of requests without credentials.
+const ANONYMOUS: &str = "anonymous";
 
 /// Who is calling, as established by the layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +118,7 @@ struct LoadedToken {
 struct Credentials {
     anonymous_role: Option<Role>,
     tokens: Vec<LoadedToken>,
+    client_certificates: Vec<(String, Role)>,
 }
 
 pub struct Authenticator {
@@ -96,6 +127,8 @@ pub struct Authenticator {
     sessions: session::Sessions,
     /// Refused requests by (route pattern, reason).
     refused: Mutex<BTreeMap<(String, &'static str), u64>>,
+    revocation: RwLock<Option<RevocationCheck>>,
+    route_credentials: RwLock<Vec<RouteCredentials>>,
 }
 
 fn digest(token: &[u8]) -> [u8; 32] {
@@ -132,7 +165,11 @@ fn load(config: &HttpConfig) -> Result<Credentials, AuthError> {
         }
         tokens.push(LoadedToken { name, role: entry.role, digest });
     }
-    Ok(Credentials { anonymous_role: config.anonymous_role, tokens })
+    Ok(Credentials {
+        anonymous_role: config.anonymous_role,
+        tokens,
+        client_certificates: config.client_certificates.clone(),
+    })
 }
 
 impl Authenticator {
@@ -142,7 +179,83 @@ impl Authenticator {
             credentials: RwLock::new(load(config)?),
             sessions: session::Sessions::default(),
             refused: Mutex::new(BTreeMap::new()),
+            revocation: RwLock::new(None),
+            route_credentials: RwLock::new(Vec::new()),
         })
+    }
+
+    /// `[remote_write_receiver]`'s credentials, valid on `POST /api/v1/write` only.
+    pub fn set_remote_write_credentials(&self, receiver: &herd_common::config::remote_write::ReceiverConfig) {
+        let credentials = RouteCredentials {
+            route: "/api/v1/write",
+            bearer: receiver.bearer_tokens.iter().map(|t| digest(t.expose().as_bytes())).collect(),
+            basic: receiver.basic_auth.iter().map(|(u, p)| digest(format!("{u}:{}", p.expose()).as_bytes())).collect(),
+            anonymous: receiver.allow_unauthenticated,
+        };
+        let mut all = self.route_credentials.write().expect("route credentials lock is never poisoned");
+        all.retain(|c| c.route != credentials.route);
+        all.push(credentials);
+    }
+
+    /// A principal from credentials scoped to `route`, if the request has them.
+    fn route_principal(&self, route: &str, headers: &HeaderMap) -> Option<Principal> {
+        use base64::Engine as _;
+        let all = self.route_credentials.read().expect("route credentials lock is never poisoned");
+        let scoped = all.iter().find(|c| c.route == route)?;
+        let principal = |name: &str| Some(Principal { name: name.to_owned(), role: Role::Editor });
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return if scoped.anonymous { principal(ANONYMOUS) } else { None };
+        };
+        let value = value.as_bytes();
+        let presented = if let Some(token) = value.strip_prefix(b"Bearer ").or_else(|| value.strip_prefix(b"bearer ")) {
+            (digest(token.trim_ascii()), &scoped.bearer)
+        } else if let Some(encoded) = value.strip_prefix(b"Basic ") {
+            let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim_ascii()).ok()?;
+            (digest(&decoded), &scoped.basic)
+        } else {
+            return None;
+        };
+        let mut found = false;
+        for candidate in presented.1 {
+            found |= same(candidate, &presented.0);
+        }
+        if found { principal("remote_write_receiver") } else { None }
+    }
+
+    /// How to tell a revoked client certificate.
+    pub fn set_revocation_check(&self, check: RevocationCheck) {
+        *self.revocation.write().expect("revocation lock is never poisoned") = Some(check);
+    }
+
+    /// The caller of a request with these headers on a connection with this
+    /// client certificate: the bearer token if there is one, else the
+    /// certificate if `[[http.client_certificates]]` names it, else anonymous.
+    pub fn authenticate_request(
+        &self,
+        headers: &HeaderMap,
+        client: Option<&ClientCertificate>,
+    ) -> Result<Principal, Refusal> {
+        let Some(ClientCertificate(info)) = client.filter(|_| !headers.contains_key(header::AUTHORIZATION)) else {
+            return self.authenticate(headers);
+        };
+        if info.kind != herd_common::identity::CertKind::Client {
+            return self.authenticate(headers);
+        }
+        let role = {
+            let credentials = self.credentials.read().expect("credentials lock is never poisoned");
+            credentials.client_certificates.iter().find(|(name, _)| *name == info.name).map(|(_, role)| *role)
+        };
+        let Some(role) = role else { return self.authenticate(headers) };
+        let revoked = self
+            .revocation
+            .read()
+            .expect("revocation lock is never poisoned")
+            .as_ref()
+            .is_some_and(|check| check(info));
+        if revoked {
+            return Err(Refusal::InvalidCredentials);
+        }
+        Ok(Principal { name: format!("cert:{}", info.name), role })
     }
 
     /// Replaces the credentials; on error the ones in use stay.
@@ -164,7 +277,7 @@ impl Authenticator {
             }
             return credentials
                 .anonymous_role
-                .map(|role| Principal { name: "anonymous".to_owned(), role })
+                .map(|role| Principal { name: ANONYMOUS.to_owned(), role })
                 .ok_or(Refusal::MissingCredentials);
         };
         let token = value
@@ -219,7 +332,13 @@ impl Authenticator {
     /// Decides a request to `route` (the router's pattern, e.g.
     /// `/api/v2/silence/{id}`): its principal, or why it is refused. A
     /// refusal is counted here.
-    pub fn check(&self, method: &axum::http::Method, route: &str, headers: &HeaderMap) -> Result<Principal, Refused> {
+    pub fn check(
+        &self,
+        method: &axum::http::Method,
+        route: &str,
+        headers: &HeaderMap,
+        client: Option<&ClientCertificate>,
+    ) -> Result<Principal, Refused> {
         let access = policy::required(method, route);
         let refused = |refusal: Refusal, message: String| {
             *self
@@ -241,10 +360,13 @@ impl Authenticator {
         {
             return Err(refused(Refusal::CrossSite, "refused: a change sent from another site's page".to_owned()));
         }
-        let principal = match (self.authenticate(headers), access) {
+        if let Some(principal) = self.route_principal(route, headers) {
+            return Ok(principal);
+        }
+        let principal = match (self.authenticate_request(headers, client), access) {
             (Ok(principal), _) => principal,
             // An open route works with no or broken credentials alike.
-            (Err(_), Access::Open | Access::Own) => Principal { name: "anonymous".to_owned(), role: Role::Viewer },
+            (Err(_), Access::Open | Access::Own) => Principal { name: ANONYMOUS.to_owned(), role: Role::Viewer },
             (Err(refusal @ Refusal::InvalidCredentials), Access::Needs(_)) => {
                 return Err(refused(refusal, "the bearer token is not valid".to_owned()));
             }
@@ -254,9 +376,10 @@ impl Authenticator {
         };
         match access {
             // Without credentials, too little role means: authenticate (401).
-            Access::Needs(needed) if principal.role < needed && !headers.contains_key(header::AUTHORIZATION) => Err(
-                refused(Refusal::MissingCredentials, format!("this needs a bearer token with role {needed} or above")),
-            ),
+            Access::Needs(needed) if principal.role < needed && principal.name == ANONYMOUS => Err(refused(
+                Refusal::MissingCredentials,
+                format!("this needs a bearer token with role {needed} or above"),
+            )),
             Access::Needs(needed) if principal.role < needed => Err(refused(
                 Refusal::InsufficientRole,
                 format!("{} has role {}; this needs {needed}", principal.name, principal.role),
@@ -318,7 +441,8 @@ pub async fn middleware(State(auth): State<Arc<Authenticator>>, mut request: Req
         Some(matched) => matched.as_str().to_owned(),
         None => request.uri().path().to_owned(),
     };
-    match auth.check(request.method(), &route, request.headers()) {
+    let client = request.extensions().get::<ClientCertificate>();
+    match auth.check(request.method(), &route, request.headers(), client) {
         Ok(principal) => {
             if request.headers().get(header::AUTHORIZATION).is_none()
                 && let Some((session, _)) = auth.session(request.headers())
@@ -394,7 +518,8 @@ mod tests {
                     token_file: token_file(dir.path(), name, token),
                 })
                 .collect();
-        let auth = Arc::new(Authenticator::new(&HttpConfig { anonymous_role, tokens }).unwrap());
+        let auth =
+            Arc::new(Authenticator::new(&HttpConfig { anonymous_role, tokens, client_certificates: vec![] }).unwrap());
         let inner =
             axum::Router::new()
                 .route("/api/v1/query", get(|| async { "read" }))
@@ -513,6 +638,7 @@ mod tests {
         let short = token_file(dir.path(), "short", "abc");
         let entry = |path: PathBuf| HttpConfig {
             anonymous_role: None,
+            client_certificates: vec![],
             tokens: vec![TokenConfig { name: "ops".into(), role: Role::Admin, token_file: path }],
         };
         let err = Authenticator::new(&entry(short)).err().unwrap().to_string();

@@ -13,9 +13,8 @@ pub enum Access {
     Open,
     /// At least this role.
     Needs(Role),
-    /// The handler checks credentials of its own: the remote_write
-    /// receiver, whose senders authenticate with `[remote_write_receiver]`'s
-    /// bearer tokens or basic auth.
+    /// The handler checks credentials of its own. No route does today: the
+    /// remote_write receiver's credentials are the layer's too.
     Own,
 }
 
@@ -57,7 +56,11 @@ const RULES: &[Rule] = &[
     rule(POST, "/api/v2/silences", EDITOR),
     rule(DELETE, "/api/v2/silence/{id}", EDITOR),
     rule(POST, "/-/reload", EDITOR),
-    rule(POST, "/api/v1/write", Access::Own),
+    // remote_write: an editor token, or the receiver's own credentials (valid there only, see `Authenticator`).
+    rule(POST, "/api/v1/write", EDITOR),
+    // Enrollment tokens and certificates: reads too, since they show who may join.
+    rule(GET_HEAD, "/api/v1/identity/{*rest}", ADMIN),
+    rule(ANY_WRITE, "/api/v1/identity/{*rest}", ADMIN),
     // The web UI: its login form and assets are open; silences need an editor.
     rule(GET_HEAD, "/login", Access::Open),
     rule(POST, "/login", Access::Open),
@@ -121,6 +124,9 @@ mod tests {
         check(Method::POST, "/api/v1/configs", ADMIN);
         check(Method::POST, "/api/v1/configs/web/rollback", ADMIN);
         check(Method::GET, "/api/v1/configs/web", VIEWER);
+        check(Method::GET, "/api/v1/identity/tokens", ADMIN);
+        check(Method::POST, "/api/v1/identity/revocations", ADMIN);
+        check(Method::DELETE, "/api/v1/identity/tokens/{id}", ADMIN);
         check(Method::GET, "/", VIEWER);
         check(Method::GET, "/fleet/web-1", VIEWER);
         check(Method::POST, "/login", Access::Open);

@@ -123,6 +123,9 @@ pub struct Ingest {
     dedup: Arc<Dedup>,
     heartbeat_interval: Duration,
     max_series_per_agent: u32,
+    /// Enrollment, renewal and revocation; without it agents are admitted
+    /// on their certificate alone.
+    identity: Option<Arc<crate::identity::IdentityManager>>,
 }
 
 impl Ingest {
@@ -136,7 +139,13 @@ impl Ingest {
         max_series_per_agent: u32,
     ) -> Self {
         let log = Arc::new(SeriesLog::new(store, wal, Arc::clone(&stats)));
-        Self { fleet, configs: None, stats, log, dedup, heartbeat_interval, max_series_per_agent }
+        Self { fleet, configs: None, stats, log, dedup, heartbeat_interval, max_series_per_agent, identity: None }
+    }
+
+    /// Serves enrollment, renewal and revocation through `identity`.
+    pub fn with_identity(mut self, identity: Arc<crate::identity::IdentityManager>) -> Self {
+        self.identity = Some(identity);
+        self
     }
 
     /// Connects agent sessions to remote configuration.
@@ -171,20 +180,52 @@ impl Ingest {
 
     async fn handle_incoming(&self, incoming: quinn::Incoming, shutdown: CancellationToken) {
         let remote = incoming.remote_address();
-        let connection = match incoming.await {
-            Ok(connection) => connection,
+        let mut connecting = match incoming.accept() {
+            Ok(connecting) => connecting,
             Err(err) => {
                 self.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                warn!(%remote, error = %err, "agent handshake failed (certificate not signed by the fleet CA, or none?)");
+                warn!(%remote, error = %err, "agent connection refused");
                 return;
             }
         };
-        let Some(identity) = herd_common::tls::peer_common_name(&connection) else {
+        let enrolling = crate::identity::quic::is_enrollment(connecting.handshake_data().await.ok());
+        let connection = match connecting.await {
+            Ok(connection) => connection,
+            Err(err) if enrolling => {
+                if let Some(identity) = &self.identity {
+                    identity.enrollment_handshake_failed(remote, &err);
+                }
+                return;
+            }
+            Err(err) => {
+                self.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                warn!(%remote, error = %err, "agent handshake failed (certificate not signed by the fleet CA, expired, or none?)");
+                return;
+            }
+        };
+        if enrolling {
+            match &self.identity {
+                Some(identity) => Arc::clone(identity).serve_enrollment(connection).await,
+                None => connection.close(CLOSE_NO_IDENTITY.into(), b"enrollment is not served here"),
+            }
+            return;
+        }
+        let Some(admission) = crate::identity::Admission::of(&connection).map(Arc::new) else {
             self.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-            warn!(%remote, "agent certificate has no common name: refused");
-            connection.close(CLOSE_NO_IDENTITY.into(), b"client certificate has no common name");
+            warn!(%remote, "agent presented no certificate with a common name: refused");
+            connection.close(CLOSE_NO_IDENTITY.into(), b"a client certificate from the fleet CA is required");
             return;
         };
+        let identity = admission.name().to_owned();
+        if let Some(manager) = &self.identity {
+            if manager.admit(&admission).is_err() {
+                warn!(agent = %identity, %remote, serial = %admission.info.serial, "revoked certificate: connection refused");
+                connection
+                    .close(crate::identity::CLOSE_REVOKED.into(), b"certificate revoked: this agent must re-enroll");
+                return;
+            }
+            manager.guard(connection.clone(), Arc::clone(&admission), shutdown.child_token());
+        }
         let streams = tokio::select! {
             _ = shutdown.cancelled() => return,
             streams = timeout(STREAM_OPEN_TIMEOUT, connection.accept_bi()) => streams,
@@ -200,9 +241,13 @@ impl Ingest {
                 return;
             }
         };
+        if let Some(manager) = &self.identity {
+            manager.serve_renewals(connection.clone(), Arc::clone(&admission), shutdown.child_token());
+        }
         let mut session = Session {
             ingest: self,
             identity,
+            admission,
             remote,
             connection_id: None,
             series: Vec::new(),
@@ -229,6 +274,8 @@ impl Ingest {
 struct Session<'a> {
     ingest: &'a Ingest,
     identity: String,
+    /// The certificate's identity, stamped on every series.
+    admission: Arc<crate::identity::Admission>,
     remote: SocketAddr,
     connection_id: Option<u64>,
     /// Wire id → store series.
@@ -320,10 +367,17 @@ impl Session<'_> {
                     }
                     let connection_id = self.ingest.fleet.connected(&self.identity, &hello, self.remote, now);
                     self.connection_id = Some(connection_id);
+                    self.ingest.fleet.set_trusted_labels(
+                        &self.identity,
+                        connection_id,
+                        self.admission.trusted_labels(),
+                    );
                     if let Some(configs) = &self.ingest.configs {
-                        // Selectors match the agent's labels and `agent`, its identity.
+                        // Selectors match the agent's labels and `agent`, its identity; the
+                        // trusted labels from its certificate override what its hello claims.
                         let mut labels: std::collections::BTreeMap<String, String> =
                             hello.labels.iter().cloned().collect();
+                        labels.extend(self.admission.trusted_labels().iter().cloned());
                         labels.insert("agent".to_owned(), self.identity.clone());
                         self.pushes = Some(configs.connected(&self.identity, connection_id, &hello, labels));
                     }
@@ -342,6 +396,7 @@ impl Session<'_> {
                 }
                 ServerEvent::SeriesDefined { id, labels } => {
                     debug_assert_eq!(id as usize, self.series.len(), "the link enforces dense ids");
+                    let labels = self.admission.stamp(labels);
                     let series = self.ingest.log.resolve(&labels, &mut self.wal_bytes, &mut self.new_series);
                     self.series.push(series);
                     if let (Some(job), Some(instance)) = (labels.get("job"), labels.get("instance")) {

@@ -1,7 +1,8 @@
 //! `POST /api/v1/write`: Prometheus remote_write 1.0 into the aggregator.
 //!
-//! A request is authenticated (bearer token or basic auth from
-//! `[remote_write_receiver]`), size-checked, decoded, written to the WAL and
+//! A request is authenticated by the auth layer before it gets here (a
+//! bearer token or basic auth from `[remote_write_receiver]`, valid on this
+//! route only, or an `editor` token), size-checked, decoded, written to the WAL and
 //! synced, and only then appended to the store and answered 204, through
 //! the same `SeriesLog` agent batches use: received samples are durable,
 //! replayed, queried and alerted on like an agent's.
@@ -18,10 +19,9 @@ use std::sync::atomic::Ordering;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use base64::Engine as _;
 use herd_common::config::remote_write::ReceiverConfig;
 use herd_common::metric::Labels;
 use tracing::warn;
@@ -51,34 +51,6 @@ impl Receiver {
     pub fn new(log: Arc<SeriesLog>, config: ReceiverConfig) -> Self {
         Self { log, config, stats: Arc::new(ReceiverStats::default()) }
     }
-
-    /// Whether the request carries one of the configured credentials (or
-    /// none are configured and unauthenticated writes are allowed).
-    fn authorized(&self, headers: &HeaderMap) -> bool {
-        if self.config.bearer_tokens.is_empty() && self.config.basic_auth.is_empty() {
-            return self.config.allow_unauthenticated;
-        }
-        let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
-        if let Some(token) = value.strip_prefix("Bearer ") {
-            return self.config.bearer_tokens.iter().any(|t| same(t.expose().as_bytes(), token.trim().as_bytes()));
-        }
-        if let Some(encoded) = value.strip_prefix("Basic ") {
-            let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else { return false };
-            let Some(colon) = decoded.iter().position(|&b| b == b':') else { return false };
-            let (user, password) = (&decoded[..colon], &decoded[colon + 1..]);
-            return self
-                .config
-                .basic_auth
-                .iter()
-                .any(|(u, p)| same(u.as_bytes(), user) & same(p.expose().as_bytes(), password));
-        }
-        false
-    }
-}
-
-/// Compares secrets in time independent of where they differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 pub fn routes(receiver: Arc<Receiver>) -> Router {
@@ -94,17 +66,9 @@ fn refuse(stats: &ReceiverStats, reason: &'static str, status: StatusCode, messa
     response
 }
 
-async fn write(State(receiver): State<Arc<Receiver>>, headers: HeaderMap, body: Body) -> Response {
+async fn write(State(receiver): State<Arc<Receiver>>, body: Body) -> Response {
     let stats = &receiver.stats;
     stats.requests.fetch_add(1, Ordering::Relaxed);
-    if !receiver.authorized(&headers) {
-        return refuse(
-            stats,
-            "unauthorized",
-            StatusCode::UNAUTHORIZED,
-            "remote_write needs a bearer token or basic-auth credentials configured in [remote_write_receiver]".into(),
-        );
-    }
     let limit = receiver.config.max_body_bytes;
     let body = match axum::body::to_bytes(body, limit).await {
         Ok(body) => body,
@@ -205,6 +169,7 @@ fn labels(pairs: Vec<proto::Label>) -> Result<Labels, String> {
 #[cfg(test)]
 mod tests {
     use axum::http::Request;
+    use base64::Engine as _;
     use herd_common::config::Secret;
     use tower::ServiceExt;
 
@@ -225,7 +190,15 @@ mod tests {
         let wal = crate::wal::Wal::start(&wal_dir, 0).unwrap();
         let store: Arc<dyn Storage> = Arc::new(MemStore::new());
         let log = Arc::new(SeriesLog::new(Arc::clone(&store), wal, Arc::new(IngestStats::default())));
-        let router = routes(Arc::new(Receiver::new(log, config)));
+        // Credentials are checked by the auth layer, as in the server.
+        let auth = crate::auth::Authenticator::new(&herd_common::config::http::HttpConfig {
+            anonymous_role: None,
+            tokens: vec![],
+            client_certificates: vec![],
+        })
+        .unwrap();
+        auth.set_remote_write_credentials(&config);
+        let router = crate::auth::layer(routes(Arc::new(Receiver::new(log, config))), Arc::new(auth));
         Setup { _dir: dir, store, router, wal_dir }
     }
 

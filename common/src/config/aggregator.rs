@@ -43,6 +43,8 @@ pub struct RawAggregatorConfig {
     #[serde(default)]
     pub remote_write_receiver: super::remote_write::RawReceiver,
     #[serde(default)]
+    pub identity: super::identity::RawIdentity,
+    #[serde(default)]
     pub http: super::http::RawHttp,
     #[serde(default)]
     pub remote_config: RawRemoteConfig,
@@ -194,6 +196,9 @@ pub struct AggregatorConfig {
     pub alerting: AlertingConfig,
     pub storage: super::storage::StorageConfig,
     pub remote: super::remote_write::RemoteConfig,
+    pub identity: super::identity::IdentityConfig,
+    /// The HTTP listener's TLS and request limits: also `[http]`.
+    pub http_listener: super::http::HttpListenerConfig,
     /// Who may call the HTTP API: `[http]`.
     pub http: super::http::HttpConfig,
     /// `[remote_config] keep_versions`.
@@ -318,12 +323,16 @@ impl RawAggregatorConfig {
         let storage = self.storage.validate(&mut problems);
         let remote =
             super::remote_write::validate(self.remote_write, self.remote_write_receiver, base_dir, &mut problems);
+        let identity = self.identity.validate(base_dir, &tls.ca_file, &mut problems);
+        let http_listener = self.http.listener(base_dir, &mut problems);
         let http = self.http.validate(http_listen, base_dir, &mut problems);
         let keep_config_versions = self.remote_config.keep_versions.unwrap_or(DEFAULT_KEEP_VERSIONS);
         if keep_config_versions == 0 {
             problems.push("remote_config.keep_versions", "must be at least 1");
         }
         let config = AggregatorConfig {
+            identity,
+            http_listener,
             http,
             keep_config_versions,
             storage,

@@ -3,6 +3,12 @@
 //! (recorded as the author of what it changes) and a role; requests without
 //! credentials get `anonymous_role`, which defaults to `viewer` when the HTTP
 //! listener is on a loopback address and to nothing otherwise.
+//!
+//! Client certificates signed by the fleet CA are credentials too, when the
+//! listener serves TLS: `[[http.client_certificates]]` gives the holder of
+//! a client certificate (`herd-aggregator cert issue --client NAME`) a role.
+//! The listener's own settings (TLS files, request limits) are
+//! [`HttpListenerConfig`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -51,6 +57,31 @@ pub struct RawHttp {
     pub anonymous_role: Option<String>,
     #[serde(default)]
     pub tokens: Vec<RawToken>,
+    #[serde(default)]
+    pub client_certificates: Vec<RawClientCertificate>,
+    /// Serve HTTPS with this certificate (PEM, chain first) and key; both or neither.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Largest request body read, for every route (413 past it).
+    pub max_body_bytes: Option<usize>,
+    /// Largest request head: request line and headers (431 past it).
+    pub max_header_bytes: Option<usize>,
+    /// Longest query string (414 past it).
+    pub max_query_bytes: Option<usize>,
+    /// Connections served at once; more are closed as they arrive.
+    pub max_connections: Option<usize>,
+    /// A connection that does not send a whole request head in this time
+    /// (idle ones included) is closed; also bounds the TLS handshake.
+    #[serde(default, with = "humantime_serde")]
+    pub header_read_timeout: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientCertificate {
+    /// The name in the certificate (`cert issue --client NAME`).
+    pub name: Option<String>,
+    pub role: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -69,6 +100,8 @@ pub struct HttpConfig {
     /// The role of requests without credentials; `None`: they are refused (401).
     pub anonymous_role: Option<Role>,
     pub tokens: Vec<TokenConfig>,
+    /// Client certificate names and their roles.
+    pub client_certificates: Vec<(String, Role)>,
 }
 
 /// One `[[http.tokens]]` entry. The token itself is read by the
@@ -83,7 +116,90 @@ pub struct TokenConfig {
 /// Shortest token accepted from a file: guessing must be hopeless.
 pub const MIN_TOKEN_BYTES: usize = 16;
 
+pub const DEFAULT_MAX_BODY_BYTES: usize = 32 << 20;
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 << 10;
+pub const DEFAULT_MAX_QUERY_BYTES: usize = 32 << 10;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+pub const DEFAULT_HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// hyper refuses request targets longer than this itself.
+const MAX_QUERY_BYTES: usize = 65_000;
+
+/// The HTTP listener: TLS and request limits (`[http]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpListenerConfig {
+    /// (certificate, key) files when serving HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_query_bytes: usize,
+    pub max_connections: usize,
+    pub header_read_timeout: std::time::Duration,
+}
+
+impl Default for HttpListenerConfig {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_query_bytes: DEFAULT_MAX_QUERY_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+        }
+    }
+}
+
 impl RawHttp {
+    /// The listener's part of `[http]`.
+    pub(crate) fn listener(&self, base_dir: Option<&Path>, problems: &mut Problems) -> HttpListenerConfig {
+        let defaults = HttpListenerConfig::default();
+        let tls = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Some((resolve(base_dir, cert), resolve(base_dir, key))),
+            (None, None) => None,
+            _ => {
+                problems.push("http.tls_cert_file", "and http.tls_key_file go together: set both to serve HTTPS");
+                None
+            }
+        };
+        let mut bounded = |key: &str, value: Option<usize>, default: usize, min: usize, max: usize| {
+            let value = value.unwrap_or(default);
+            if !(min..=max).contains(&value) {
+                problems.push(key, format!("must be between {min} and {max}"));
+            }
+            value
+        };
+        let config = HttpListenerConfig {
+            tls,
+            max_body_bytes: bounded("http.max_body_bytes", self.max_body_bytes, defaults.max_body_bytes, 1024, 1 << 30),
+            max_header_bytes: bounded(
+                "http.max_header_bytes",
+                self.max_header_bytes,
+                defaults.max_header_bytes,
+                8192,
+                16 << 20,
+            ),
+            max_query_bytes: bounded(
+                "http.max_query_bytes",
+                self.max_query_bytes,
+                defaults.max_query_bytes,
+                256,
+                MAX_QUERY_BYTES,
+            ),
+            max_connections: bounded(
+                "http.max_connections",
+                self.max_connections,
+                defaults.max_connections,
+                1,
+                1_000_000,
+            ),
+            header_read_timeout: self.header_read_timeout.unwrap_or(defaults.header_read_timeout),
+        };
+        if config.header_read_timeout < std::time::Duration::from_millis(100) {
+            problems.push("http.header_read_timeout", "must be at least 100ms");
+        }
+        config
+    }
+
     pub(crate) fn validate(
         self,
         http_listen: SocketAddr,
@@ -131,7 +247,19 @@ impl RawHttp {
             };
             tokens.push(TokenConfig { name, role, token_file: resolve(base_dir, &token_file) });
         }
-        HttpConfig { anonymous_role, tokens }
+        let mut client_certificates = Vec::new();
+        for (i, raw) in self.client_certificates.into_iter().enumerate() {
+            let key = format!("http.client_certificates[{i}]");
+            let Some(name) = raw.name.filter(|n| !n.trim().is_empty()) else {
+                problems.push(&format!("{key}.name"), "is missing (the name in the client certificate)");
+                continue;
+            };
+            match raw.role.as_deref().map(Role::parse) {
+                Some(Some(role)) => client_certificates.push((name, role)),
+                _ => problems.push(&format!("{key}.role"), "must be one of \"viewer\", \"editor\", \"admin\""),
+            }
+        }
+        HttpConfig { anonymous_role, tokens, client_certificates }
     }
 }
 

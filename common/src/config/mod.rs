@@ -7,6 +7,7 @@ pub mod agent;
 pub mod aggregator;
 pub mod client_tls;
 pub mod http;
+pub mod identity;
 pub mod pushed;
 pub mod remote_write;
 pub mod storage;

@@ -28,6 +28,23 @@ pub fn encode(message: &Message, out: &mut Vec<u8>) -> Result<(), CodecError> {
         .map_err(|err| CodecError::Encode { kind: message.kind(), detail: err.to_string() })
 }
 
+/// Encodes a message of a side protocol (enrollment, renewal) the same way.
+pub fn encode_value<T: serde::Serialize>(kind: &'static str, value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    bincode::serde::encode_into_std_write(value, out, config())
+        .map(|_| ())
+        .map_err(|err| CodecError::Encode { kind, detail: err.to_string() })
+}
+
+/// Decodes exactly one side-protocol message from `bytes`.
+pub fn decode_value<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::decode_from_slice::<T, _>(bytes, config())
+        .map_err(|err| CodecError::Decode { detail: err.to_string() })?;
+    if used != bytes.len() {
+        return Err(CodecError::TrailingBytes { extra: bytes.len() - used });
+    }
+    Ok(value)
+}
+
 /// Decodes exactly one message from `bytes` (a whole frame payload).
 pub fn decode(bytes: &[u8]) -> Result<Message, CodecError> {
     let (message, used) = bincode::serde::decode_from_slice::<Message, _>(bytes, config())

@@ -2,6 +2,7 @@
 //! conversation, `frame.rs` for the byte layout and limits.
 
 pub mod codec;
+pub mod enroll;
 pub mod frame;
 pub mod link;
 pub mod messages;
