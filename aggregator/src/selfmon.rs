@@ -84,6 +84,9 @@ impl SelfMonitor {
                     load(&head.rejected_duplicate_timestamp),
                 ),
                 ("herd_store_rejected_samples_total", Some("unknown_series"), load(&head.rejected_unknown_series)),
+                // A sample repeated with the same timestamp and value (a replay or a resend
+                // below the batch level): stored once, counted here.
+                ("herd_store_duplicate_samples_ignored_total", None, load(&head.duplicate_samples_ignored)),
             ];
             for (name, reason, value) in store_figures {
                 let extra: &[(&str, &str)] = match &reason {

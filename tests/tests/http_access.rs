@@ -149,6 +149,32 @@ fn every_state_changing_route_needs_its_role_and_a_refusal_changes_nothing() {
     assert_eq!(s.call("DELETE", &format!("/api/v2/silence/{id}"), Some(&s.editor), "").0, 200);
     assert_eq!(s.read(&format!("/api/v2/silence/{id}"))["status"]["state"], "expired");
 
+    // The web UI's silence forms: the same roles as the API.
+    let form = "matchers=alertname%3D%22FromTheUi%22&duration=1h&created_by=test&comment=ui+access&csrf=";
+    let ui_silences = |s: &Access| {
+        s.read("/api/v2/silences")
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|silence| silence["matchers"][0]["value"] == "FromTheUi" && silence["status"]["state"] == "active")
+            .map(|silence| silence["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    s.refused("POST", "/alerts/silences", form.as_bytes(), false);
+    assert!(ui_silences(&s).is_empty(), "no silence was made from the UI");
+    let (status, body) =
+        s.call_bytes("POST", "/alerts/silences", Some(&s.editor), "application/x-www-form-urlencoded", form.as_bytes());
+    // The form answers with a redirect to the Alerts page, which the client follows.
+    assert_eq!(status, 200, "{body}");
+    let made = ui_silences(&s);
+    assert_eq!(made.len(), 1, "{made:?}");
+    let expire = format!("/alerts/silences/{}/expire", made[0]);
+    s.refused("POST", &expire, b"csrf=", false);
+    assert_eq!(ui_silences(&s), made, "still active");
+    let (status, body) = s.call_bytes("POST", &expire, Some(&s.editor), "application/x-www-form-urlencoded", b"csrf=");
+    assert_eq!(status, 200, "{body}");
+    assert!(ui_silences(&s).is_empty(), "expired from the UI");
+
     // Alert posts.
     let alerts = r#"[{"labels":{"alertname":"Posted","severity":"warning"}}]"#;
     s.refused("POST", "/api/v2/alerts", alerts.as_bytes(), false);

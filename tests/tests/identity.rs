@@ -56,6 +56,19 @@ fn enrolled_agents_carry_their_trusted_labels_and_spent_tokens_are_refused() {
     assert_eq!(up, Some(1.0), "up carries the trusted labels");
     let (_, agents) = aggregator.get("/api/v1/agents").unwrap();
     assert!(agents.contains(r#""trustedLabels":{"env":"prod","role":"postgres"}"#), "{agents}");
+    // The Fleet page shows both kinds of labels, and its filter matches the trusted ones.
+    let fleet = |filter: &str| {
+        let (status, page) = aggregator.get(&format!("/fleet?match={}", herd_tests::encode(filter))).unwrap();
+        assert_eq!(status, 200, "{page}");
+        page
+    };
+    let page = fleet("");
+    assert!(page.contains("Trusted labels") && page.contains("Claimed labels"), "{page}");
+    let row = page.split("<tbody>").nth(1).unwrap_or_default();
+    assert!(row.contains(r#"<span class="k">role</span>=<span class="v">postgres</span>"#), "{row}");
+    assert!(row.contains(r#"<span class="k">role</span>=<span class="v">web</span>"#), "the claim is shown: {row}");
+    assert!(fleet(r#"{role="postgres"}"#).contains("1 of 1 agents shown"));
+    assert!(fleet(r#"{role="web"}"#).contains("0 of 1 agents shown"), "the trusted role wins in the filter");
     // Remote-config selectors see the trusted labels, not the claimed ones.
     let body = work.path().join("body.toml");
     std::fs::write(&body, "[collect]\ninterval = \"1s\"\n").unwrap();
@@ -80,6 +93,10 @@ fn enrolled_agents_carry_their_trusted_labels_and_spent_tokens_are_refused() {
     };
     assert!(dry_run(r#"{role="postgres"}"#).contains("would match 1 agent(s)"));
     assert!(dry_run(r#"{role="web"}"#).contains("would match 0 agent(s)"), "the claimed role does not count");
+    assert!(
+        dry_run(r#"{team="storage"}"#).contains("would match 0 agent(s)"),
+        "a claimed label the certificate does not carry does not count either"
+    );
 
     // Reused past its uses.
     let (ok, output, _) = enroll(work.path(), &aggregator, "db-2", &token, &pinned);

@@ -373,11 +373,16 @@ impl Session<'_> {
                         self.admission.trusted_labels(),
                     );
                     if let Some(configs) = &self.ingest.configs {
-                        // Selectors match the agent's labels and `agent`, its identity; the
-                        // trusted labels from its certificate override what its hello claims.
-                        let mut labels: std::collections::BTreeMap<String, String> =
-                            hello.labels.iter().cloned().collect();
-                        labels.extend(self.admission.trusted_labels().iter().cloned());
+                        // Selectors match `agent`, its identity, and the trusted labels from its
+                        // certificate; what its hello claims is informational. Only an agent whose
+                        // certificate carries no labels (issued by hand without `--labels`) is
+                        // matched by its claimed labels: nothing else describes it.
+                        let trusted = self.admission.trusted_labels();
+                        let mut labels: std::collections::BTreeMap<String, String> = if trusted.is_empty() {
+                            hello.labels.iter().cloned().collect()
+                        } else {
+                            trusted.iter().cloned().collect()
+                        };
                         labels.insert("agent".to_owned(), self.identity.clone());
                         self.pushes = Some(configs.connected(&self.identity, connection_id, &hello, labels));
                     }

@@ -297,6 +297,9 @@ pub struct AgentRow {
     pub href: String,
     pub claimed_id: String,
     pub hostname: String,
+    /// Bound to the agent's certificate at enrollment: what selectors and `up` use.
+    pub trusted_labels: Vec<Pair>,
+    /// What the agent's hello claims: informational.
     pub labels: Vec<Pair>,
     pub version: String,
     pub connected: bool,
@@ -368,6 +371,7 @@ fn agent_row(
         href: format!("/fleet/{}", url_encode(&record.id)),
         claimed_id: if record.claimed_id == record.id { String::new() } else { record.claimed_id.clone() },
         hostname: record.hostname.clone(),
+        trusted_labels: pairs(record.trusted_labels.iter().map(|(n, v)| (n.as_str(), v.as_str()))),
         labels: pairs(record.labels.iter().map(|(n, v)| (n.as_str(), v.as_str()))),
         version: if record.version.is_empty() { "-".into() } else { record.version.clone() },
         connected: record.connected,
@@ -399,11 +403,13 @@ fn config_statuses(ui: &Ui) -> HashMap<String, AgentConfigStatus> {
     statuses.into_iter().map(|s| (s.agent.clone(), s)).collect()
 }
 
-/// The labels a fleet filter matches against: the agent's own labels plus
-/// `agent`, `host`, `version`, `status` (`connected` or `disconnected`) and
-/// `config_state` (`applied`, `refused`, ...).
+/// The labels a fleet filter matches against: the agent's claimed labels
+/// overlaid by its trusted ones (a trusted label wins, as in remote-config
+/// selectors), plus `agent`, `host`, `version`, `status` (`connected` or
+/// `disconnected`) and `config_state` (`applied`, `refused`, ...).
 fn filter_labels(record: &crate::fleet::AgentRecord, config: Option<&AgentConfigStatus>) -> BTreeMap<String, String> {
     let mut labels: BTreeMap<String, String> = record.labels.iter().cloned().collect();
+    labels.extend(record.trusted_labels.iter().cloned());
     labels.insert("agent".into(), record.id.clone());
     labels.insert("host".into(), record.hostname.clone());
     labels.insert("version".into(), record.version.clone());
