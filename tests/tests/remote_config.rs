@@ -394,3 +394,114 @@ fn a_failing_canary_halts_a_staged_rollout_and_collectors_all_failing_roll_back(
     assert_eq!(status["appliedVersion"], 0);
     assert!(wait_series(&fleet.aggregator, "node_load1{instance=\"edge-0\"}", Duration::from_secs(5)));
 }
+
+/// Whether `selector` has no value now: its series were ended by staleness
+/// markers (within `limit`), not left to the five-minute lookback.
+fn ends_at_once(aggregator: &Aggregator, selector: &str) -> bool {
+    wait_for(Duration::from_secs(5), || vector_result(&aggregator.query(selector)).is_empty().then_some(())).is_some()
+}
+
+#[test]
+fn a_halted_rollout_resumes_after_a_fix_and_rollback_restores_an_applied_version_everywhere() {
+    let redis = Redis::start();
+    let fleet = Fleet::start();
+    let names: Vec<String> = (0..4).map(|i| format!("app-{i}")).collect();
+    let agents: Vec<Process> = names.iter().map(|n| fleet.agent(n, "role = \"app\"", "1s", "").1).collect();
+    for name in &names {
+        fleet.wait_state(name, "applied", 0);
+    }
+    let aggregator = &fleet.aggregator;
+
+    // Version 1 everywhere at once; the agents report it themselves too.
+    fleet.push("app", "{role=\"app\"}", "[collect]\ninterval = \"500ms\"\n", &[]);
+    for name in &names {
+        fleet.wait_state(name, "applied", 1);
+        let reported = wait_for(Duration::from_secs(10), || {
+            (agent_metric(aggregator, &format!("herd_agent_config_version{{instance=\"{name}\"}}")) == Some(1.0))
+                .then_some(())
+        });
+        assert!(reported.is_some(), "{name} does not report version 1");
+    }
+
+    // Version 2 adds a label and a Redis collector whose password file is not
+    // on the hosts yet: the canary refuses it and the rollout halts.
+    let password = fleet.work.path().join("late.pw");
+    let v2 = format!(
+        "[collect]\ninterval = \"500ms\"\n[agent.labels]\nrole = \"app\"\ntier = \"gold\"\n\
+         [[collect.redis]]\naddress = \"{}\"\npassword_file = \"{}\"\n",
+        redis.address(),
+        password.display()
+    );
+    fleet.push("app", "{role=\"app\"}", &v2, &["--canary", "1", "--wave-size", "1", "--wait", "20s"]);
+    let rollout = |state: &str| {
+        wait_for(Duration::from_secs(40), || {
+            let (_, body) = aggregator.get("/api/v1/configs/rollouts").unwrap();
+            let json: Json = serde_json::from_str(&body).unwrap();
+            json["data"].as_array().and_then(|r| r.last().cloned()).filter(|r| r["state"] == state)
+        })
+        .unwrap_or_else(|| {
+            panic!("the rollout is not {state}: {}", aggregator.get("/api/v1/configs/rollouts").unwrap().1)
+        })
+    };
+    let halted = rollout("halted");
+    let canary = halted["agents"][0].as_str().unwrap().to_owned();
+    assert!(halted["reason"].as_str().unwrap().contains("late.pw"), "{halted}");
+    let failures = wait_for(Duration::from_secs(10), || {
+        agent_metric(aggregator, &format!("herd_agent_config_apply_failures_total{{instance=\"{canary}\"}}"))
+            .filter(|v| *v >= 1.0)
+    });
+    assert_eq!(failures, Some(1.0), "the canary counts its refusal");
+    for name in names.iter().filter(|n| **n != canary) {
+        assert_eq!(fleet.status(name)["appliedVersion"], 1, "{name} is held on version 1");
+    }
+
+    // The operator puts the file in place and resumes: the other waves go through.
+    secret_file(&password, PASSWORD);
+    let (ok, text) = fleet.config(true, &["resume", "app"]);
+    assert!(ok, "{text}");
+    let done = rollout("done");
+    assert_eq!(done["released"], 4, "{done}");
+    for name in names.iter().filter(|n| **n != canary) {
+        let status = fleet.wait_state(name, "applied", 2);
+        assert_eq!(status["appliedVersion"], 2, "{status}");
+        assert!(status["collectors"].as_array().unwrap().iter().all(|c| c["ok"] == true), "{status}");
+        assert!(wait_series(
+            aggregator,
+            &format!("redis_up{{instance=\"{name}\",tier=\"gold\"}} == 1"),
+            Duration::from_secs(10)
+        ));
+        // The label set changed: the series without the label ended with a staleness marker.
+        assert!(
+            ends_at_once(aggregator, &format!("node_load1{{instance=\"{name}\",tier=\"\"}}")),
+            "{name}'s old series is still there"
+        );
+        assert!(wait_series(
+            aggregator,
+            &format!("node_load1{{instance=\"{name}\",tier=\"gold\"}}"),
+            Duration::from_secs(5)
+        ));
+    }
+
+    // Rollback to version 1: re-applied on every agent that ran version 2.
+    let (ok, text) = fleet.config(true, &["rollback", "app", "--to", "1"]);
+    assert!(ok && text.contains("back on version 1"), "{text}");
+    for name in &names {
+        let status = fleet.wait_state(name, "applied", 1);
+        assert_eq!(status["appliedVersion"], 1, "{status}");
+        let reported = wait_for(Duration::from_secs(10), || {
+            (agent_metric(aggregator, &format!("herd_agent_config_version{{instance=\"{name}\"}}")) == Some(1.0))
+                .then_some(())
+        });
+        assert!(reported.is_some(), "{name} does not report version 1 again");
+    }
+    assert!(ends_at_once(aggregator, "node_load1{tier=\"gold\"}"), "the label is gone with version 2");
+    assert!(ends_at_once(aggregator, "redis_up"), "so is the Redis collector");
+    for name in &names {
+        assert!(wait_series(
+            aggregator,
+            &format!("node_load1{{instance=\"{name}\",tier=\"\"}}"),
+            Duration::from_secs(5)
+        ));
+    }
+    drop(agents);
+}
