@@ -385,6 +385,8 @@ fn init_logging(level: &str) {
         .with_env_filter(filter)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Logs on stderr: stdout is for what a command prints (the demo's banner, CLI results).
+        .with_writer(std::io::stderr)
         .init();
 }
 
@@ -626,7 +628,9 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Command::Demo { http_listen, quic_listen, interval } => {
-            init_logging("warn,herd_aggregator=info,herd_agent=info");
+            // The demo speaks through its banner and live line; logs only for
+            // what goes wrong (RUST_LOG=info shows everything).
+            init_logging("warn");
             runtime()?.block_on(async {
                 let shutdown = shutdown_on_signal();
                 demo::run(demo::DemoOptions { http_listen, quic_listen, interval }, shutdown)

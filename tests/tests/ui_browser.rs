@@ -71,6 +71,9 @@ fn agents_connected(aggregator: &Aggregator) -> Vec<(String, bool)> {
         .collect()
 }
 
+/// A remote_write bearer token in the aggregator's configuration: never shown on the Status page.
+const RW_SECRET: &str = "rw-secret-never-shown";
+
 fn key(key: Key) -> String {
     char::from(key).to_string()
 }
@@ -101,7 +104,8 @@ fn every_page_works_in_a_real_browser() {
          [[http.tokens]]\nname = \"ana\"\nrole = \"viewer\"\ntoken_file = \"{viewer}\"\n\
          [[http.tokens]]\nname = \"eve\"\nrole = \"editor\"\ntoken_file = \"{editor}\"\n\
          [rules]\nfiles = [\"{rules}\"]\nevaluation_interval = \"1s\"\n\
-         [alerting]\nresend_delay = \"1s\"\nrouter_config = \"{router}\"\n",
+         [alerting]\nresend_delay = \"1s\"\nrouter_config = \"{router}\"\n\
+         [[remote_write]]\nurl = \"http://127.0.0.1:1/api/v1/write\"\nbearer_token = \"{RW_SECRET}\"\n",
         viewer = token_file(work.path(), "viewer", VIEWER_TOKEN).display(),
         editor = token_file(work.path(), "editor", EDITOR_TOKEN).display(),
         rules = rules.display(),
@@ -149,6 +153,22 @@ fn every_page_works_in_a_real_browser() {
             assert!(errors.is_empty(), "{path}: console errors: {errors:?}");
             browser.screenshot(name).await;
         }
+
+        // What the agent and status pages say, read as plain HTML.
+        let (_, agent_page) = aggregator.get("/fleet/web-1").unwrap();
+        let targets = agent_page.split("id=\"agent-targets\"").nth(1).unwrap_or_default();
+        assert!(targets.contains("<td>node</td><td>web-1</td>") && targets.contains("badge ok\">1<"), "{agent_page}");
+        let collectors = agent_page.split("id=\"agent-collectors\"").nth(1).unwrap_or_default();
+        assert!(collectors.contains("badge ok\">ok<"), "collectors' success: {agent_page}");
+        let resources = agent_page.split("id=\"agent-resources\"").nth(1).unwrap_or_default();
+        assert!(resources.contains("<dt>") && !resources.starts_with("></dl>"), "its own resources: {agent_page}");
+        let charts = agent_page.split("id=\"charts-heading\"").nth(1).unwrap_or_default();
+        assert!(charts.matches("<svg").count() >= 4, "CPU, memory, disk and network charts: {charts}");
+        let (_, status) = aggregator.get("/status").unwrap();
+        let cardinality = status.split("id=\"cardinality\"").nth(1).unwrap_or_default();
+        assert!(cardinality.contains("<td>node_cpu_seconds_total</td>"), "top metrics: {status}");
+        assert!(cardinality.contains("<td>instance=&#34;web-1&#34;</td>") || cardinality.contains("instance=\"web-1\""), "{status}");
+        assert!(!status.contains(RW_SECRET) && status.contains("***"), "secrets are masked: {status}");
 
         client.goto(&format!("{base}/fleet")).await.unwrap();
         let fleet = browser.text("table.fleet").await;
