@@ -14,13 +14,15 @@ fn the_demo_prints_the_ui_first_and_serves_its_agent() {
     let (stdout, stderr) = (work.path().join("demo.out"), work.path().join("demo.err"));
     let http = format!("127.0.0.1:{}", free_tcp_port());
     let quic = format!("127.0.0.1:{}", free_udp_port());
-    let mut demo = Command::new(bin("herd-aggregator"))
+    let demo = Command::new(bin("herd-aggregator"))
         .args(["demo", "--http-listen", &http, "--quic-listen", &quic, "--interval", "500ms"])
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout).unwrap())
         .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
         .expect("start the demo");
+    // Killed if an assertion fails first.
+    let mut demo = KillOnDrop(demo);
     let printed = || std::fs::read_to_string(&stdout).unwrap_or_default();
     let logs = || std::fs::read_to_string(&stderr).unwrap_or_default();
 
@@ -42,8 +44,17 @@ fn the_demo_prints_the_ui_first_and_serves_its_agent() {
     assert!(fleet.contains("1 of 1 agents shown") && fleet.contains("badge ok\">connected<"), "{fleet}");
 
     // SIGTERM ends it cleanly.
-    let pid = demo.id().to_string();
+    let pid = demo.0.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let exited = wait_for(Duration::from_secs(10), || demo.try_wait().ok().flatten());
+    let exited = wait_for(Duration::from_secs(10), || demo.0.try_wait().ok().flatten());
     assert!(exited.is_some_and(|s| s.success()), "the demo did not stop cleanly: {exited:?}\n{}", logs());
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
