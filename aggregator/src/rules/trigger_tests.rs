@@ -446,3 +446,89 @@ async fn min_spacing_holds_under_a_flood_of_batches() {
     let last = *evals.last().expect("evaluated");
     assert!(last >= last_durable_ms, "the last batches were evaluated ({last} < {last_durable_ms})");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_write_request_triggers_the_groups_it_concerns() {
+    use crate::ingest::{IngestStats, SeriesLog};
+    use crate::remote::{proto, receiver};
+    use crate::rules::{IngestTriggerOptions, ManagerOptions, RuleManager};
+    use tower::ServiceExt as _;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("rw.yml"),
+        "groups:\n- name: rw\n  interval: 24h\n  rules:\n  - alert: Written\n    expr: rw_value > 0\n\
+         - name: other\n  interval: 24h\n  rules:\n  - alert: Other\n    expr: not_written > 0\n",
+    )
+    .expect("write rules");
+    let store: Arc<dyn Storage> = Arc::new(MemStore::new());
+    let engine = Arc::new(Engine::new(Arc::clone(&store), Duration::from_secs(300), 10_000));
+    let options = ManagerOptions {
+        files: vec![dir.path().join("rw.yml").display().to_string()],
+        default_interval: Duration::from_secs(3600),
+        state_path: dir.path().join("alerts.json"),
+        context: EvalContext::default(),
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let manager = RuleManager::new(engine, Arc::clone(&store), None, options, shutdown.clone()).with_ingest_triggers(
+        IngestTriggerOptions { min_eval_spacing: Duration::from_millis(100), min_eval_spacing_by_group: vec![] },
+    );
+    manager.apply_config().await.expect("rules apply");
+    let wal = crate::wal::Wal::start(&dir.path().join("wal"), 0).expect("wal");
+    let log = Arc::new(SeriesLog::new(Arc::clone(&store), wal, Arc::new(IngestStats::default())));
+    log.set_observer(manager.ingest_observer().expect("triggers enabled"));
+    let config = herd_common::config::remote_write::ReceiverConfig {
+        enabled: true,
+        allow_unauthenticated: true,
+        bearer_tokens: vec![],
+        basic_auth: vec![],
+        max_body_bytes: 1 << 20,
+    };
+    let routes = receiver::routes(Arc::new(receiver::Receiver::new(log, config)));
+
+    let request = proto::WriteRequest {
+        timeseries: vec![proto::TimeSeries {
+            labels: vec![
+                proto::Label { name: "__name__".into(), value: "rw_value".into() },
+                proto::Label { name: "job".into(), value: "prometheus".into() },
+            ],
+            samples: vec![proto::Sample { value: 3.0, timestamp: now_ms() }],
+        }],
+    };
+    let (mut scratch, mut body) = (Vec::new(), Vec::new());
+    proto::encode(&request, &mut scratch, &mut body);
+    let post = axum::http::Request::post("/api/v1/write")
+        .header("Content-Encoding", "snappy")
+        .body(axum::body::Body::from(body))
+        .expect("request");
+    let response = routes.oneshot(post).await.expect("response");
+    assert_eq!(response.status(), axum::http::StatusCode::NO_CONTENT);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let firing = loop {
+        let groups = manager.groups().await;
+        let firing = groups
+            .iter()
+            .find(|g| g.name == "rw")
+            .is_some_and(|g| g.rules[0].active.values().any(|a| a.state == super::group::AlertState::Firing));
+        if firing || std::time::Instant::now() > deadline {
+            break firing;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let stats: BTreeMap<String, (u64, u64)> = manager
+        .trigger_stats()
+        .await
+        .into_iter()
+        .map(|(key, t)| {
+            let name = key.rsplit(';').next().unwrap_or_default().to_owned();
+            let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            (name, (load(&t.stats.requests), load(&t.stats.evaluations)))
+        })
+        .collect();
+    shutdown.cancel();
+    manager.stop().await;
+    assert!(firing, "the remote_write request's sample fired its alert within 5 s (the group runs daily)");
+    assert_eq!(stats["rw"], (1, 1), "one request, one evaluation");
+    assert_eq!(stats["other"], (0, 0), "a group reading other series is not triggered");
+}
