@@ -343,33 +343,47 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn min_spacing_holds_under_a_flood_of_batches() {
-    use crate::ingest::{IngestStats, SeriesLog};
-    use crate::rules::{IngestTriggerOptions, ManagerOptions, RuleManager};
+/// A rule manager evaluating `rules` on ingest every `spacing` at most, over
+/// an in-memory store, and the ingest write path (with a real WAL) telling it.
+struct Live {
+    _dir: tempfile::TempDir,
+    store: Arc<dyn Storage>,
+    manager: crate::rules::RuleManager,
+    log: Arc<crate::ingest::SeriesLog>,
+    shutdown: tokio_util::sync::CancellationToken,
+}
 
+async fn live(rules: &str, spacing: Duration) -> Live {
+    use crate::rules::{IngestTriggerOptions, ManagerOptions, RuleManager};
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        dir.path().join("flood.yml"),
-        "groups:\n- name: flood\n  interval: 24h\n  rules:\n  - alert: Flooded\n    expr: count(flood) > 0\n",
-    )
-    .expect("write rules");
+    std::fs::write(dir.path().join("rules.yml"), rules).expect("write rules");
     let store: Arc<dyn Storage> = Arc::new(MemStore::new());
     let engine = Arc::new(Engine::new(Arc::clone(&store), Duration::from_secs(300), 10_000));
     let options = ManagerOptions {
-        files: vec![dir.path().join("flood.yml").display().to_string()],
+        files: vec![dir.path().join("rules.yml").display().to_string()],
         default_interval: Duration::from_secs(3600),
         state_path: dir.path().join("alerts.json"),
         context: EvalContext::default(),
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let spacing = Duration::from_millis(200);
     let manager = RuleManager::new(engine, Arc::clone(&store), None, options, shutdown.clone())
         .with_ingest_triggers(IngestTriggerOptions { min_eval_spacing: spacing, min_eval_spacing_by_group: vec![] });
     manager.apply_config().await.expect("rules apply");
     let wal = crate::wal::Wal::start(&dir.path().join("wal"), 0).expect("wal");
-    let log = Arc::new(SeriesLog::new(Arc::clone(&store), wal, Arc::new(IngestStats::default())));
+    let stats = Arc::new(crate::ingest::IngestStats::default());
+    let log = Arc::new(crate::ingest::SeriesLog::new(Arc::clone(&store), wal, stats));
     log.set_observer(manager.ingest_observer().expect("triggers enabled"));
+    Live { _dir: dir, store, manager, log, shutdown }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_spacing_holds_under_a_flood_of_batches() {
+    let spacing = Duration::from_millis(200);
+    let Live { _dir, store, manager, log, shutdown } = live(
+        "groups:\n- name: flood\n  interval: 24h\n  rules:\n  - alert: Flooded\n    expr: count(flood) > 0\n",
+        spacing,
+    )
+    .await;
 
     // Eight writers storing a batch every 2 ms each for 2 s, as agent sessions do.
     let flood = Duration::from_secs(2);
@@ -449,34 +463,15 @@ async fn min_spacing_holds_under_a_flood_of_batches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_write_request_triggers_the_groups_it_concerns() {
-    use crate::ingest::{IngestStats, SeriesLog};
     use crate::remote::{proto, receiver};
-    use crate::rules::{IngestTriggerOptions, ManagerOptions, RuleManager};
     use tower::ServiceExt as _;
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        dir.path().join("rw.yml"),
+    let Live { _dir, store: _, manager, log, shutdown } = live(
         "groups:\n- name: rw\n  interval: 24h\n  rules:\n  - alert: Written\n    expr: rw_value > 0\n\
          - name: other\n  interval: 24h\n  rules:\n  - alert: Other\n    expr: not_written > 0\n",
+        Duration::from_millis(100),
     )
-    .expect("write rules");
-    let store: Arc<dyn Storage> = Arc::new(MemStore::new());
-    let engine = Arc::new(Engine::new(Arc::clone(&store), Duration::from_secs(300), 10_000));
-    let options = ManagerOptions {
-        files: vec![dir.path().join("rw.yml").display().to_string()],
-        default_interval: Duration::from_secs(3600),
-        state_path: dir.path().join("alerts.json"),
-        context: EvalContext::default(),
-    };
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let manager = RuleManager::new(engine, Arc::clone(&store), None, options, shutdown.clone()).with_ingest_triggers(
-        IngestTriggerOptions { min_eval_spacing: Duration::from_millis(100), min_eval_spacing_by_group: vec![] },
-    );
-    manager.apply_config().await.expect("rules apply");
-    let wal = crate::wal::Wal::start(&dir.path().join("wal"), 0).expect("wal");
-    let log = Arc::new(SeriesLog::new(Arc::clone(&store), wal, Arc::new(IngestStats::default())));
-    log.set_observer(manager.ingest_observer().expect("triggers enabled"));
+    .await;
     let config = herd_common::config::remote_write::ReceiverConfig {
         enabled: true,
         allow_unauthenticated: true,
