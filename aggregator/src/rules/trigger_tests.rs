@@ -2,8 +2,9 @@
 //! recorded stream of batches: three agents whose batches arrive at
 //! different moments (so a triggered evaluation often sees only some of a
 //! round), driven in virtual time through the real trigger index, the real
-//! spacing and the real group evaluator; and the spacing bound under a flood
-//! of batches through the real ingest write path and rule manager.
+//! spacing and the real group evaluator; and, through the real ingest write
+//! path (with its WAL) and rule manager, the spacing bound under a flood of
+//! batches, a remote_write request's triggers, and triggers across a reload.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -376,6 +377,61 @@ async fn live(rules: &str, spacing: Duration) -> Live {
     Live { _dir: dir, store, manager, log, shutdown }
 }
 
+/// Stores one sample of `labels` now as an agent session does: resolve,
+/// append, WAL sync, then tell the observer it is durable.
+async fn store_batch(log: &crate::ingest::SeriesLog, labels: &Labels, seq: u64, value: f64) {
+    let (mut wal_bytes, mut new_series) = (Vec::new(), Vec::new());
+    let series = log.resolve(labels, &mut wal_bytes, &mut new_series);
+    let now = now_ms();
+    let samples = [(series, value)];
+    log.append(now, &samples);
+    let mut observed = ObservedSamples::default();
+    log.note_appended(&samples, &mut observed);
+    crate::wal::encode_samples("test", seq, now, &samples, &mut wal_bytes);
+    log.sync(wal_bytes, new_series).await.expect("wal sync");
+    log.note_durable(&mut observed);
+}
+
+/// Waits up to 5 s for the group `name` to have run `count` triggered evaluations; returns the count.
+async fn triggered_evaluations(manager: &crate::rules::RuleManager, name: &str, count: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen = manager
+            .trigger_stats()
+            .await
+            .iter()
+            .filter(|(key, _)| key.ends_with(&format!(";{name}")))
+            .map(|(_, t)| t.stats.evaluations.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        if seen >= count || std::time::Instant::now() > deadline {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_stored_before_a_reload_still_trigger_after_it() {
+    let Live { _dir, store: _, manager, log, shutdown } = live(
+        "groups:\n- name: kept\n  interval: 24h\n  rules:\n  - alert: Seen\n    expr: seen > 0\n",
+        Duration::from_millis(50),
+    )
+    .await;
+    let labels = Labels::from_pairs([(METRIC_NAME, "seen"), ("instance", "a")]);
+    store_batch(&log, &labels, 1, 1.0).await;
+    assert_eq!(triggered_evaluations(&manager, "kept", 1).await, 1);
+    // A reload (SIGHUP) rebuilds the index; the agent's series is not resolved
+    // again (its connection stays up), so the index must find it in the store.
+    assert_eq!(manager.apply_config().await.expect("reload"), 1);
+    store_batch(&log, &labels, 2, 2.0).await;
+    assert_eq!(triggered_evaluations(&manager, "kept", 2).await, 2, "counted across the reload");
+    manager.refresh_triggers().await;
+    store_batch(&log, &labels, 3, 3.0).await;
+    assert_eq!(triggered_evaluations(&manager, "kept", 3).await, 3, "and after a rebuild");
+    shutdown.cancel();
+    manager.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_spacing_holds_under_a_flood_of_batches() {
     let spacing = Duration::from_millis(200);
@@ -396,16 +452,7 @@ async fn min_spacing_holds_under_a_flood_of_batches() {
             let mut batches = 0u64;
             let mut last_durable_ms = 0;
             while started.elapsed() < flood {
-                let (mut wal_bytes, mut new_series) = (Vec::new(), Vec::new());
-                let series = log.resolve(&labels, &mut wal_bytes, &mut new_series);
-                let now = now_ms();
-                let samples = [(series, 1.0)];
-                log.append(now, &samples);
-                let mut observed = ObservedSamples::default();
-                log.note_appended(&samples, &mut observed);
-                crate::wal::encode_samples("flood", batches, now, &samples, &mut wal_bytes);
-                log.sync(wal_bytes, new_series).await.expect("wal sync");
-                log.note_durable(&mut observed);
+                store_batch(&log, &labels, batches, 1.0).await;
                 last_durable_ms = now_ms();
                 batches += 1;
                 tokio::time::sleep(Duration::from_millis(2)).await;
