@@ -28,6 +28,8 @@ use crate::wal::{self, Wal, WalError, WalRecord};
 
 /// How often the aggregator records its own metrics in the store.
 const SELF_MONITOR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often the rules' trigger index is rebuilt from the store.
+const TRIGGER_REINDEX_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -232,6 +234,9 @@ pub async fn start(
     );
 
     let (notifier, rules) = start_rules(config, &store, query_limits, http_addr, &auth, &shutdown, &mut tasks).await?;
+    if let Some(observer) = rules.ingest_observer() {
+        ingest.series_log().set_observer(observer);
+    }
     let (router_routes, alert_router) = start_router(config, &store, &notifier, http_addr, &shutdown, &mut tasks)?;
     let (remote_routes, remote_figures) =
         start_remote(config, &ingest, &wal, &config.state_dir.join("wal"), &shutdown, &mut tasks)?;
@@ -477,14 +482,35 @@ async fn start_rules(
             resend_delay: config.alerting.resend_delay,
         },
     };
-    let rules = Arc::new(RuleManager::new(
+    let mut manager = RuleManager::new(
         Arc::new(engine),
         Arc::clone(store),
         Some(Arc::clone(&notifier)),
         options,
         shutdown.child_token(),
-    ));
+    );
+    if config.rules.evaluate_on_ingest {
+        manager = manager.with_ingest_triggers(crate::rules::IngestTriggerOptions {
+            min_eval_spacing: config.rules.min_eval_spacing,
+            min_eval_spacing_by_group: config.rules.min_eval_spacing_by_group.clone(),
+        });
+    }
+    let rules = Arc::new(manager);
     rules.apply_config().await?;
+    let (recording, metrics_store, stop) = (Arc::clone(&rules), Arc::clone(store), shutdown.child_token());
+    let instance = format!("{}:{}", crate::selfmon::hostname(), http_addr.port());
+    tasks.spawn(async move {
+        let mut ticker = tokio::time::interval(SELF_MONITOR_INTERVAL);
+        // The trigger index forgets series the store dropped only when rebuilt.
+        let mut reindex = tokio::time::interval_at(tokio::time::Instant::now() + TRIGGER_REINDEX_INTERVAL, TRIGGER_REINDEX_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticker.tick() => recording.record_metrics(metrics_store.as_ref(), &instance, crate::alertmanager::now_ms()).await,
+                _ = reindex.tick() => recording.refresh_triggers().await,
+            }
+        }
+    });
     let (manager, stop) = (Arc::clone(&rules), shutdown.child_token());
     let (auth, http_config) = (Arc::clone(auth), config.http.clone());
     // Installed before `start` returns: a SIGHUP that arrived before the

@@ -22,6 +22,22 @@ pub mod store;
 
 use serde_json::Value as Json;
 
+/// Appends `section` (markdown: a `## Title`, the command, tables, a note) to
+/// the file named by `HERD_BENCH_REPORT`, creating it if missing; does
+/// nothing without the variable. Benchmarks print the section too.
+pub fn bench_report(section: &str) {
+    use std::io::Write as _;
+    let Some(path) = std::env::var_os("HERD_BENCH_REPORT") else { return };
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut file| writeln!(file, "{}", section.trim_end()).and_then(|()| writeln!(file)));
+    if let Err(err) = written {
+        eprintln!("cannot append the report to {}: {err}", PathBuf::from(&path).display());
+    }
+}
+
 /// Path of a workspace binary next to the running test's target directory.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

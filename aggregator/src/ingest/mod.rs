@@ -56,6 +56,25 @@ impl IngestStats {
     }
 }
 
+/// Told what ingest stores; the rule manager implements it to evaluate
+/// alerting rules as soon as data they read is stored (`rules::trigger`).
+pub trait IngestObserver: Send + Sync {
+    /// `labels` were resolved to `series` and logged for the first time by this process.
+    fn series_resolved(&self, series: SeriesRef, labels: &Labels);
+    /// `samples` were appended to the store; note in `pending` what they concern.
+    fn samples_appended(&self, samples: &[(SeriesRef, f64)], pending: &mut ObservedSamples);
+    /// What `pending` noted is durable now (its WAL record synced); empties `pending`.
+    fn samples_durable(&self, pending: &mut ObservedSamples);
+}
+
+/// What an `IngestObserver` noted about appended samples until they are
+/// durable; its content is the observer's.
+#[derive(Debug, Default)]
+pub struct ObservedSamples {
+    pub generation: u64,
+    pub bits: Vec<u64>,
+}
+
 /// The one write path into the aggregator, shared by agent batches and
 /// remote_write requests: series definitions are logged to the WAL once per
 /// process before their first samples, records are synced, samples are
@@ -66,11 +85,32 @@ pub struct SeriesLog {
     stats: Arc<IngestStats>,
     /// Series whose labels this process has written to the WAL.
     logged_series: Mutex<HashSet<SeriesRef>>,
+    /// Told what is stored (set once, at start).
+    observer: std::sync::OnceLock<Arc<dyn IngestObserver>>,
 }
 
 impl SeriesLog {
     pub fn new(store: Arc<dyn Storage>, wal: Wal, stats: Arc<IngestStats>) -> Self {
-        Self { store, wal, stats, logged_series: Mutex::new(HashSet::new()) }
+        Self { store, wal, stats, logged_series: Mutex::new(HashSet::new()), observer: std::sync::OnceLock::new() }
+    }
+
+    /// Tells `observer` what is stored from now on (set once; later calls are ignored).
+    pub fn set_observer(&self, observer: Arc<dyn IngestObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// Lets the observer note what `samples` (just appended) concern.
+    pub fn note_appended(&self, samples: &[(SeriesRef, f64)], pending: &mut ObservedSamples) {
+        if let Some(observer) = self.observer.get() {
+            observer.samples_appended(samples, pending);
+        }
+    }
+
+    /// Tells the observer that what `pending` noted is durable.
+    pub fn note_durable(&self, pending: &mut ObservedSamples) {
+        if let Some(observer) = self.observer.get() {
+            observer.samples_durable(pending);
+        }
     }
 
     /// The store's series for `labels`; its definition is added to
@@ -81,6 +121,9 @@ impl SeriesLog {
         if !logged {
             wal::encode_series(series, labels, wal_bytes);
             new_series.push(series);
+            if let Some(observer) = self.observer.get() {
+                observer.series_resolved(series, labels);
+            }
         }
         series
     }
@@ -256,6 +299,7 @@ impl Ingest {
             awaiting_sync: Vec::new(),
             new_series: Vec::new(),
             wal_samples: Vec::new(),
+            observed: ObservedSamples::default(),
             newest_batch_ms: i64::MIN,
             pushes: None,
         };
@@ -290,6 +334,8 @@ struct Session<'a> {
     new_series: Vec<SeriesRef>,
     /// Reused buffer for one batch's (series, value) pairs.
     wal_samples: Vec<(u64, f64)>,
+    /// What the batches in `wal_bytes` concern (rules to evaluate once synced).
+    observed: ObservedSamples,
     /// Timestamp of the newest batch received on this connection (for the clock offset).
     newest_batch_ms: i64,
     /// Configurations to push to this agent, once it said hello.
@@ -441,6 +487,7 @@ impl Session<'_> {
             self.wal_samples.push((series, value));
         }
         self.ingest.log.append(timestamp_ms, &self.wal_samples);
+        self.ingest.log.note_appended(&self.wal_samples, &mut self.observed);
         if timestamp_ms > self.newest_batch_ms {
             // A batch newer than any before it was collected just now: its age
             // on arrival is the agent's clock offset plus a little transit.
@@ -472,6 +519,7 @@ impl Session<'_> {
         let result = self.ingest.log.sync(bytes, new_series).await;
         let synced = std::mem::take(&mut self.awaiting_sync);
         result?;
+        self.ingest.log.note_durable(&mut self.observed);
         for seq in synced {
             self.ingest.dedup.insert(&self.identity, seq);
             push_ack(&mut self.acks, seq);

@@ -111,12 +111,15 @@ async fn write(State(receiver): State<Arc<Receiver>>, body: Body) -> Response {
     }
     let mut rejected = 0usize;
     let mut first_error = None;
+    let mut observed = crate::ingest::ObservedSamples::default();
     for_each_timestamp(&points, &mut group, |timestamp_ms, group| {
         if let Some(err) = receiver.log.append(timestamp_ms, group) {
             rejected += 1;
             first_error.get_or_insert(err);
         }
+        receiver.log.note_appended(group, &mut observed);
     });
+    receiver.log.note_durable(&mut observed);
     stats.samples.fetch_add(points.len() as u64, Ordering::Relaxed);
     match first_error {
         None => StatusCode::NO_CONTENT.into_response(),

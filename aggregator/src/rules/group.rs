@@ -3,8 +3,11 @@
 //! append their result to the store; alerting rules move their alerts
 //! through inactive → pending → firing → resolved (honouring `for` and
 //! `keep_firing_for`) and write `ALERTS` and `ALERTS_FOR_STATE`. Series a rule
-//! wrote last time and not this time get a staleness marker. It reads no
-//! clock and does no I/O besides the store: the manager schedules it.
+//! wrote last time and not this time get a staleness marker. A periodic
+//! evaluation runs every rule; one triggered by ingest runs only the
+//! alerting rules marked `on_ingest`, each exactly as a periodic evaluation
+//! at that time would. It reads no clock and does no I/O besides the store:
+//! the manager schedules it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -87,6 +90,8 @@ pub struct RuleState {
     pub last_error: Option<String>,
     pub last_eval_ms: Option<i64>,
     pub last_eval_duration: Duration,
+    /// Evaluated on ingest triggers too (`trigger::triggerable`), not only periodically.
+    pub on_ingest: bool,
     /// Series written last evaluation, to mark stale when they disappear.
     written: HashSet<Labels>,
 }
@@ -94,6 +99,7 @@ pub struct RuleState {
 impl RuleState {
     fn new(rule: Rule) -> Self {
         Self {
+            on_ingest: false,
             rule,
             active: BTreeMap::new(),
             health: Health::Unknown,
@@ -111,6 +117,18 @@ pub struct GroupOutcome {
     /// An alert was created, changed state, or was dropped: persist the state.
     pub state_changed: bool,
     pub to_send: Vec<OutgoingAlert>,
+    /// Alerting rules a periodic evaluation left out: a triggered one already ran at or after its time.
+    pub covered: usize,
+}
+
+/// Why a group is evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvalKind {
+    /// At the group's interval: every rule (alerting rules already evaluated
+    /// at or after this time by a trigger are left out).
+    Periodic,
+    /// Data an alerting rule reads was stored: the rules with `on_ingest` only.
+    Ingest,
 }
 
 #[derive(Debug, Clone)]
@@ -126,7 +144,7 @@ pub struct Group {
 
 impl Group {
     pub fn new(group: RuleGroup, default_interval: Duration) -> Self {
-        Self {
+        let mut group = Self {
             name: group.name,
             file: group.file,
             interval: group.interval.unwrap_or(default_interval),
@@ -134,7 +152,17 @@ impl Group {
             rules: group.rules.into_iter().map(RuleState::new).collect(),
             last_eval_ms: None,
             last_eval_duration: Duration::ZERO,
+        };
+        let triggerable = super::trigger::triggerable(&group);
+        for (state, on_ingest) in group.rules.iter_mut().zip(triggerable) {
+            state.on_ingest = on_ingest;
         }
+        group
+    }
+
+    /// Whether any rule is evaluated on ingest triggers.
+    pub fn has_ingest_rules(&self) -> bool {
+        self.rules.iter().any(|r| r.on_ingest)
     }
 
     /// `file` and `name` together: what a reload and the state file match groups by.
@@ -164,12 +192,37 @@ impl Group {
     }
 
     /// Evaluates every rule at `ts_ms`, in order (a recording rule's output is
-    /// visible to the rules after it).
+    /// visible to the rules after it): a periodic evaluation.
     pub fn eval(&mut self, engine: &Engine, store: &dyn Storage, ts_ms: i64, ctx: &EvalContext) -> GroupOutcome {
+        self.eval_as(EvalKind::Periodic, engine, store, ts_ms, ctx)
+    }
+
+    /// Evaluates the rules `kind` selects at `ts_ms`, in order. Each rule is
+    /// evaluated exactly as a periodic evaluation at `ts_ms` would.
+    pub fn eval_as(
+        &mut self,
+        kind: EvalKind,
+        engine: &Engine,
+        store: &dyn Storage,
+        ts_ms: i64,
+        ctx: &EvalContext,
+    ) -> GroupOutcome {
         let started = std::time::Instant::now();
         let mut outcome = GroupOutcome::default();
         let interval_ms = self.interval.as_millis() as i64;
         for state in &mut self.rules {
+            match kind {
+                EvalKind::Ingest if !state.on_ingest => continue,
+                // Evaluating again at an earlier time would move its alerts back in time.
+                EvalKind::Periodic
+                    if matches!(state.rule, Rule::Alerting(_))
+                        && state.last_eval_ms.is_some_and(|last| last >= ts_ms) =>
+                {
+                    outcome.covered += 1;
+                    continue;
+                }
+                _ => {}
+            }
             let rule_started = std::time::Instant::now();
             let result = match &state.rule {
                 Rule::Recording(rule) => eval_recording(rule, engine, ts_ms, self.limit),

@@ -3,8 +3,15 @@
 //! set if any file is broken (the running groups keep going), and otherwise
 //! replaces the running groups, carrying alert state over; each group runs as
 //! a task evaluating at its interval; `stop` ends them. Evaluations run on
-//! blocking threads (PromQL is CPU work); alert state is saved after every
-//! evaluation that changed it, and firing or resolved alerts go to the notifier.
+//! blocking threads (PromQL is CPU work); firing or resolved alerts go to the
+//! notifier first, then alert state is saved if the evaluation changed it
+//! (so the disk's sync does not delay a notification).
+//!
+//! With `evaluate_on_ingest`, a group's task also evaluates its alerting
+//! rules when ingest stored data they read (`trigger`): at the time of that
+//! evaluation, never sooner than `min_eval_spacing` after the previous
+//! triggered one. One task per group runs both kinds one at a time, so a
+//! group's evaluation timestamps only grow.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -16,8 +23,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::file::{RuleFileError, RuleGroup, load_file};
-use super::group::{EvalContext, Group};
+use super::group::{EvalContext, EvalKind, Group};
 use super::state::AlertStateStore;
+use super::trigger::{GroupTrigger, Spacing, TriggerIndex, Triggers};
+use crate::ingest::IngestObserver;
 use crate::notify::Notifier;
 use crate::promql::Engine;
 use crate::store::Storage;
@@ -43,8 +52,24 @@ pub struct ManagerOptions {
     pub context: EvalContext,
 }
 
+/// Ingest-triggered evaluation (`[rules] evaluate_on_ingest`, `min_eval_spacing`).
+#[derive(Debug, Clone, Default)]
+pub struct IngestTriggerOptions {
+    pub min_eval_spacing: Duration,
+    /// By group name, overriding `min_eval_spacing`.
+    pub min_eval_spacing_by_group: Vec<(String, Duration)>,
+}
+
+impl IngestTriggerOptions {
+    fn spacing_of(&self, group: &str) -> Duration {
+        self.min_eval_spacing_by_group.iter().find(|(name, _)| name == group).map_or(self.min_eval_spacing, |(_, s)| *s)
+    }
+}
+
 struct RunningGroup {
     group: Arc<Mutex<Group>>,
+    /// Its ingest trigger, when it has rules evaluated on ingest.
+    trigger: Option<Arc<GroupTrigger>>,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -57,6 +82,10 @@ pub struct RuleManager {
     state: Arc<Mutex<AlertStateStore>>,
     running: tokio::sync::Mutex<Vec<RunningGroup>>,
     shutdown: CancellationToken,
+    /// Set when alerting rules are evaluated on ingest too.
+    ingest_triggers: Option<IngestTriggerOptions>,
+    triggers: Arc<Triggers>,
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// Expands the patterns into the sorted list of rule files.
@@ -113,7 +142,22 @@ impl RuleManager {
             state: Arc::new(Mutex::new(state)),
             running: tokio::sync::Mutex::new(Vec::new()),
             shutdown,
+            ingest_triggers: None,
+            triggers: Arc::new(Triggers::default()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Evaluates alerting rules when ingest stores data they read, besides
+    /// periodically; give `ingest_observer` to ingest. Call before `apply_config`.
+    pub fn with_ingest_triggers(mut self, options: IngestTriggerOptions) -> Self {
+        self.ingest_triggers = Some(options);
+        self
+    }
+
+    /// What ingest must tell about stored data, when rules are evaluated on ingest.
+    pub fn ingest_observer(&self) -> Option<Arc<dyn IngestObserver>> {
+        self.ingest_triggers.as_ref().map(|_| Arc::clone(&self.triggers) as Arc<dyn IngestObserver>)
     }
 
     /// Loads the rule files and, if all are valid, replaces the running
@@ -139,8 +183,12 @@ impl RuleManager {
             group.stop.cancel();
         }
         let mut old_groups = Vec::with_capacity(old.len());
+        let mut old_triggers = Vec::new();
         for group in old {
             let _ = group.task.await;
+            if let Some(trigger) = group.trigger {
+                old_triggers.push((group.group.lock().expect("group lock is not poisoned").key(), trigger));
+            }
             old_groups.push(group.group);
         }
         {
@@ -166,11 +214,31 @@ impl RuleManager {
             }
         }
         let count = new_groups.len();
-        for group in new_groups {
+        // A kept group keeps its trigger: its counters, and a request not yet served.
+        let triggers: Vec<Option<Arc<GroupTrigger>>> = new_groups
+            .iter()
+            .map(|group| {
+                let options = self.ingest_triggers.as_ref().filter(|_| group.has_ingest_rules())?;
+                let kept = old_triggers.iter().find(|(key, _)| *key == group.key()).map(|(_, t)| Arc::clone(t));
+                Some(kept.unwrap_or_else(|| Arc::new(GroupTrigger::new(options.spacing_of(&group.name)))))
+            })
+            .collect();
+        if self.ingest_triggers.is_some() {
+            let generation = self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let pairs: Vec<(&Group, Option<Arc<GroupTrigger>>)> =
+                new_groups.iter().zip(triggers.iter().cloned()).collect();
+            let index = TriggerIndex::new(generation, &pairs);
+            let (triggers, store) = (Arc::clone(&self.triggers), Arc::clone(&self.store));
+            // Matching the stored series reads the store's index: off the runtime.
+            tokio::task::spawn_blocking(move || triggers.replace(index, store.as_ref()))
+                .await
+                .expect("trigger index building does not panic");
+        }
+        for (group, trigger) in new_groups.into_iter().zip(triggers) {
             let group = Arc::new(Mutex::new(group));
             let stop = self.shutdown.child_token();
-            let task = tokio::spawn(self.group_loop(Arc::clone(&group), stop.clone()));
-            running.push(RunningGroup { group, stop, task });
+            let task = tokio::spawn(self.group_loop(Arc::clone(&group), trigger.clone(), stop.clone()));
+            running.push(RunningGroup { group, trigger, stop, task });
         }
         info!(groups = count, "rules applied");
         Ok(count)
@@ -196,7 +264,73 @@ impl RuleManager {
         groups
     }
 
-    fn group_loop(&self, group: Arc<Mutex<Group>>, stop: CancellationToken) -> impl Future<Output = ()> + use<> {
+    /// Appends the rule manager's counters to `store` at `timestamp_ms` (`job="herd-aggregator"`).
+    pub async fn record_metrics(&self, store: &dyn Storage, instance: &str, timestamp_ms: i64) {
+        use herd_common::metric::{Labels, METRIC_NAME};
+        use std::sync::atomic::Ordering::Relaxed;
+        let running = self.running.lock().await;
+        for running in running.iter() {
+            let Some(trigger) = &running.trigger else { continue };
+            let key = running.group.lock().expect("group lock is not poisoned").key();
+            let stats = &trigger.stats;
+            for (name, value) in [
+                ("herd_rule_trigger_requests_total", &stats.requests),
+                ("herd_rule_triggered_evaluations_total", &stats.evaluations),
+                ("herd_rule_triggered_evaluations_skipped_total", &stats.skipped),
+                ("herd_rule_alerting_evaluations_covered_total", &stats.periodic_covered),
+            ] {
+                let labels = Labels::from_pairs([
+                    (METRIC_NAME, name),
+                    ("job", "herd-aggregator"),
+                    ("instance", instance),
+                    ("rule_group", key.as_str()),
+                ]);
+                let series = store.series_ref(&labels);
+                let _ = store.append(series, crate::store::Sample { timestamp_ms, value: value.load(Relaxed) as f64 });
+            }
+        }
+    }
+
+    /// Rebuilds the trigger index from the running groups and the store, so
+    /// that series the store no longer holds are forgotten. The manager's
+    /// owner calls it now and then (`server.rs`: hourly).
+    pub async fn refresh_triggers(&self) {
+        if self.ingest_triggers.is_none() {
+            return;
+        }
+        let running = self.running.lock().await;
+        let groups: Vec<Group> =
+            running.iter().map(|r| r.group.lock().expect("group lock is not poisoned").clone()).collect();
+        let pairs: Vec<(&Group, Option<Arc<GroupTrigger>>)> =
+            groups.iter().zip(running.iter().map(|r| r.trigger.clone())).collect();
+        let generation = self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let index = TriggerIndex::new(generation, &pairs);
+        let (triggers, store) = (Arc::clone(&self.triggers), Arc::clone(&self.store));
+        // Held across the rebuild so that a reload cannot publish its index before this older one.
+        let _running = running;
+        tokio::task::spawn_blocking(move || triggers.replace(index, store.as_ref()))
+            .await
+            .expect("trigger index building does not panic");
+    }
+
+    /// Counters of the groups evaluated on ingest, by group key.
+    pub async fn trigger_stats(&self) -> Vec<(String, Arc<GroupTrigger>)> {
+        let running = self.running.lock().await;
+        running
+            .iter()
+            .filter_map(|r| {
+                let trigger = r.trigger.as_ref()?;
+                Some((r.group.lock().expect("group lock is not poisoned").key(), Arc::clone(trigger)))
+            })
+            .collect()
+    }
+
+    fn group_loop(
+        &self,
+        group: Arc<Mutex<Group>>,
+        trigger: Option<Arc<GroupTrigger>>,
+        stop: CancellationToken,
+    ) -> impl Future<Output = ()> + use<> {
         let engine = Arc::clone(&self.engine);
         let store = Arc::clone(&self.store);
         let notifier = self.notifier.clone();
@@ -211,24 +345,69 @@ impl RuleManager {
             let first = tokio::time::Instant::now() + slots.until_next(now_ms());
             let mut ticker = tokio::time::interval_at(first, interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut last_slot_ms = i64::MIN;
             let mut last_ts_ms = i64::MIN;
+            let mut spacing = Spacing::new(trigger.as_ref().map_or(Duration::ZERO, |t| t.min_spacing));
+            // When the requested triggered evaluation may run. A request the
+            // group's task before a reload did not serve is served now.
+            let mut trigger_due: Option<tokio::time::Instant> =
+                trigger.as_ref().filter(|t| t.is_requested()).map(|_| tokio::time::Instant::now());
             loop {
-                tokio::select! {
+                let kind = tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = ticker.tick() => {}
-                }
-                let ts_ms = slots.current(now_ms());
-                // A late tick can land in the slot already evaluated.
-                if ts_ms <= last_ts_ms {
-                    continue;
-                }
-                last_ts_ms = ts_ms;
-                let (group, engine, store, state, context) =
-                    (Arc::clone(&group), Arc::clone(&engine), Arc::clone(&store), Arc::clone(&state), context.clone());
+                    _ = ticker.tick() => EvalKind::Periodic,
+                    _ = wait_request(trigger.as_deref()), if trigger_due.is_none() => {
+                        trigger_due = Some(spacing.due(tokio::time::Instant::now()));
+                        continue;
+                    }
+                    _ = tokio::time::sleep_until(trigger_due.unwrap_or_else(tokio::time::Instant::now)), if trigger_due.is_some() => {
+                        trigger_due = None;
+                        EvalKind::Ingest
+                    }
+                };
+                let ts_ms = match kind {
+                    EvalKind::Periodic => {
+                        let slot = slots.current(now_ms());
+                        // A late tick can land in the slot already evaluated.
+                        if slot <= last_slot_ms {
+                            continue;
+                        }
+                        last_slot_ms = slot;
+                        slot
+                    }
+                    EvalKind::Ingest => {
+                        let trigger = trigger.as_ref().expect("only groups with a trigger are triggered");
+                        // Data stored from here on asks for the next evaluation.
+                        trigger.take();
+                        trigger.stats.evaluations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        spacing.started(tokio::time::Instant::now());
+                        // The time of evaluation, after every earlier one of this group.
+                        now_ms().max(last_ts_ms.saturating_add(1))
+                    }
+                };
+                last_ts_ms = last_ts_ms.max(ts_ms);
+                let (group, engine, store, state, context, notifier, trigger) = (
+                    Arc::clone(&group),
+                    Arc::clone(&engine),
+                    Arc::clone(&store),
+                    Arc::clone(&state),
+                    context.clone(),
+                    notifier.clone(),
+                    trigger.clone(),
+                );
                 let evaluated = tokio::task::spawn_blocking(move || {
                     // Evaluate a copy so that readers (the API) never wait for an evaluation.
                     let mut evaluating = group.lock().expect("group lock is not poisoned").clone();
-                    let outcome = evaluating.eval(&engine, store.as_ref(), ts_ms, &context);
+                    let mut outcome = evaluating.eval_as(kind, &engine, store.as_ref(), ts_ms, &context);
+                    if let Some(trigger) = &trigger {
+                        trigger
+                            .stats
+                            .periodic_covered
+                            .fetch_add(outcome.covered as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if let Some(notifier) = &notifier {
+                        notifier.send(std::mem::take(&mut outcome.to_send));
+                    }
                     if outcome.state_changed {
                         let mut state = state.lock().expect("alert state lock is not poisoned");
                         state.update(&evaluating);
@@ -237,19 +416,21 @@ impl RuleManager {
                         }
                     }
                     *group.lock().expect("group lock is not poisoned") = evaluating;
-                    outcome.to_send
                 })
                 .await;
-                match evaluated {
-                    Ok(to_send) => {
-                        if let Some(notifier) = &notifier {
-                            notifier.send(to_send);
-                        }
-                    }
-                    Err(err) => error!(error = %err, "rule group evaluation panicked"),
+                if let Err(err) = evaluated {
+                    error!(error = %err, "rule group evaluation panicked");
                 }
             }
         }
+    }
+}
+
+/// Completes when `trigger` has a request; never without a trigger.
+async fn wait_request(trigger: Option<&GroupTrigger>) {
+    match trigger {
+        Some(trigger) => trigger.requested().await,
+        None => std::future::pending().await,
     }
 }
 

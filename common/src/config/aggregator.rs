@@ -18,6 +18,8 @@ const DEFAULT_LOOKBACK_DELTA: Duration = Duration::from_secs(300);
 const DEFAULT_MAX_SERIES_PER_AGENT: u32 = 1_000_000;
 /// Prometheus's `global.evaluation_interval` default.
 const DEFAULT_EVALUATION_INTERVAL: Duration = Duration::from_secs(60);
+/// Shortest time between two ingest-triggered evaluations of a rule group by default.
+pub const DEFAULT_MIN_EVAL_SPACING: Duration = Duration::from_secs(1);
 /// Prometheus's `--rules.alert.resend-delay` default.
 const DEFAULT_RESEND_DELAY: Duration = Duration::from_secs(60);
 /// Prometheus's default Alertmanager timeout.
@@ -72,6 +74,14 @@ pub struct RawRules {
     /// Added to alerts sent to Alertmanager and available as `$externalLabels`.
     #[serde(default)]
     pub external_labels: std::collections::BTreeMap<String, String>,
+    /// Evaluate alerting rules as soon as data their selectors read is stored (default true).
+    pub evaluate_on_ingest: Option<bool>,
+    /// Shortest time between two ingest-triggered evaluations of one group.
+    #[serde(default, with = "humantime_serde")]
+    pub min_eval_spacing: Option<Duration>,
+    /// `min_eval_spacing` for the groups of these names, e.g. `{ detect = "200ms" }`.
+    #[serde(default)]
+    pub min_eval_spacing_by_group: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -102,6 +112,11 @@ pub struct RulesConfig {
     pub files: Vec<String>,
     pub evaluation_interval: Duration,
     pub external_labels: Vec<(String, String)>,
+    /// Ingest-triggered evaluation of alerting rules (periodic evaluation runs regardless).
+    pub evaluate_on_ingest: bool,
+    pub min_eval_spacing: Duration,
+    /// Per group name, overriding `min_eval_spacing`.
+    pub min_eval_spacing_by_group: Vec<(String, Duration)>,
 }
 
 /// Where alerts go: `[alerting]`.
@@ -279,11 +294,23 @@ impl RawAggregatorConfig {
         if query_limits.timeout.is_zero() {
             problems.push("query.timeout", "must be above zero");
         }
-        let rules = RulesConfig {
+        let mut rules = RulesConfig {
             files: self.rules.files.iter().map(|f| resolve(base_dir, Path::new(f)).display().to_string()).collect(),
             evaluation_interval: self.rules.evaluation_interval.unwrap_or(DEFAULT_EVALUATION_INTERVAL),
             external_labels: self.rules.external_labels.into_iter().collect(),
+            evaluate_on_ingest: self.rules.evaluate_on_ingest.unwrap_or(true),
+            min_eval_spacing: self.rules.min_eval_spacing.unwrap_or(DEFAULT_MIN_EVAL_SPACING),
+            min_eval_spacing_by_group: Vec::new(),
         };
+        for (group, text) in &self.rules.min_eval_spacing_by_group {
+            match humantime::parse_duration(text) {
+                Ok(spacing) => rules.min_eval_spacing_by_group.push((group.clone(), spacing)),
+                Err(err) => problems.push(
+                    &format!("rules.min_eval_spacing_by_group.{group}"),
+                    format!("{text:?} is not a duration ({err}); write e.g. \"200ms\""),
+                ),
+            }
+        }
         if rules.evaluation_interval.is_zero() {
             problems.push("rules.evaluation_interval", "must be above zero");
         }
@@ -397,6 +424,8 @@ mod tests {
         .unwrap();
         assert_eq!(config.rules.files, ["/etc/herd/rules/*.yml", "/abs.yml"]);
         assert_eq!(config.rules.evaluation_interval, Duration::from_secs(15));
+        assert!(config.rules.evaluate_on_ingest);
+        assert_eq!(config.rules.min_eval_spacing, DEFAULT_MIN_EVAL_SPACING);
         assert_eq!(config.alerting.resend_delay, Duration::from_secs(30));
         assert_eq!(
             config.alerting.alertmanagers,
@@ -406,6 +435,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("a.toml: alerting.alertmanagers[0].url"), "{err}");
+    }
+
+    #[test]
+    fn ingest_triggered_evaluation_settings() {
+        let config = AggregatorConfig::from_toml(
+            "aggregator.toml",
+            "[rules]\nevaluate_on_ingest = false\nmin_eval_spacing = \"200ms\"\nmin_eval_spacing_by_group = { detect = \"50ms\" }\n",
+            None,
+        )
+        .unwrap();
+        assert!(!config.rules.evaluate_on_ingest);
+        assert_eq!(config.rules.min_eval_spacing, Duration::from_millis(200));
+        assert_eq!(config.rules.min_eval_spacing_by_group, [("detect".to_owned(), Duration::from_millis(50))]);
+        let err = AggregatorConfig::from_toml(
+            "aggregator.toml",
+            "[rules]\nmin_eval_spacing_by_group = { detect = \"soon\" }\n",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("rules.min_eval_spacing_by_group.detect"), "{err}");
     }
 
     #[test]
