@@ -254,7 +254,8 @@ mod tests {
         ) {
             let mut t = start;
             let samples: Vec<Sample> = steps.iter().map(|&(step, value)| { t = t.wrapping_add(step); Sample { timestamp_ms: t, value } }).collect();
-            check(&samples, 20.0);
+            // Worst case: 10 bytes of timestamp varint and 9 of raw value, plus the header.
+            check(&samples, 32.0);
         }
 
         #[test]
