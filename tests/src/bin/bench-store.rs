@@ -328,14 +328,15 @@ fn main() {
     if prometheus.is_none() {
         println!("prometheus did not run (is Debian's prometheus installed?)");
     }
-    let command = format!("target/release/bench-store {series} {hours} {head_series}");
+    // The command as run (the binary's path says which build it was).
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
     let herd_head = head.unwrap_or(f64::NAN);
     bench_report(&format!(
         "## Store: disk bytes per sample and head memory per series\n\n\
          `{command}`\n\n\
          | figure | Herd | peer | ratio |\n\
          | --- | --- | --- | --- |\n\
-         | bytes per sample on disk after compaction ({series} series x {hours} h at 15 s, {blocks} blocks) | {herd_disk:.3} | VictoriaMetrics {vm} | {vm_ratio} |\n\
+         | bytes per sample on disk after compaction ({series} series x {hours} h at 15 s, {blocks} block(s)) | {herd_disk:.3} | VictoriaMetrics {vm} | {vm_ratio} |\n\
          | head bytes per active series, RSS growth ({head_series} series x 90 samples at 60 s) | {herd_head:.0} | Prometheus {prom_rss} | {prom_ratio} |\n\
          | (Prometheus Go heap in use per series, after a forced GC) | | {prom_heap} | {heap_ratio} |\n\n\
          Disk: the same generated samples (node-like whole-unit counters, slow gauges, constants; \
