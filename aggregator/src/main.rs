@@ -12,6 +12,13 @@ use herd_common::tls::{Role, TlsMaterial};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+// mimalloc instead of glibc's malloc: the store holds many small objects per
+// series (label strings, per-series state), which glibc rounds up to 32
+// bytes each and spreads over per-thread arenas; `bench-store` measures the
+// head with this allocator (about 700 instead of 850 bytes per series).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Herd aggregator: accepts agents over QUIC with mutual TLS, stores their
 /// samples, and answers PromQL over a Prometheus-compatible HTTP API.
 #[derive(Debug, Parser)]

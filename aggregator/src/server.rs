@@ -21,7 +21,7 @@ use crate::notify::{AlertmanagerTarget, Notifier};
 use crate::promql::{Engine, Limits};
 use crate::rules::{ApplyError, EvalContext, ManagerOptions, RuleManager};
 use crate::store::Storage;
-use crate::store::db::{Db, DbOptions};
+use crate::store::db::{Db, DbOptions, RetentionRule};
 use crate::store::maintenance::Maintenance;
 use crate::store::{Sample, SeriesRef};
 use crate::wal::{self, Wal, WalError, WalRecord};
@@ -120,13 +120,25 @@ async fn open_store(
     let storage = &config.storage;
     let as_ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     let options =
-        DbOptions::new(as_ms(storage.block_duration), as_ms(storage.retention_time), storage.retention_size_bytes);
+        DbOptions::new(as_ms(storage.block_duration), as_ms(storage.retention_time), storage.retention_size_bytes)
+            .with_block_cache_bytes(storage.block_cache_bytes);
+    // The config validated every selector: a rule that still fails is skipped with an error.
+    let retention_rules: Vec<RetentionRule> = storage
+        .retention_rules
+        .iter()
+        .filter_map(|rule| {
+            RetentionRule::from_config(rule)
+                .inspect_err(|error| tracing::error!(selector = %rule.selector, %error, "skipping a retention rule"))
+                .ok()
+        })
+        .collect();
     let wal_dir = config.state_dir.join("wal");
     let blocks_dir = config.state_dir.join("blocks");
     let (db, replayed_bytes) = {
         let dedup = Arc::clone(dedup);
         tokio::task::spawn_blocking(move || -> Result<(Arc<Db>, u64), StartError> {
             let db = Arc::new(Db::open(&blocks_dir, options)?);
+            db.set_retention_rules(retention_rules);
             let bytes = replay_wal(&wal_dir, &db, &dedup)?;
             Ok((db, bytes))
         })

@@ -7,8 +7,15 @@
 //! are a kind byte and varint fields:
 //!
 //! - `1` series: store ref, label count, then name/value pairs.
-//! - `2` samples: agent id, batch sequence, timestamp, count, then per sample
-//!   a store ref and the value's IEEE-754 bits.
+//! - `5` samples: agent id, batch sequence, timestamp, count, then per sample
+//!   the store ref as the zigzag difference to the previous sample's ref, and
+//!   the value as one varint whose low 2 bits say how: `0` an integer
+//!   (zigzag), `1` a decimal `m / 10^d` that converts back to the same bits
+//!   (zigzag `m` and 4 bits of `d`), `2` the IEEE-754 bits follow (8 bytes).
+//!   Counters and gauges of whole units or a few decimals take 1-4 bytes
+//!   instead of 8; anything else keeps its exact bits.
+//! - `2` samples, the format before `5` (per sample a ref and the 8 bytes of
+//!   the value): still read, no longer written.
 //! - `3` head chunk (checkpoints only): store ref, sample count, then the
 //!   bytes of one compressed chunk (`store/chunk.rs`'s format, about a
 //!   quarter of the size of plain samples).
@@ -48,6 +55,16 @@ const KIND_SERIES: u8 = 1;
 const KIND_SAMPLES: u8 = 2;
 const KIND_HEAD_CHUNK: u8 = 3;
 const KIND_SEQ_RANGES: u8 = 4;
+const KIND_SAMPLES_COMPACT: u8 = 5;
+/// Value tags of `KIND_SAMPLES_COMPACT` (the low 2 bits of the value varint).
+const VALUE_INTEGER: u64 = 0;
+const VALUE_DECIMAL: u64 = 1;
+const VALUE_BITS: u64 = 2;
+/// Decimals up to this many digits after the point are stored as integers.
+const MAX_DECIMALS: usize = 9;
+const POW10: [f64; MAX_DECIMALS + 1] = [1.0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
+/// Integers beyond this do not all convert back exactly.
+const MAX_EXACT_INTEGER: f64 = 9_007_199_254_740_992.0;
 const CHECKPOINT_PREFIX: &str = "checkpoint.";
 /// Submissions waiting for the writer before submitters wait.
 const QUEUE_DEPTH: usize = 1024;
@@ -108,16 +125,53 @@ pub fn encode_series(series_ref: u64, labels: &Labels, out: &mut Vec<u8>) {
 /// Appends one framed samples record to `out`.
 pub fn encode_samples(agent: &str, seq: u64, timestamp_ms: i64, samples: &[(u64, f64)], out: &mut Vec<u8>) {
     frame(out, |payload| {
-        payload.push(KIND_SAMPLES);
+        payload.push(KIND_SAMPLES_COMPACT);
         put_bytes(agent.as_bytes(), payload);
         put_varint(seq, payload);
         put_varint(zigzag(timestamp_ms), payload);
         put_varint(samples.len() as u64, payload);
+        let mut previous_ref = 0u64;
         for &(series_ref, value) in samples {
-            put_varint(series_ref, payload);
-            payload.extend_from_slice(&value.to_bits().to_le_bytes());
+            put_varint(zigzag(series_ref.wrapping_sub(previous_ref) as i64), payload);
+            previous_ref = series_ref;
+            put_value(value, payload);
         }
     });
+}
+
+/// `value` as an integer that converts back to the same bits (not -0.0).
+fn exact_integer(value: f64) -> Option<i64> {
+    if !value.is_finite() || value.fract() != 0.0 || value.abs() >= MAX_EXACT_INTEGER {
+        return None;
+    }
+    let integer = value as i64;
+    ((integer as f64).to_bits() == value.to_bits()).then_some(integer)
+}
+
+/// `value` as `m / 10^d` (1 <= d <= MAX_DECIMALS) converting back to the same bits.
+fn exact_decimal(value: f64) -> Option<(i64, usize)> {
+    if !value.is_finite() || value == 0.0 {
+        return None;
+    }
+    (1..=MAX_DECIMALS).find_map(|digits| {
+        let scaled = value * POW10[digits];
+        if scaled.fract() != 0.0 || scaled.abs() >= MAX_EXACT_INTEGER {
+            return None;
+        }
+        let mantissa = scaled as i64;
+        ((mantissa as f64 / POW10[digits]).to_bits() == value.to_bits()).then_some((mantissa, digits))
+    })
+}
+
+fn put_value(value: f64, out: &mut Vec<u8>) {
+    if let Some(integer) = exact_integer(value) {
+        put_varint(zigzag(integer) << 2 | VALUE_INTEGER, out);
+    } else if let Some((mantissa, digits)) = exact_decimal(value) {
+        put_varint((zigzag(mantissa) << 4 | digits as u64) << 2 | VALUE_DECIMAL, out);
+    } else {
+        put_varint(VALUE_BITS, out);
+        out.extend_from_slice(&value.to_bits().to_le_bytes());
+    }
 }
 
 /// Appends one framed head-chunk record (checkpoints) to `out`.
@@ -187,9 +241,24 @@ impl<'a> Reader<'a> {
     }
 
     fn f64(&mut self) -> Option<f64> {
-        let chunk = self.bytes.get(self.pos..self.pos + 8)?;
+        let chunk = self.bytes.get(self.pos..self.pos.checked_add(8)?)?;
         self.pos += 8;
         Some(f64::from_bits(u64::from_le_bytes(chunk.try_into().ok()?)))
+    }
+
+    /// A value written by `put_value`.
+    fn value(&mut self) -> Option<f64> {
+        let code = self.varint()?;
+        match code & 3 {
+            VALUE_INTEGER => Some(unzigzag(code >> 2) as f64),
+            VALUE_DECIMAL => {
+                let digits = ((code >> 2) & 15) as usize;
+                let scale = *POW10.get(digits).filter(|_| digits > 0)?;
+                Some(unzigzag(code >> 6) as f64 / scale)
+            }
+            VALUE_BITS if code == VALUE_BITS => self.f64(),
+            _ => None,
+        }
     }
 }
 
@@ -215,6 +284,20 @@ pub(crate) fn decode(payload: &[u8]) -> Option<WalRecord> {
             let mut samples = Vec::with_capacity(count.min(payload.len() / 9));
             for _ in 0..count {
                 samples.push((r.varint()?, r.f64()?));
+            }
+            WalRecord::Samples { agent, seq, timestamp_ms, samples }
+        }
+        KIND_SAMPLES_COMPACT => {
+            let agent = r.string()?;
+            let seq = r.varint()?;
+            let timestamp_ms = unzigzag(r.varint()?);
+            let count = usize::try_from(r.varint()?).ok()?;
+            // Each sample takes at least 2 bytes: never reserve beyond what is there.
+            let mut samples = Vec::with_capacity(count.min(payload.len() / 2));
+            let mut series_ref = 0u64;
+            for _ in 0..count {
+                series_ref = series_ref.wrapping_add(unzigzag(r.varint()?) as u64);
+                samples.push((series_ref, r.value()?));
             }
             WalRecord::Samples { agent, seq, timestamp_ms, samples }
         }
@@ -681,6 +764,7 @@ pub fn read_segment_from(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn labels() -> Labels {
         Labels::from_pairs([("__name__", "up"), ("job", "node")])
@@ -792,6 +876,71 @@ mod tests {
         assert_eq!(checkpoints(dir.path()).unwrap().len(), 1);
     }
 
+    /// Frames a samples record in the format before `KIND_SAMPLES_COMPACT`.
+    fn encode_samples_v1(agent: &str, seq: u64, timestamp_ms: i64, samples: &[(u64, f64)], out: &mut Vec<u8>) {
+        frame(out, |payload| {
+            payload.push(KIND_SAMPLES);
+            put_bytes(agent.as_bytes(), payload);
+            put_varint(seq, payload);
+            put_varint(zigzag(timestamp_ms), payload);
+            put_varint(samples.len() as u64, payload);
+            for &(series_ref, value) in samples {
+                put_varint(series_ref, payload);
+                payload.extend_from_slice(&value.to_bits().to_le_bytes());
+            }
+        });
+    }
+
+    fn decoded_samples(bytes: &[u8]) -> Vec<(u64, u64)> {
+        let Some(WalRecord::Samples { samples, .. }) = decode(&bytes[HEADER_BYTES..]) else { panic!("not samples") };
+        samples.iter().map(|&(r, v)| (r, v.to_bits())).collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn sample_values_round_trip_bit_exactly(samples in proptest::collection::vec((any::<u64>(), value_strategy()), 0..200)) {
+            let mut bytes = Vec::new();
+            encode_samples("agent", 1, 2, &samples, &mut bytes);
+            let expected: Vec<(u64, u64)> = samples.iter().map(|&(r, v)| (r, v.to_bits())).collect();
+            prop_assert_eq!(decoded_samples(&bytes), expected);
+        }
+    }
+
+    fn value_strategy() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            any::<u64>().prop_map(f64::from_bits),
+            any::<i64>().prop_map(|i| (i >> 10) as f64),
+            (any::<i32>(), 0i32..12).prop_map(|(m, d)| f64::from(m) / 10f64.powi(d)),
+            Just(-0.0),
+            Just(herd_common::metric::stale_nan()),
+            Just(f64::INFINITY),
+        ]
+    }
+
+    #[test]
+    fn samples_of_whole_units_and_decimals_take_a_few_bytes_and_old_records_still_read() {
+        // A batch as an agent sends it: counters, gauges with two decimals, constants.
+        let samples: Vec<(u64, f64)> = (0..1000u64)
+            .map(|i| {
+                let value = match i % 4 {
+                    0 => 123_456_789.0 + i as f64,
+                    1 => (i % 100) as f64 * 0.25,
+                    2 => i as f64 / 100.0,
+                    _ => 1.0,
+                };
+                (1000 + i, value)
+            })
+            .collect();
+        let mut compact = Vec::new();
+        encode_samples("agent", 1, 1_700_000_000_000, &samples, &mut compact);
+        let mut old = Vec::new();
+        encode_samples_v1("agent", 1, 1_700_000_000_000, &samples, &mut old);
+        let per_sample = compact.len() as f64 / samples.len() as f64;
+        assert!(per_sample < 4.5, "{per_sample} bytes per sample");
+        assert!(old.len() > 2 * compact.len(), "{} vs {}", old.len(), compact.len());
+        assert_eq!(decoded_samples(&compact), decoded_samples(&old));
+    }
+
     #[test]
     fn decoding_garbage_never_panics() {
         for len in 0..64u8 {
@@ -800,7 +949,7 @@ mod tests {
             let mut samples = vec![KIND_SAMPLES, 1, b'a', 1, 0, 0xff, 0xff, 0xff, 0xff, 0x0f];
             samples.extend_from_slice(&garbage);
             let _ = decode(&samples);
-            for kind in [KIND_SERIES, KIND_HEAD_CHUNK, KIND_SEQ_RANGES] {
+            for kind in [KIND_SERIES, KIND_HEAD_CHUNK, KIND_SEQ_RANGES, KIND_SAMPLES_COMPACT] {
                 let mut record = vec![kind];
                 record.extend_from_slice(&garbage);
                 let _ = decode(&record);

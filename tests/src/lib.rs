@@ -575,3 +575,22 @@ pub fn http_post_form(url: &str, fields: &[(&str, &str)]) -> Option<(u16, String
     let body = response.body_mut().read_to_string().ok()?;
     Some((status, body))
 }
+
+/// Prints a benchmark's markdown section (a `## Title` line, the command,
+/// tables, a paragraph) and, when `HERD_BENCH_REPORT` names a file, appends
+/// it there too (creating the file), so one command can rebuild
+/// docs/benchmarks.md.
+pub fn bench_report(section: &str) {
+    use std::io::Write;
+    print!("{section}");
+    if let Ok(path) = std::env::var("HERD_BENCH_REPORT") {
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| writeln!(file, "{section}"));
+        if let Err(error) = appended {
+            eprintln!("cannot append to HERD_BENCH_REPORT={path}: {error}");
+        }
+    }
+}

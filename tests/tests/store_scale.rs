@@ -12,6 +12,10 @@ use herd_aggregator::store::db::{Db, DbOptions};
 use herd_aggregator::store::{LabelMatcher, MatchOp, Sample, Storage};
 use herd_common::metric::Labels;
 
+// The allocator herd-aggregator runs with, so the RSS figure is the aggregator's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const HOUR_MS: i64 = 3_600_000;
 const STEP_MS: i64 = 60_000;
 const START_MS: i64 = 1_764_000_000_000;

@@ -72,6 +72,11 @@ impl BitWriter {
     fn bits(&mut self, value: u64, mut count: u32) {
         while count > 0 {
             if self.free == 0 {
+                // Grow by a quarter, not double: an open chunk lives in the
+                // head of every active series, so slack counts per series.
+                if self.bytes.len() == self.bytes.capacity() {
+                    self.bytes.reserve_exact((self.bytes.len() / 4).max(16));
+                }
                 self.bytes.push(0);
                 self.free = 8;
             }

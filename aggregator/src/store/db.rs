@@ -4,10 +4,12 @@
 //! merges their samples in time order (an equal timestamp from two places is
 //! returned once, the older write first). Maintenance cuts head data older
 //! than the current block range into a block, compacts blocks into larger
-//! ones and deletes whole blocks past retention; WAL checkpoints are driven
-//! from `maintenance`.
+//! ones and applies retention: whole blocks past the default retention are
+//! deleted, and with per-selector rules a block whose series have different
+//! retentions is rewritten without the series past theirs. WAL checkpoints
+//! are driven from `maintenance`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,9 +20,14 @@ use herd_common::metric::Labels;
 use tracing::{info, warn};
 
 use super::block::{self, Block, BlockError, Compaction};
-use super::chunk::Chunk;
+use super::cache::FrameCache;
 use super::head::Head;
-use super::{AppendError, LabelMatcher, Sample, SeriesRef, Storage, StoreStats};
+use super::{AppendError, LabelMatcher, MatchOp, Sample, SeriesRef, Storage, StoreStats};
+
+/// Decompressed block data kept for reads unless the options say otherwise.
+pub const DEFAULT_BLOCK_CACHE_BYTES: u64 = 64 << 20;
+/// Frames a compaction keeps for itself while it reads its sources in order.
+const COMPACTION_CACHE_BYTES: u64 = 8 << 20;
 
 /// Limits and spans of the store, in milliseconds of sample time.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -33,14 +40,68 @@ pub struct DbOptions {
     pub retention_bytes: Option<u64>,
     /// Compacted blocks span at most this.
     pub max_block_duration_ms: i64,
+    /// Decompressed block frames kept in memory for reads.
+    pub block_cache_bytes: u64,
 }
 
 impl DbOptions {
     /// Compacted blocks span up to 10% of retention, at most 31 days.
     pub fn new(block_duration_ms: i64, retention_ms: i64, retention_bytes: Option<u64>) -> Self {
         let max_block_duration_ms = (retention_ms / 10).min(31 * 24 * 3600 * 1000).max(block_duration_ms);
-        Self { block_duration_ms: block_duration_ms.max(1), retention_ms, retention_bytes, max_block_duration_ms }
+        Self {
+            block_duration_ms: block_duration_ms.max(1),
+            retention_ms,
+            retention_bytes,
+            max_block_duration_ms,
+            block_cache_bytes: DEFAULT_BLOCK_CACHE_BYTES,
+        }
     }
+
+    pub fn with_block_cache_bytes(mut self, bytes: u64) -> Self {
+        self.block_cache_bytes = bytes;
+        self
+    }
+}
+
+/// Series matching every matcher keep their data for `retention_ms`
+/// instead of the default.
+#[derive(Debug, Clone)]
+pub struct RetentionRule {
+    pub matchers: Vec<LabelMatcher>,
+    pub retention_ms: i64,
+}
+
+impl RetentionRule {
+    /// The store's form of a validated `[[storage.retention]]` rule.
+    pub fn from_config(rule: &herd_common::config::storage::RetentionRule) -> Result<Self, regex::Error> {
+        use herd_common::config::storage::SelectorOp;
+        let matchers = rule
+            .matchers
+            .iter()
+            .map(|m| {
+                let op = match m.op {
+                    SelectorOp::Equal => MatchOp::Equal,
+                    SelectorOp::NotEqual => MatchOp::NotEqual,
+                    SelectorOp::RegexMatch => MatchOp::RegexMatch,
+                    SelectorOp::RegexNoMatch => MatchOp::RegexNoMatch,
+                };
+                LabelMatcher::new(op, m.name.clone(), m.value.clone())
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { matchers, retention_ms: i64::try_from(rule.time.as_millis()).unwrap_or(i64::MAX) })
+    }
+
+    fn matches(&self, labels: &Labels) -> bool {
+        self.matchers.iter().all(|m| m.matches_labels(labels))
+    }
+}
+
+#[derive(Default)]
+struct RetentionState {
+    rules: Vec<RetentionRule>,
+    /// Per block id: the shortest retention of its series under `rules`
+    /// (nothing in the block expires before that).
+    shortest: HashMap<String, i64>,
 }
 
 /// Store figures for self-monitoring.
@@ -67,6 +128,9 @@ pub struct Db {
     blocks: RwLock<Vec<Arc<Block>>>,
     options: DbOptions,
     maintenance: Mutex<MaintenanceState>,
+    retention: Mutex<RetentionState>,
+    /// Decompressed block frames, shared by every block.
+    pub cache: Arc<FrameCache>,
     pub counters: DbCounters,
 }
 
@@ -82,6 +146,7 @@ impl Db {
         let io = |source| BlockError::Io { path: blocks_dir.to_owned(), source };
         fs::create_dir_all(blocks_dir).map_err(io)?;
         let head = Head::new();
+        let cache = Arc::new(FrameCache::new(options.block_cache_bytes));
         let mut blocks = Vec::new();
         let mut next_block_number = 1;
         for entry in fs::read_dir(blocks_dir).map_err(io)?.flatten() {
@@ -95,7 +160,7 @@ impl Db {
             if let Ok(number) = name.parse::<u64>() {
                 next_block_number = next_block_number.max(number + 1);
             }
-            match block::open(&path, &head.pool) {
+            match block::open(&path, &head.pool, &cache) {
                 Ok(block) => blocks.push(Arc::new(block)),
                 Err(error) => tracing::error!(%error, "skipping an unreadable block"),
             }
@@ -119,8 +184,24 @@ impl Db {
             blocks: RwLock::new(blocks),
             options,
             maintenance: Mutex::new(MaintenanceState { last_cut_before: i64::MIN, next_block_number }),
+            retention: Mutex::default(),
+            cache,
             counters: DbCounters::default(),
         })
+    }
+
+    /// Sets the per-selector retention rules (first match wins; series no
+    /// rule matches keep `retention_ms`). They apply from the next
+    /// `apply_retention`.
+    pub fn set_retention_rules(&self, rules: Vec<RetentionRule>) {
+        let mut state = self.retention.lock().expect("retention lock");
+        state.rules = rules;
+        state.shortest.clear();
+    }
+
+    /// The retention of a series with `labels` under `rules`.
+    fn retention_of(&self, rules: &[RetentionRule], labels: &Labels) -> i64 {
+        rules.iter().find(|r| r.matches(labels)).map_or(self.options.retention_ms, |r| r.retention_ms)
     }
 
     pub fn options(&self) -> DbOptions {
@@ -184,13 +265,15 @@ impl Db {
         let started = Instant::now();
         let mut blocks = self.blocks.write().expect("blocks lock is never poisoned");
         let series = self.head.cut(before);
-        let copies = series.iter().map(|(labels, chunks)| (Arc::clone(labels), chunks.clone()));
+        let copies =
+            series.iter().map(|(labels, chunks)| (Arc::clone(labels), chunks.iter().flat_map(|c| c.iter()).collect()));
         let written = match block::write(
             &self.blocks_dir,
             &id,
             copies,
             Compaction { level: 1, sources: vec![] },
             &self.head.pool,
+            &self.cache,
         ) {
             Ok(written) => written,
             Err(error) => {
@@ -253,28 +336,44 @@ impl Db {
 
     fn merge(&self, sources: &[Arc<Block>]) -> Result<(), BlockError> {
         let started = Instant::now();
-        let mut all_labels: Vec<Arc<Labels>> = sources.iter().flat_map(|b| b.labels().cloned()).collect();
+        let level = sources.iter().map(|b| b.meta.compaction.level).max().unwrap_or(1) + 1;
+        let id = self.rewrite(sources, level, |_| true)?;
+        let elapsed = started.elapsed();
+        self.counters.compactions.fetch_add(1, Ordering::Relaxed);
+        self.counters.compaction_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        info!(block = %id, sources = sources.len(), level, elapsed_ms = elapsed.as_millis() as u64, "blocks compacted");
+        Ok(())
+    }
+
+    /// Writes the series of `sources` that `keep` accepts into one new block
+    /// (at `level`), puts it in their place and deletes them. Returns the
+    /// new block's id.
+    fn rewrite(
+        &self,
+        sources: &[Arc<Block>],
+        level: u32,
+        keep: impl Fn(&Labels) -> bool,
+    ) -> Result<String, BlockError> {
+        let mut all_labels: Vec<Arc<Labels>> =
+            sources.iter().flat_map(|b| b.labels().filter(|l| keep(l)).cloned()).collect();
         all_labels.sort();
         all_labels.dedup();
         let mut error = None;
-        let mut samples = Vec::new();
+        let scratch = FrameCache::new(COMPACTION_CACHE_BYTES);
         let series = all_labels.into_iter().map_while(|labels| {
-            samples.clear();
+            let mut samples = Vec::new();
             for block in sources {
-                if let Err(e) = block.read(&labels, i64::MIN, i64::MAX, &mut samples) {
+                if let Err(e) = block.read_with(&scratch, &labels, i64::MIN, i64::MAX, &mut samples) {
                     error = Some(e);
                     return None;
                 }
             }
             sort_dedup(&mut samples);
-            let mut chunks: Vec<Chunk> = Vec::new();
-            Chunk::encode_all(&samples, &mut chunks);
-            Some((labels, chunks))
+            Some((labels, samples))
         });
-        let level = sources.iter().map(|b| b.meta.compaction.level).max().unwrap_or(1) + 1;
         let compaction = Compaction { level, sources: sources.iter().map(|b| b.id().to_owned()).collect() };
         let id = self.next_block_id();
-        let written = block::write(&self.blocks_dir, &id, series, compaction, &self.head.pool);
+        let written = block::write(&self.blocks_dir, &id, series, compaction, &self.head.pool, &self.cache);
         if let Some(e) = error {
             let _ = fs::remove_dir_all(self.blocks_dir.join(&id));
             return Err(e);
@@ -288,57 +387,120 @@ impl Db {
             }
             blocks.sort_by_key(|b| (b.meta.min_time, b.meta.max_time));
         }
+        let mut retention = self.retention.lock().expect("retention lock");
         for source in sources {
+            retention.shortest.remove(source.id());
             if let Err(error) = fs::remove_dir_all(&source.dir) {
                 warn!(block = %source.dir.display(), %error, "cannot delete a compacted block");
             }
         }
-        let elapsed = started.elapsed();
-        self.counters.compactions.fetch_add(1, Ordering::Relaxed);
-        self.counters.compaction_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-        info!(block = %id, sources = sources.len(), level, elapsed_ms = elapsed.as_millis() as u64, "blocks compacted");
-        Ok(())
+        Ok(id)
     }
 
-    /// Deletes whole blocks past `retention_ms` (relative to the newest
-    /// sample stored, or now if that is in the future) and, if `retention_bytes` is set, the oldest blocks
-    /// while they take more. Returns the number deleted.
+    /// Applies retention, relative to the newest sample stored (or now if
+    /// that is in the future): data of a series is deleted by whole blocks
+    /// once the block's newest sample is older than the series' retention
+    /// (its first matching rule's, else `retention_ms`). A block whose series
+    /// all expired is deleted; one where only some did is rewritten without
+    /// them. Then, if `retention_bytes` is set, the oldest blocks are deleted
+    /// while blocks take more. Returns the number of blocks deleted.
     pub fn apply_retention(&self) -> usize {
         // A sample stamped in the future must not age everything else out.
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(i64::MAX, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         let newest = self.max_t().min(now_ms);
-        let mut doomed = Vec::new();
-        {
-            let mut blocks = self.blocks.write().expect("blocks lock is never poisoned");
-            let horizon = newest.saturating_sub(self.options.retention_ms);
-            blocks.retain(|b| {
-                let keep = b.meta.max_time >= horizon;
-                if !keep {
-                    doomed.push(Arc::clone(b));
+        let mut deleted = 0;
+        for (block, expired_all) in self.expired_blocks(newest) {
+            if expired_all {
+                if self.remove_blocks(&[block]) > 0 {
+                    deleted += 1;
                 }
-                keep
-            });
-            if let Some(limit) = self.options.retention_bytes {
-                let mut total: u64 = blocks.iter().map(|b| b.meta.stats.bytes).sum();
-                blocks.sort_by_key(|b| b.meta.max_time);
-                while total > limit && !blocks.is_empty() {
-                    let oldest = blocks.remove(0);
-                    total -= oldest.meta.stats.bytes;
-                    doomed.push(oldest);
+                continue;
+            }
+            let rules = self.retention.lock().expect("retention lock").rules.clone();
+            let keep =
+                |labels: &Labels| block.meta.max_time >= newest.saturating_sub(self.retention_of(&rules, labels));
+            match self.rewrite(std::slice::from_ref(&block), block.meta.compaction.level, keep) {
+                Ok(id) => {
+                    info!(block = %block.dir.display(), new_block = %id, "rewrote a block without the series past their retention");
                 }
-                blocks.sort_by_key(|b| (b.meta.min_time, b.meta.max_time));
+                Err(error) => warn!(block = %block.dir.display(), %error, "cannot rewrite a block for retention"),
             }
         }
-        for block in &doomed {
+        if let Some(limit) = self.options.retention_bytes {
+            let doomed: Vec<Arc<Block>> = {
+                let mut blocks: Vec<Arc<Block>> = self.blocks().clone();
+                blocks.sort_by_key(|b| b.meta.max_time);
+                let mut total: u64 = blocks.iter().map(|b| b.meta.stats.bytes).sum();
+                let mut doomed = Vec::new();
+                for block in blocks {
+                    if total <= limit {
+                        break;
+                    }
+                    total -= block.meta.stats.bytes;
+                    doomed.push(block);
+                }
+                doomed
+            };
+            deleted += self.remove_blocks(&doomed);
+        }
+        deleted
+    }
+
+    /// Blocks holding data past retention at `newest`, each with whether all
+    /// of its series expired.
+    fn expired_blocks(&self, newest: i64) -> Vec<(Arc<Block>, bool)> {
+        let blocks = self.blocks().clone();
+        let mut state = self.retention.lock().expect("retention lock");
+        let mut found = Vec::new();
+        for block in blocks {
+            if state.rules.is_empty() {
+                if block.meta.max_time < newest.saturating_sub(self.options.retention_ms) {
+                    found.push((block, true));
+                }
+                continue;
+            }
+            let rules = std::mem::take(&mut state.rules);
+            let shortest = *state.shortest.entry(block.id().to_owned()).or_insert_with(|| {
+                block.labels().map(|l| self.retention_of(&rules, l)).min().unwrap_or(self.options.retention_ms)
+            });
+            if block.meta.max_time < newest.saturating_sub(shortest) {
+                let all =
+                    block.labels().all(|l| block.meta.max_time < newest.saturating_sub(self.retention_of(&rules, l)));
+                found.push((block, all));
+            }
+            state.rules = rules;
+        }
+        found
+    }
+
+    /// Takes `doomed` out of the store and deletes their directories;
+    /// returns how many were still there.
+    fn remove_blocks(&self, doomed: &[Arc<Block>]) -> usize {
+        let removed: Vec<Arc<Block>> = {
+            let mut blocks = self.blocks.write().expect("blocks lock is never poisoned");
+            let before = blocks.len();
+            let mut removed = Vec::new();
+            blocks.retain(|b| {
+                let gone = doomed.iter().any(|d| d.id() == b.id());
+                if gone {
+                    removed.push(Arc::clone(b));
+                }
+                !gone
+            });
+            debug_assert_eq!(before, blocks.len() + removed.len());
+            removed
+        };
+        for block in &removed {
             info!(block = %block.dir.display(), max_time = block.meta.max_time, "deleting a block past retention");
             if let Err(error) = fs::remove_dir_all(&block.dir) {
                 warn!(block = %block.dir.display(), %error, "cannot delete a block past retention");
             }
+            self.retention.lock().expect("retention lock").shortest.remove(block.id());
         }
-        self.counters.blocks_deleted_retention.fetch_add(doomed.len() as u64, Ordering::Relaxed);
-        doomed.len()
+        self.counters.blocks_deleted_retention.fetch_add(removed.len() as u64, Ordering::Relaxed);
+        removed.len()
     }
 
     fn select_range(&self, matchers: &[LabelMatcher], range: Option<(i64, i64)>) -> Vec<(SeriesRef, Arc<Labels>)> {
@@ -490,12 +652,11 @@ mod tests {
         );
         // A compaction that crashed after writing its result but before deleting its sources.
         let source = reopened.block_ranges()[0].0.clone();
-        let mut chunks = Vec::new();
-        Chunk::encode_all(&[Sample { timestamp_ms: 0, value: 1.0 }], &mut chunks);
+        let samples = vec![Sample { timestamp_ms: 0, value: 1.0 }];
         let labels = Arc::new(Labels::from_pairs([("__name__", "merged")]));
         let compaction = Compaction { level: 2, sources: vec![source.clone()] };
-        block::write(dir.path(), "000000000100", std::iter::once((labels, chunks)), compaction, &reopened.head.pool)
-            .unwrap();
+        let series = std::iter::once((labels, samples));
+        block::write(dir.path(), "000000000100", series, compaction, &reopened.head.pool, &reopened.cache).unwrap();
         drop(reopened);
         let after_crash = db(dir.path());
         assert_eq!(after_crash.block_ranges().iter().map(|b| b.0.as_str()).collect::<Vec<_>>(), vec!["000000000100"]);

@@ -8,7 +8,9 @@
 //! `memory::MemStore` keeps everything in memory for unit tests.
 
 pub mod block;
+pub mod cache;
 pub mod chunk;
+pub mod column;
 pub mod db;
 pub mod head;
 pub mod maintenance;
