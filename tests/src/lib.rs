@@ -22,17 +22,20 @@ pub mod store;
 
 use serde_json::Value as Json;
 
-/// Appends `section` (markdown: a `## Title`, the command, tables, a note) to
-/// the file named by `HERD_BENCH_REPORT`, creating it if missing; does
-/// nothing without the variable. Benchmarks print the section too.
+/// Prints a benchmark's markdown section (a `## Title` line, the command,
+/// tables, a paragraph) and, when `HERD_BENCH_REPORT` names a file, appends
+/// it there too (creating the file), so `scripts/bench.sh` can rebuild
+/// docs/benchmarks.md from one run.
 pub fn bench_report(section: &str) {
     use std::io::Write as _;
+    let section = section.trim_end();
+    println!("\n{section}");
     let Some(path) = std::env::var_os("HERD_BENCH_REPORT") else { return };
     let written = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&path)
-        .and_then(|mut file| writeln!(file, "{}", section.trim_end()).and_then(|()| writeln!(file)));
+        .and_then(|mut file| write!(file, "{section}\n\n"));
     if let Err(err) = written {
         eprintln!("cannot append the report to {}: {err}", PathBuf::from(&path).display());
     }
@@ -574,23 +577,4 @@ pub fn http_post_form(url: &str, fields: &[(&str, &str)]) -> Option<(u16, String
     let status = response.status().as_u16();
     let body = response.body_mut().read_to_string().ok()?;
     Some((status, body))
-}
-
-/// Prints a benchmark's markdown section (a `## Title` line, the command,
-/// tables, a paragraph) and, when `HERD_BENCH_REPORT` names a file, appends
-/// it there too (creating the file), so one command can rebuild
-/// docs/benchmarks.md.
-pub fn bench_report(section: &str) {
-    use std::io::Write;
-    print!("{section}");
-    if let Ok(path) = std::env::var("HERD_BENCH_REPORT") {
-        let appended = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .and_then(|mut file| writeln!(file, "{section}"));
-        if let Err(error) = appended {
-            eprintln!("cannot append to HERD_BENCH_REPORT={path}: {error}");
-        }
-    }
 }

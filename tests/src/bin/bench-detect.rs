@@ -236,7 +236,6 @@ fn main() {
          changes from run to run (its `min` shows it): the ratio at equal scrape intervals moves with it. \
          The machine was shared with other builds.\n",
     );
-    print!("\n{report}");
     bench_report(&report);
 }
 
