@@ -23,7 +23,15 @@ pub mod store;
 use serde_json::Value as Json;
 
 /// Path of a workspace binary next to the running test's target directory.
+///
+/// `HERD_AGENT_BIN` names another `herd-agent` (e.g. the `agent` profile's,
+/// the one packages ship) for benchmarks.
 pub fn bin(name: &str) -> PathBuf {
+    if name == "herd-agent"
+        && let Some(path) = std::env::var_os("HERD_AGENT_BIN")
+    {
+        return PathBuf::from(path);
+    }
     let exe = std::env::current_exe().expect("test executable path");
     // Tests run from target/<profile>/deps/, benchmark binaries from target/<profile>/.
     let dir = exe.parent().expect("executable has a directory");
@@ -229,6 +237,27 @@ impl Aggregator {
         quic: SocketAddr,
         extra: &str,
     ) -> Self {
+        Self::start_full(pki, work, name, http, quic, extra, "heartbeat_interval = \"1s\"\n")
+    }
+
+    /// Like [`Aggregator::start`], with the production heartbeat interval
+    /// (the default) rather than the tests' 1 s: for benchmarks of what
+    /// an idle connection costs.
+    pub fn start_with_default_heartbeat(pki: &Pki, work: &Path) -> Self {
+        let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().expect("address");
+        let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().expect("address");
+        Self::start_full(pki, work, "aggregator", http, quic, "", "")
+    }
+
+    fn start_full(
+        pki: &Pki,
+        work: &Path,
+        name: &str,
+        http: SocketAddr,
+        quic: SocketAddr,
+        extra: &str,
+        heartbeat: &str,
+    ) -> Self {
         if !pki.path("localhost.pem").exists() {
             pki.issue_server("localhost");
         }
@@ -239,7 +268,7 @@ impl Aggregator {
         std::fs::write(
             &config,
             format!(
-                "{http_section}[server]\nquic_listen = \"{quic}\"\nhttp_listen = \"{http}\"\nstate_dir = \"{state}\"\nheartbeat_interval = \"1s\"\n\
+                "{http_section}[server]\nquic_listen = \"{quic}\"\nhttp_listen = \"{http}\"\nstate_dir = \"{state}\"\n{heartbeat}\
                  [tls]\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n{extra}",
                 state = work.join(format!("{name}-state")).display(),
                 ca = pki.path("ca.pem").display(),

@@ -187,13 +187,20 @@ struct Fixture {
     redis: Redis,
     password: PathBuf,
     precise: bool,
+    heartbeat: &'static str,
 }
 
 impl Fixture {
     fn start() -> Self {
         let work = tempfile::tempdir().expect("temp dir");
         let pki = Pki::create(work.path().join("pki"));
-        let aggregator = Aggregator::start(&pki, work.path());
+        // HERD_BENCH_TEST_HEARTBEAT=1: the tests' 1 s heartbeat, as the first version of this benchmark had.
+        let aggregator = if std::env::var_os("HERD_BENCH_TEST_HEARTBEAT").is_some() {
+            Aggregator::start(&pki, work.path())
+        } else {
+            Aggregator::start_with_default_heartbeat(&pki, work.path())
+        };
+        let heartbeat = if std::env::var_os("HERD_BENCH_TEST_HEARTBEAT").is_some() { "1 s" } else { "5 s (default)" };
         let postgres = Postgres::start_with(&["shared_preload_libraries=pg_stat_statements"]);
         postgres.psql("postgres", "CREATE DATABASE bench");
         postgres.psql(
@@ -227,7 +234,7 @@ impl Fixture {
             let _ = std::fs::write(Path::new(CPUACCT).join("cgroup.procs"), std::process::id().to_string());
         }
         drop(probe);
-        Self { work, pki, aggregator, postgres, redis, password, precise }
+        Self { work, pki, aggregator, postgres, redis, password, precise, heartbeat }
     }
 
     fn collectors(&self) -> String {
@@ -354,7 +361,8 @@ impl Fixture {
 }
 
 /// With `HERD_BENCH_PROFILE=DIR`, `perf stat` (CPU, page faults, context
-/// switches, thread creations, fsyncs) and `perf record` (sampled at 2 kHz)
+/// switches, thread creations, fsyncs) and `perf record` (sampled at 2 kHz,
+/// or `HERD_BENCH_PROFILE_HZ`)
 /// of the agent for `window`, into DIR/ID.stat and DIR/ID.data. They add a
 /// little CPU to the agent's figures of those runs.
 fn profile(id: &str, pid: u32, window: Duration) -> Vec<Child> {
@@ -371,8 +379,9 @@ fn profile(id: &str, pid: u32, window: Duration) -> Vec<Child> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn();
+    let frequency = std::env::var("HERD_BENCH_PROFILE_HZ").unwrap_or_else(|_| "2000".to_owned());
     let record = Command::new("perf")
-        .args(["record", "-F", "2000", "-p", &pid, "-o"])
+        .args(["record", "-F", &frequency, "-p", &pid, "-o"])
         .arg(dir.join(format!("{id}.data")))
         .args(["--", "sleep", &seconds])
         .stdout(Stdio::null())
@@ -508,12 +517,13 @@ fn main() {
         "## herd-agent footprint vs node_exporter + postgres_exporter + redis_exporter\n\n\
          Measured {date} with `{command}` (release build; defaults: 5 runs per interval, 60 s at 1 s, \
          6 cycles at 10 s). Median (min–max) over the runs; each run starts a fresh agent and fresh exporters. \
-         herd-agent binary: {:.1} MiB. CPU from {}.\n\n\
+         herd-agent binary: {:.1} MiB. CPU from {}. Aggregator heartbeat interval: {}.\n\n\
          | interval | herd-agent CPU per cycle | exporters per scrape set | ratio | µs per Herd series | \
          herd-agent peak RSS | exporters summed | ratio | series (Herd / exporters) |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         mib(binary_bytes as f64),
-        if fixture.precise { "a cpuacct cgroup per process (ns)" } else { "/proc/PID/stat (10 ms ticks)" }
+        if fixture.precise { "a cpuacct cgroup per process (ns)" } else { "/proc/PID/stat (10 ms ticks)" },
+        fixture.heartbeat
     );
     let mut detail = String::from(
         "\n| interval | node_exporter ms/scrape | postgres_exporter ms/scrape | redis_exporter ms/scrape | \
