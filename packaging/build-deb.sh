@@ -6,7 +6,7 @@
 #
 #   packaging/build-deb.sh [--binary PATH] [--out-dir DIR]
 #
-# Without --binary it runs `cargo build --release -p herd-agent` first.
+# Without --binary it runs `cargo build --profile agent -p herd-agent` first.
 # The version is the one the binary reports. Output: DIR (default target/deb).
 set -euo pipefail
 
@@ -27,8 +27,9 @@ done
 command -v dpkg-deb >/dev/null || die "dpkg-deb is missing (apt-get install dpkg)"
 if [ -z "$binary" ]; then
     command -v cargo >/dev/null || die "cargo is missing: install Rust or pass --binary PATH"
-    (cd "$repo" && cargo build --release -p herd-agent) || die "cargo build --release -p herd-agent failed"
-    binary=${CARGO_TARGET_DIR:-$repo/target}/release/herd-agent
+    # The `agent` profile: built for size (see Cargo.toml).
+    (cd "$repo" && cargo build --profile agent -p herd-agent) || die "cargo build --profile agent -p herd-agent failed"
+    binary=${CARGO_TARGET_DIR:-$repo/target}/agent/herd-agent
 fi
 [ -x "$binary" ] || die "$binary is not an executable file"
 version=$("$binary" --version | awk '{ print $2 }')

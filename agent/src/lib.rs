@@ -52,6 +52,8 @@ pub struct AgentSetup {
     pub config: AgentConfig,
     /// Switches the log filter when a pushed configuration changes `agent.log_level`.
     pub set_log_level: Option<LogLevelSetter>,
+    /// When the process started, for the startup time logged with the first batch sent.
+    pub started: std::time::Instant,
 }
 
 impl AgentSetup {
@@ -64,7 +66,7 @@ impl AgentSetup {
             base_dir: None,
             hostname: hostname.to_owned(),
         };
-        Ok(Self { local, config, set_log_level: None })
+        Ok(Self { local, config, set_log_level: None, started: std::time::Instant::now() })
     }
 }
 
@@ -104,7 +106,8 @@ pub async fn run(setup: AgentSetup, shutdown: CancellationToken) -> Result<(), S
         local_config_dir: setup.local.base_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(),
     };
     let uplink = uplink::Uplink::new(&config, client_config, Arc::clone(&table), recovered.buffer, channels)
-        .map_err(StartError::Socket)?;
+        .map_err(StartError::Socket)?
+        .with_start_time(setup.started);
     let (renewer, renewal_link) =
         identity::Renewer::new(config.uplink.tls.clone(), config.uplink.idle_timeout, enroll_hint, uplink.stats());
     tokio::spawn(renewer.run(shutdown.child_token()));

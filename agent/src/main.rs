@@ -118,6 +118,7 @@ fn hostname() -> String {
 }
 
 fn main() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let cli = Cli::parse();
     if let Some(Command::Enroll(args)) = cli.command {
         return enroll(&cli.config, args);
@@ -145,7 +146,7 @@ fn main() -> anyhow::Result<()> {
             tracing::info!("shutdown requested");
             signals.cancel();
         });
-        let setup = AgentSetup { local, config, set_log_level };
+        let setup = AgentSetup { local, config, set_log_level, started };
         herd_agent::run(setup, shutdown).await.context("agent failed to start")
     })
 }

@@ -121,6 +121,8 @@ pub struct Uplink {
     last_failure: Option<String>,
     /// Shares the live connection with the certificate renewer and brings back new client configurations.
     renewal: Option<crate::identity::RenewalLink>,
+    /// The process's start, until the first batch is sent (then `None`).
+    started: Option<std::time::Instant>,
 }
 
 impl Uplink {
@@ -153,12 +155,19 @@ impl Uplink {
             stats: Arc::new(UplinkStats::default()),
             last_failure: None,
             renewal: None,
+            started: None,
         })
     }
 
     /// Lets `link`'s renewer use the live connection and switch certificates.
     pub fn with_renewal(mut self, link: crate::identity::RenewalLink) -> Self {
         self.renewal = Some(link);
+        self
+    }
+
+    /// Logs the time from `started` to the first batch sent.
+    pub fn with_start_time(mut self, started: std::time::Instant) -> Self {
+        self.started = Some(started);
         self
     }
 
@@ -288,11 +297,11 @@ impl Uplink {
     }
 
     async fn flush_buffer(&mut self) {
-        let db = self.buffer.flush_handle();
-        // sled's flush is an fsync: keep it off the runtime's threads.
-        match tokio::task::spawn_blocking(move || db.flush()).await {
+        let files = self.buffer.flush_handle();
+        // The flush is an fsync: keep it off the runtime's thread.
+        match tokio::task::spawn_blocking(move || files.flush()).await {
             Ok(result) => self.buffer.flushed(result),
-            Err(_) => self.buffer.flushed(Err(sled::Error::ReportableBug("buffer flush task panicked".into()))),
+            Err(_) => self.buffer.flushed(Err(std::io::Error::other("buffer flush task panicked"))),
         }
     }
 
@@ -303,7 +312,9 @@ impl Uplink {
         rx: &mut mpsc::Receiver<SampleBatch>,
         shutdown: &CancellationToken,
     ) -> Ended {
-        match self.serve_stream(connection, index, rx, shutdown).await {
+        let ended = self.serve_stream(connection, index, rx, shutdown).await;
+        self.buffer.set_draining(false);
+        match ended {
             Ok(Ended::Shutdown) => {
                 connection.close(CLOSE_SHUTDOWN.into(), b"agent shutting down");
                 Ended::Shutdown
@@ -330,6 +341,9 @@ impl Uplink {
     fn send(&mut self, link: &mut AgentLink, batch: &SampleBatch) -> Result<(), ProtocolError> {
         let table = self.table.lock().expect("series table lock is never poisoned");
         link.send_batch(Instant::now().into_std(), batch, &table)?;
+        if let Some(started) = self.started.take() {
+            info!(startup_ms = started.elapsed().as_millis() as u64, samples = batch.samples.len(), "first batch sent");
+        }
         self.stats.sent_batches.fetch_add(1, Ordering::Relaxed);
         self.stats.sent_samples.fetch_add(batch.samples.len() as u64, Ordering::Relaxed);
         Ok(())
@@ -395,6 +409,7 @@ impl Uplink {
                         }
                         self.stats.connected.store(1, Ordering::Relaxed);
                         self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                        self.buffer.set_draining(true);
                     }
                     AgentEvent::Acked { ranges } => {
                         let before = self.buffer.len();

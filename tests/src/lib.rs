@@ -42,7 +42,15 @@ pub fn bench_report(section: &str) {
 }
 
 /// Path of a workspace binary next to the running test's target directory.
+///
+/// `HERD_AGENT_BIN` names another `herd-agent` (e.g. the `agent` profile's,
+/// the one packages ship) for benchmarks.
 pub fn bin(name: &str) -> PathBuf {
+    if name == "herd-agent"
+        && let Some(path) = std::env::var_os("HERD_AGENT_BIN")
+    {
+        return PathBuf::from(path);
+    }
     let exe = std::env::current_exe().expect("test executable path");
     // Tests run from target/<profile>/deps/, benchmark binaries from target/<profile>/.
     let dir = exe.parent().expect("executable has a directory");
@@ -248,6 +256,27 @@ impl Aggregator {
         quic: SocketAddr,
         extra: &str,
     ) -> Self {
+        Self::start_full(pki, work, name, http, quic, extra, "heartbeat_interval = \"1s\"\n")
+    }
+
+    /// Like [`Aggregator::start`], with the production heartbeat interval
+    /// (the default) rather than the tests' 1 s: for benchmarks of what
+    /// an idle connection costs.
+    pub fn start_with_default_heartbeat(pki: &Pki, work: &Path) -> Self {
+        let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().expect("address");
+        let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().expect("address");
+        Self::start_full(pki, work, "aggregator", http, quic, "", "")
+    }
+
+    fn start_full(
+        pki: &Pki,
+        work: &Path,
+        name: &str,
+        http: SocketAddr,
+        quic: SocketAddr,
+        extra: &str,
+        heartbeat: &str,
+    ) -> Self {
         if !pki.path("localhost.pem").exists() {
             pki.issue_server("localhost");
         }
@@ -258,7 +287,7 @@ impl Aggregator {
         std::fs::write(
             &config,
             format!(
-                "{http_section}[server]\nquic_listen = \"{quic}\"\nhttp_listen = \"{http}\"\nstate_dir = \"{state}\"\nheartbeat_interval = \"1s\"\n\
+                "{http_section}[server]\nquic_listen = \"{quic}\"\nhttp_listen = \"{http}\"\nstate_dir = \"{state}\"\n{heartbeat}\
                  [tls]\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n{extra}",
                 state = work.join(format!("{name}-state")).display(),
                 ca = pki.path("ca.pem").display(),
@@ -577,4 +606,22 @@ pub fn http_post_form(url: &str, fields: &[(&str, &str)]) -> Option<(u16, String
     let status = response.status().as_u16();
     let body = response.body_mut().read_to_string().ok()?;
     Some((status, body))
+}
+
+/// Prints a benchmark's report `section` (markdown: a `## Title` line, the
+/// command, tables, a note) and, when `HERD_BENCH_REPORT` names a file,
+/// appends it there too (creating the file if missing).
+pub fn bench_report(section: &str) {
+    use std::io::Write;
+    println!("{section}");
+    if let Some(path) = std::env::var_os("HERD_BENCH_REPORT") {
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| writeln!(file, "{section}"));
+        if let Err(err) = written {
+            eprintln!("cannot append the report to {}: {err}", std::path::Path::new(&path).display());
+        }
+    }
 }

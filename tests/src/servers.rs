@@ -43,6 +43,12 @@ pub struct Postgres {
 
 impl Postgres {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Like [`Postgres::start`], with extra server settings (`name=value`,
+    /// each passed as `-c`), e.g. `shared_preload_libraries=pg_stat_statements`.
+    pub fn start_with(settings: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let pwfile = dir.path().join("pw");
         std::fs::File::create(&pwfile).and_then(|mut f| f.write_all(PASSWORD.as_bytes())).expect("write password");
@@ -70,6 +76,7 @@ impl Postgres {
             .args(["-D", data.to_str().expect("utf-8"), "-p", &port.to_string()])
             .args(["-k", dir.path().to_str().expect("utf-8")])
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=50"])
+            .args(settings.iter().flat_map(|setting| ["-c", setting]))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -92,6 +99,21 @@ impl Postgres {
     /// A connection string without the password (give it with `password_file`).
     pub fn dsn(&self, database: &str) -> String {
         format!("host=127.0.0.1 port={} user=postgres dbname={database} sslmode=disable", self.port)
+    }
+
+    /// Runs `sql` with `psql` as the `postgres` superuser over the server's
+    /// Unix socket, in `database`; returns its unaligned, tuples-only output.
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let output = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(pg_bin("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(self.dir.path())
+            .args(["-p", &self.port.to_string(), "-d", database, "-c", sql])
+            .output()
+            .expect("runuser runs psql");
+        assert!(output.status.success(), "psql failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
     fn data(&self) -> PathBuf {
@@ -143,6 +165,24 @@ impl Redis {
 
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Sends `command` (arguments, as RESP) after AUTH and returns the raw reply.
+    pub fn command(&self, command: &[&str]) -> String {
+        use std::io::Read;
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis-server");
+        let mut request = Vec::new();
+        for args in [&["AUTH", PASSWORD][..], command] {
+            request.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+            for arg in args {
+                request.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+            }
+        }
+        request.extend_from_slice(b"*1\r\n$4\r\nQUIT\r\n");
+        stream.write_all(&request).expect("write to redis-server");
+        let mut reply = String::new();
+        let _ = stream.read_to_string(&mut reply);
+        reply
     }
 }
 

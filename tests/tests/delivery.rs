@@ -214,8 +214,9 @@ fn a_full_buffer_filesystem_drops_the_oldest_batches_and_counts_them() {
     let pki = Pki::create(work.path().join("pki"));
     pki.issue_agent("t");
     let tiny = work.path().join("tiny");
-    let _mount = TmpfsMount::new(&tiny, "8m");
-    // A host with 300 CPUs makes big batches, so the filesystem fills in seconds.
+    let _mount = TmpfsMount::new(&tiny, "2m");
+    // A host with 300 CPUs makes big batches (packed, about 3 KiB each), so
+    // the filesystem fills in seconds.
     let procfs = work.path().join("proc");
     std::fs::create_dir_all(&procfs).unwrap();
     let mut stat = String::from("cpu  1 2 3 4 5 6 7 8 9 10\n");
@@ -248,7 +249,7 @@ fn a_full_buffer_filesystem_drops_the_oldest_batches_and_counts_them() {
     let mut agent = start_agent(work.path(), "t", &config);
     let started_at = now_ms();
     wait_for(Duration::from_secs(150), || agent.log().contains("dropped the oldest batch").then_some(()))
-        .unwrap_or_else(|| panic!("the buffer never filled its 8 MiB filesystem:\n{}", agent.log()));
+        .unwrap_or_else(|| panic!("the buffer never filled its 2 MiB filesystem:\n{}", agent.log()));
     std::thread::sleep(Duration::from_secs(3));
     assert!(agent.is_running(), "the agent must keep running on a full disk:\n{}", agent.log());
 

@@ -20,6 +20,8 @@
 //! Must not: log or label the password, or send any command that changes
 //! the server's state.
 
+use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -344,15 +346,31 @@ fn info_fields(text: &str) -> impl Iterator<Item = (&str, &str)> {
     text.lines().filter(|line| !line.starts_with('#')).filter_map(|line| line.trim_end().split_once(':'))
 }
 
-/// Turns `INFO`'s text into redis_exporter's series.
+/// What an `INFO` field becomes.
+#[derive(Clone, Copy)]
+enum Field {
+    Number(&'static str),
+    Status(&'static str),
+}
+
+/// `INFO` fields to their series, looked up once per field per cycle.
+fn field_table() -> &'static HashMap<&'static str, Field> {
+    static TABLE: OnceLock<HashMap<&'static str, Field>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let numbers = GAUGES.iter().chain(COUNTERS).map(|&(field, metric)| (field, Field::Number(metric)));
+        let statuses = STATUSES.iter().map(|&(field, metric)| (field, Field::Status(metric)));
+        numbers.chain(statuses).collect()
+    })
+}
+
+/// Turns `INFO`'s text into redis_exporter's series, in one pass over it.
 fn push_info(text: &str, server: (&str, &str), out: &mut Batch) {
-    let mut info_labels: Vec<(&str, &str)> = vec![server];
-    for &label in INFO_LABELS {
-        let value = info_fields(text).find(|(field, _)| *field == label).map_or("", |(_, value)| value);
-        info_labels.push((label, value));
-    }
-    out.push("redis_instance_info", &info_labels, 1.0);
+    let table = field_table();
+    let mut info_values = [""; INFO_LABELS.len()];
     for (field, value) in info_fields(text) {
+        if let Some(i) = INFO_LABELS.iter().position(|label| *label == field) {
+            info_values[i] = value;
+        }
         if field.strip_prefix("db").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
             push_keyspace(field, value, server, out);
             continue;
@@ -364,21 +382,30 @@ fn push_info(text: &str, server: (&str, &str), out: &mut Batch) {
                 out.push("redis_start_time_seconds", &[server], now.as_secs() as f64 - uptime);
             }
         }
-        let table = GAUGES.iter().chain(COUNTERS);
-        if let Some((_, metric)) = table.clone().find(|(name, _)| *name == field) {
-            if let Ok(number) = value.parse::<f64>() {
-                out.push(metric, &[server], number);
+        match table.get(field) {
+            Some(Field::Number(metric)) => {
+                if let Ok(number) = value.parse::<f64>() {
+                    out.push(metric, &[server], number);
+                }
             }
-        } else if let Some((_, metric)) = STATUSES.iter().find(|(name, _)| *name == field) {
-            out.push(metric, &[server], if value == "ok" { 1.0 } else { 0.0 });
-        } else if field == "latest_fork_usec" {
-            if let Ok(usec) = value.parse::<f64>() {
-                out.push("redis_latest_fork_seconds", &[server], usec / 1e6);
+            Some(Field::Status(metric)) => out.push(metric, &[server], if value == "ok" { 1.0 } else { 0.0 }),
+            None if field == "latest_fork_usec" => {
+                if let Ok(usec) = value.parse::<f64>() {
+                    out.push("redis_latest_fork_seconds", &[server], usec / 1e6);
+                }
             }
-        } else if field == "master_link_status" {
-            out.push("redis_master_link_up", &[server], if value == "up" { 1.0 } else { 0.0 });
+            None if field == "master_link_status" => {
+                out.push("redis_master_link_up", &[server], if value == "up" { 1.0 } else { 0.0 });
+            }
+            None => {}
         }
     }
+    let mut info_labels = [("", ""); INFO_LABELS.len() + 1];
+    info_labels[0] = server;
+    for (i, label) in INFO_LABELS.iter().enumerate() {
+        info_labels[i + 1] = (label, info_values[i]);
+    }
+    out.push("redis_instance_info", &info_labels, 1.0);
 }
 
 /// `db0:keys=1,expires=0,avg_ttl=0` → `redis_db_keys{db="db0"}`, ...

@@ -1,17 +1,20 @@
-//! Delivery benchmark: bytes on the wire per sample, sled bytes on disk per
-//! buffered sample, and backfill rate, with the real release binaries, next
-//! to node_exporter's exposition size for the same host in the same run.
+//! Delivery benchmark: bytes on the wire per sample (host, PostgreSQL with
+//! `pg_stat_statements` and Redis collection), bytes on disk per buffered
+//! sample, and backfill rate, with the real release binaries, next to
+//! node_exporter's exposition size for the same host in the same run.
 //!
-//!   cargo build --release --workspace --bins
-//!   cargo run --release -p herd-tests --bin bench-delivery
+//!   cargo build --release -p herd-agent -p herd-aggregator -p herd-tests --bins
+//!   target/release/bench-delivery
 //!
-//! Prints figures and ratios; asserts nothing.
+//! Prints figures and ratios (and appends them to `HERD_BENCH_REPORT` if
+//! set); asserts nothing.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use herd_tests::servers::{PASSWORD, Postgres, Redis, secret_file};
 use herd_tests::*;
 
 fn now_ms() -> i64 {
@@ -56,9 +59,21 @@ fn main() {
     let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().expect("address");
     let mut aggregator = Aggregator::start_at(&pki, work.path(), "agg", http, quic);
 
-    // 1. Steady state at 1 s: wire bytes per sample.
+    // 1. Steady state at 1 s: wire bytes per sample, with PostgreSQL and Redis series.
+    let postgres = Postgres::start_with(&["shared_preload_libraries=pg_stat_statements"]);
+    postgres.psql("postgres", "CREATE EXTENSION pg_stat_statements");
+    let redis = Redis::start();
+    let password = secret_file(&work.path().join("servers.password"), PASSWORD);
+    let servers = format!(
+        "[[collect.postgres]]\ndsn = \"{}\"\npassword_file = \"{}\"\n\
+         [[collect.redis]]\naddress = \"{}\"\npassword_file = \"{}\"\n",
+        postgres.dsn("postgres"),
+        password.display(),
+        redis.address(),
+        password.display()
+    );
     let config =
-        agent_config_with(work.path(), &pki, "bench", &[quic], "1s", "backfill_batches_per_second = 100000", "");
+        agent_config_with(work.path(), &pki, "bench", &[quic], "1s", "backfill_batches_per_second = 100000", &servers);
     let agent = start_agent(work.path(), "bench", &config);
     let sent_bytes = r#"herd_agent_uplink_sent_bytes_total{instance="bench"}"#;
     let sent_samples = r#"herd_agent_uplink_sent_samples_total{instance="bench"}"#;
@@ -73,17 +88,32 @@ fn main() {
         .first()
         .and_then(|s| s["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()))
         .unwrap_or(0.0);
-    println!("agent series per cycle:              {series}");
-    println!("wire bytes per sample (steady, 1 s):  {wire:.2}  ({} samples over 30 s)", samples1 - samples0);
-    if let Some((peer, peer_samples)) = node_exporter_bytes_per_sample(work.path()) {
-        println!(
-            "node_exporter text bytes per sample: {peer:.2}  ({peer_samples} samples per scrape, uncompressed)  ratio herd/node_exporter = {:.3}",
+    let servers_series = vector_result(&aggregator.query(r#"count({instance="bench",job=~"postgres|redis"})"#))
+        .first()
+        .and_then(|s| s["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()))
+        .unwrap_or(0.0);
+    let mut report = format!(
+        "## Delivery: wire and disk bytes per sample, backfill\n\n\
+         Measured {} with `{}` (release build).\n\n\
+         | figure | Herd | peer | ratio |\n| --- | --- | --- | --- |\n",
+        time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        std::env::args().collect::<Vec<_>>().join(" ")
+    );
+    report.push_str(&format!(
+        "| wire bytes per sample, steady state at 1 s ({series} series, {servers_series} of them PostgreSQL and Redis; {} samples over 30 s) | {wire:.2} |",
+        samples1 - samples0
+    ));
+    match node_exporter_bytes_per_sample(work.path()) {
+        Some((peer, peer_samples)) => report.push_str(&format!(
+            " {peer:.2} (node_exporter text, uncompressed, {peer_samples} samples) | {:.3} |\n",
             wire / peer
-        );
+        )),
+        None => report.push_str(" | |\n"),
     }
     drop(agent);
+    drop((postgres, redis));
 
-    // 2. Outage: buffer at 100 ms for 30 s, measure sled's footprint, then the backfill rate.
+    // 2. Outage: buffer at 100 ms for 30 s, measure the buffer's footprint, then the backfill rate.
     let config =
         agent_config_with(work.path(), &pki, "fast", &[quic], "100ms", "backfill_batches_per_second = 100000", "");
     pki.issue_agent("fast");
@@ -98,34 +128,60 @@ fn main() {
         .unwrap_or(0.0);
     aggregator.process.kill();
     let down_at = now_ms();
-    let buffer_dir = work.path().join("agent-fast-state").join("buffer");
+    let buffer_dir = work.path().join("agent-fast-state").join("spool");
     let empty_bytes = dir_bytes(&buffer_dir);
     std::thread::sleep(Duration::from_secs(30));
     let up_at = now_ms();
     let buffered_bytes = dir_bytes(&buffer_dir);
     let aggregator = Aggregator::start_at(&pki, work.path(), "agg", http, quic);
     let started = Instant::now();
+    // One `herd_collector_success{collector="agent"}` sample per batch, whatever the host collector did.
+    let per_batch_selector = r#"herd_collector_success{instance="fast",collector="agent"}"#;
+    let in_outage = |aggregator: &Aggregator| -> Vec<i64> {
+        let times = sample_times(aggregator, per_batch_selector, "30m");
+        times.iter().copied().filter(|&t| t >= down_at && t <= up_at).collect()
+    };
     let filled = wait_for(Duration::from_secs(120), || {
-        let times = sample_times(&aggregator, r#"node_load1{instance="fast"}"#, "30m");
-        let window: Vec<i64> = times.iter().copied().filter(|&t| t >= down_at && t <= up_at).collect();
+        let window = in_outage(&aggregator);
         (window.len() >= 280 && gaps(&window, 150).is_empty()).then_some(window.len())
     });
     let elapsed = started.elapsed();
-    let Some(batches) = filled else {
-        println!("backfill did not complete within 120 s");
-        return;
+    let batches = match filled {
+        Some(batches) => batches,
+        None => {
+            let window = in_outage(&aggregator);
+            report.push_str(&format!(
+                "\nThe backfill did not complete within 120 s: {} batches of the outage arrived, gaps {:?}.\n",
+                window.len(),
+                gaps(&window, 150)
+            ));
+            window.len()
+        }
     };
+    // Batches the agent made during the outage, by its own count, against those that arrived.
+    let pushed = series_samples(&aggregator, r#"herd_agent_buffer_pushed_batches_total{instance="fast"}"#);
+    let at = |t: i64| pushed.iter().rev().find(|(time, _)| *time <= t).map_or(0.0, |&(_, v)| v);
+    let made = at(up_at) - at(down_at);
+    let accounting = format!(
+        "\nBatches the agent pushed into its buffer between the outage's first and last sample: {made:.0}; \
+         arrived in that window: {batches}.\n"
+    );
     let samples = batches as f64 * per_batch;
-    println!("buffered during the outage:          {batches} batches, {samples} samples");
-    println!(
-        "sled bytes on disk per buffered sample: {:.2}  ({} bytes on disk, {} before the outage)",
+    report.push_str(&format!(
+        "| bytes on disk per buffered sample (100 ms for 30 s: {batches} batches, {samples} samples; {buffered_bytes} bytes, {empty_bytes} before the outage) | {:.2} | | |\n",
         (buffered_bytes.saturating_sub(empty_bytes)) as f64 / samples,
-        buffered_bytes,
-        empty_bytes
+    ));
+    report.push_str(&format!(
+        "| backfill, samples/s (reconnect and QUIC handshake included: {batches} batches in {:.2} s) | {:.0} | | |\n",
+        elapsed.as_secs_f64(),
+        samples / elapsed.as_secs_f64()
+    ));
+    report.push_str(&accounting);
+    report.push_str(
+        "\nWire bytes are what the agent writes to its QUIC stream (frames, series definitions, packed samples), \
+         before QUIC's own overhead; node_exporter's figure is its uncompressed text exposition of the same host. \
+         Disk bytes are the agent's buffer directory (`spool/`: packed segments and the series log) during an \
+         aggregator outage, host collection only. The machine was shared with other builds.\n",
     );
-    println!(
-        "backfill: {:.0} samples/s ({batches} batches in {:.2} s, reconnect and QUIC handshake included)",
-        samples / elapsed.as_secs_f64(),
-        elapsed.as_secs_f64()
-    );
+    bench_report(&report);
 }
