@@ -607,21 +607,3 @@ pub fn http_post_form(url: &str, fields: &[(&str, &str)]) -> Option<(u16, String
     let body = response.body_mut().read_to_string().ok()?;
     Some((status, body))
 }
-
-/// Prints a benchmark's report `section` (markdown: a `## Title` line, the
-/// command, tables, a note) and, when `HERD_BENCH_REPORT` names a file,
-/// appends it there too (creating the file if missing).
-pub fn bench_report(section: &str) {
-    use std::io::Write;
-    println!("{section}");
-    if let Some(path) = std::env::var_os("HERD_BENCH_REPORT") {
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .and_then(|mut file| writeln!(file, "{section}"));
-        if let Err(err) = written {
-            eprintln!("cannot append the report to {}: {err}", std::path::Path::new(&path).display());
-        }
-    }
-}
