@@ -54,6 +54,7 @@ impl SelfMonitor {
             ("herd_ingest_samples_total", load(&self.ingest.samples)),
             ("herd_ingest_dedup_hits_total", load(&self.ingest.dedup_hits)),
             ("herd_ingest_handshake_failures_total", load(&self.ingest.handshake_failures)),
+            ("herd_ingest_handshakes_abandoned_total", load(&self.ingest.handshakes_abandoned)),
             ("herd_wal_bytes", load(&self.wal.bytes)),
             ("herd_wal_syncs_total", load(&self.wal.syncs)),
             ("herd_store_series", store_stats.series as f64),

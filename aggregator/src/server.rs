@@ -182,7 +182,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Running, StartError> {
     let server_config = herd_common::tls::server_config(material, config.heartbeat_interval * 6)?;
-    let endpoint = quinn::Endpoint::server(server_config, config.quic_listen)
+    let endpoint = crate::ingest::quic_endpoint(server_config, config.quic_listen)
         .map_err(|source| StartError::Quic { addr: config.quic_listen, source })?;
     let quic_addr = endpoint.local_addr().map_err(|source| StartError::Quic { addr: config.quic_listen, source })?;
     let listener = tokio::net::TcpListener::bind(config.http_listen)

@@ -228,6 +228,12 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         "counter",
         ingest.handshake_failures.load(Ordering::Relaxed),
     );
+    gauge(
+        "herd_ingest_handshakes_abandoned_total",
+        "Agent handshakes the agent gave up on before they completed (its connect timeout).",
+        "counter",
+        ingest.handshakes_abandoned.load(Ordering::Relaxed),
+    );
     gauge("herd_fleet_agents_connected", "Agents currently connected.", "gauge", state.fleet.connected_count() as u64);
     for (name, help, map) in [
         (

@@ -65,7 +65,7 @@ struct Revocations {
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct CertFile {
+pub struct CertFile {
     certificates: Vec<CertRecord>,
 }
 
@@ -82,6 +82,8 @@ pub struct Inventory {
     revocations_path: PathBuf,
     certs: BTreeMap<String, CertRecord>,
     revocations: Revocations,
+    /// Certificates noted as seen since the file was last written.
+    unsaved: bool,
 }
 
 impl Inventory {
@@ -95,11 +97,28 @@ impl Inventory {
             certs_path,
             revocations_path,
             revocations,
+            unsaved: false,
         })
     }
 
-    fn save_certs(&self) -> Result<(), PersistError> {
-        super::write_json(&self.certs_path, &CertFile { certificates: self.certs.values().cloned().collect() })
+    fn save_certs(&mut self) -> Result<(), PersistError> {
+        self.unsaved = false;
+        super::write_json(&self.certs_path, &self.cert_file())
+    }
+
+    fn cert_file(&self) -> CertFile {
+        CertFile { certificates: self.certs.values().cloned().collect() }
+    }
+
+    /// The certificate file to write if certificates were noted since the
+    /// last write (its path and contents), taken so it can be written
+    /// without holding the inventory; [`Inventory::unsaved_again`] if that fails.
+    pub fn take_unsaved(&mut self) -> Option<(PathBuf, CertFile)> {
+        std::mem::take(&mut self.unsaved).then(|| (self.certs_path.clone(), self.cert_file()))
+    }
+
+    pub fn unsaved_again(&mut self) {
+        self.unsaved = true;
     }
 
     fn issued_ms(&self, info: &CertInfo) -> i64 {
@@ -120,11 +139,18 @@ impl Inventory {
     }
 
     /// Records a certificate issued elsewhere the first time it connects.
-    pub fn note_seen(&mut self, info: &CertInfo, now_ms: i64) -> Result<(), PersistError> {
+    /// Written within a second by the manager's housekeeping rather than on
+    /// the connection's path: a fleet of such certificates connecting at once
+    /// would otherwise rewrite the whole file once per agent. A record lost
+    /// to a crash is noted again at the next connection; revocation does not
+    /// depend on it (serials and names are checked against the certificate).
+    pub fn note_seen(&mut self, info: &CertInfo, now_ms: i64) {
         if self.certs.contains_key(&info.serial) {
-            return Ok(());
+            return;
         }
-        self.record(CertRecord::new(info, CertSource::Seen), now_ms)
+        self.prune(now_ms);
+        self.certs.insert(info.serial.clone(), CertRecord::new(info, CertSource::Seen));
+        self.unsaved = true;
     }
 
     /// A certificate of `name` that is neither expired nor revoked, if any.
@@ -226,5 +252,22 @@ mod tests {
         let mut inventory = inventory;
         inventory.revoke(&RevokeTarget::Serial("0003".into()), 106_000).unwrap();
         assert!(Inventory::open(dir.path()).unwrap().is_revoked(&other));
+    }
+
+    #[test]
+    fn certificates_seen_on_connections_are_written_together_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inventory = Inventory::open(dir.path()).unwrap();
+        for n in 0..100 {
+            inventory.note_seen(&info(&format!("agent-{n}"), &format!("{n:04}"), 100), 100_000);
+        }
+        assert!(!dir.path().join("certificates.json").exists(), "nothing written on the connection path");
+        let (path, file) = inventory.take_unsaved().expect("unsaved certificates");
+        assert!(inventory.take_unsaved().is_none(), "taken once");
+        super::super::write_json(&path, &file).unwrap();
+        let reopened = Inventory::open(dir.path()).unwrap();
+        assert_eq!(reopened.list().len(), 100);
+        inventory.note_seen(&info("agent-0", "0000", 100), 101_000);
+        assert!(inventory.take_unsaved().is_none(), "a known certificate changes nothing");
     }
 }

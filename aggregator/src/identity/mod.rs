@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use herd_common::config::aggregator::AggregatorConfig;
 use herd_common::config::identity::IdentityConfig;
@@ -57,6 +57,9 @@ pub enum PersistError {
     #[error("the system's random number generator failed")]
     Random,
 }
+
+/// How often certificates first seen on agent connections are written.
+const SEEN_WRITE_PERIOD: Duration = Duration::from_secs(1);
 
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, PersistError> {
     match std::fs::read(path) {
@@ -269,15 +272,36 @@ impl IdentityManager {
         state.enrollment = config.enrollment;
     }
 
-    /// Housekeeping until `shutdown`. Everything else is driven by ingest and the API.
+    /// Housekeeping until `shutdown`: certificates first seen on agent
+    /// connections are written once a second. Everything else is driven by
+    /// ingest and the API, and written as it changes.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        shutdown.cancelled().await;
+        let mut tick = tokio::time::interval(SEEN_WRITE_PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let manager = Arc::clone(&self);
+            let _ = tokio::task::spawn_blocking(move || manager.write_seen()).await;
+        }
         self.stop();
     }
 
-    /// Nothing is held open: state is on disk after every change.
+    /// Writes what is left to write.
     pub fn stop(&self) {
+        self.write_seen();
         info!(dir = %self.dir.display(), "identity manager stopped");
+    }
+
+    /// Writes the certificate inventory if connections noted new certificates (blocking).
+    fn write_seen(&self) {
+        let Some((path, file)) = self.lock().inventory.take_unsaved() else { return };
+        if let Err(err) = write_json(&path, &file) {
+            self.lock().inventory.unsaved_again();
+            warn!(error = %err, "cannot record the agents' certificates in the inventory; will retry");
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -298,9 +322,7 @@ impl IdentityManager {
             IdentityStats::count(&self.stats.connections_closed, "revoked");
             return Err(RefusalReason::Revoked);
         }
-        if let Err(err) = state.inventory.note_seen(&admission.info, unix_ms(SystemTime::now())) {
-            warn!(agent = %admission.name(), error = %err, "cannot record the agent's certificate in the inventory");
-        }
+        state.inventory.note_seen(&admission.info, unix_ms(SystemTime::now()));
         Ok(())
     }
 

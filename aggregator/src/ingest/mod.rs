@@ -34,7 +34,9 @@ pub const CLOSE_VERSION_MISMATCH: u32 = 2;
 pub const CLOSE_NO_IDENTITY: u32 = 3;
 pub const CLOSE_NOT_DURABLE: u32 = 4;
 const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
-const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Most bytes taken from the stream at once. Chunks come from QUIC's own
+/// receive buffers, so an idle connection holds no read buffer of its own.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Counters for self-monitoring and the demo's live line.
 #[derive(Debug, Default)]
@@ -44,6 +46,9 @@ pub struct IngestStats {
     /// Batches received again after they were stored (resent after a lost ack).
     pub dedup_hits: AtomicU64,
     pub handshake_failures: AtomicU64,
+    /// Handshakes the agent gave up on (its connect timeout ran out, e.g. an
+    /// attempt that began while this aggregator was down): not refusals.
+    pub handshakes_abandoned: AtomicU64,
     /// Connections closed for a protocol error, by `ProtocolError::reason_code`.
     pub protocol_errors: Mutex<HashMap<&'static str, u64>>,
     /// Samples the store refused, by `AppendError::reason_code`.
@@ -240,6 +245,11 @@ impl Ingest {
                 }
                 return;
             }
+            Err(err) if handshake_abandoned(&err) => {
+                self.stats.handshakes_abandoned.fetch_add(1, Ordering::Relaxed);
+                debug!(%remote, error = %err, "agent abandoned its handshake");
+                return;
+            }
             Err(err) => {
                 self.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
                 warn!(%remote, error = %err, "agent handshake failed (certificate not signed by the fleet CA, expired, or none?)");
@@ -351,7 +361,6 @@ impl Session<'_> {
         shutdown: CancellationToken,
     ) {
         let mut link = ServerLink::new(Instant::now().into_std()).with_max_series(self.ingest.max_series_per_agent);
-        let mut buffer = vec![0u8; READ_BUFFER_BYTES];
         loop {
             let deadline = link.poll_timeout().map(Instant::from_std);
             let result = tokio::select! {
@@ -363,8 +372,8 @@ impl Session<'_> {
                     connection.close(CLOSE_SHUTDOWN.into(), b"aggregator shutting down");
                     return;
                 }
-                read = recv.read(&mut buffer) => match read {
-                    Ok(Some(n)) => link.handle_bytes(Instant::now().into_std(), &buffer[..n]),
+                read = recv.read_chunk(READ_CHUNK_BYTES, true) => match read {
+                    Ok(Some(chunk)) => link.handle_bytes(Instant::now().into_std(), &chunk.bytes),
                     Ok(None) => return,
                     Err(err) => {
                         debug!(agent = %self.identity, error = %err, "agent stream ended");
@@ -573,5 +582,40 @@ async fn sleep_or_forever(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Receive buffer asked for on the agents' UDP socket. When a fleet
+/// reconnects at once (an aggregator restart), thousands of 1,200-byte
+/// handshake packets arrive together; the kernel's default (about 200 KiB)
+/// drops most of them and each lost one costs its agent a retransmission
+/// timeout or a whole backoff round. The kernel caps the size at
+/// `net.core.rmem_max` (raise it for fleets of thousands).
+const QUIC_RECEIVE_BUFFER_BYTES: usize = 16 << 20;
+
+/// The QUIC endpoint agents connect to, on a socket with a large receive buffer.
+pub fn quic_endpoint(config: quinn::ServerConfig, addr: std::net::SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let socket =
+        socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if let Err(err) = socket.set_recv_buffer_size(QUIC_RECEIVE_BUFFER_BYTES) {
+        warn!(error = %err, "cannot enlarge the QUIC socket's receive buffer");
+    }
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime for the QUIC endpoint"))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket.into(), runtime)
+}
+
+/// Whether the agent gave up on the handshake (a QUIC application close during
+/// the handshake travels as APPLICATION_ERROR) or went silent, rather than
+/// either side refusing the other's certificate.
+fn handshake_abandoned(err: &quinn::ConnectionError) -> bool {
+    match err {
+        quinn::ConnectionError::ConnectionClosed(close) => {
+            close.error_code == quinn::TransportErrorCode::APPLICATION_ERROR
+        }
+        quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::TimedOut => true,
+        _ => false,
     }
 }
