@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 pub mod browser;
 pub mod identity;
+pub mod loadgen;
 pub mod peers;
+pub mod prompb;
 pub mod relay;
 pub mod router;
 pub mod servers;
@@ -268,6 +270,9 @@ impl Aggregator {
         Self::start_full(pki, work, "aggregator", http, quic, "", "")
     }
 
+    /// Starts (or restarts) aggregator `name` with `extra` config sections
+    /// and `heartbeat` lines for `[server]` ("" keeps the production default),
+    /// waiting up to 20 s for it to be ready.
     fn start_full(
         pki: &Pki,
         work: &Path,
@@ -276,6 +281,23 @@ impl Aggregator {
         quic: SocketAddr,
         extra: &str,
         heartbeat: &str,
+    ) -> Self {
+        Self::start_within(pki, work, name, http, quic, extra, heartbeat, Duration::from_secs(20))
+    }
+
+    /// Like [`Aggregator::start_configured`] with `heartbeat` lines for
+    /// `[server]` ("" keeps the production default), waiting up to `ready_within` (a restart
+    /// replays its WAL first, which takes longer at a benchmark's scale).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_within(
+        pki: &Pki,
+        work: &Path,
+        name: &str,
+        http: SocketAddr,
+        quic: SocketAddr,
+        extra: &str,
+        heartbeat: &str,
+        ready_within: Duration,
     ) -> Self {
         if !pki.path("localhost.pem").exists() {
             pki.issue_server("localhost");
@@ -303,9 +325,8 @@ impl Aggregator {
             work,
         );
         let aggregator = Self { process, http, quic };
-        let ready =
-            wait_for(Duration::from_secs(20), || aggregator.get("/-/ready").filter(|(status, _)| *status == 200));
-        assert!(ready.is_some(), "aggregator not ready within 20 s:\n{}", aggregator.process.log());
+        let ready = wait_for(ready_within, || aggregator.get("/-/ready").filter(|(status, _)| *status == 200));
+        assert!(ready.is_some(), "aggregator not ready within {ready_within:?}:\n{}", aggregator.process.log());
         aggregator
     }
 

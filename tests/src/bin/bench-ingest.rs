@@ -19,40 +19,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use herd_tests::peers::*;
+use herd_tests::prompb::{Label, Sample, TimeSeries, WriteRequest, post, sender};
 use herd_tests::*;
-use prost::Message;
 
 const SAMPLES_PER_REQUEST: usize = 2000;
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct WriteRequest {
-    #[prost(message, repeated, tag = "1")]
-    timeseries: Vec<TimeSeries>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct TimeSeries {
-    #[prost(message, repeated, tag = "1")]
-    labels: Vec<Label>,
-    #[prost(message, repeated, tag = "2")]
-    samples: Vec<Sample>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct Label {
-    #[prost(string, tag = "1")]
-    name: String,
-    #[prost(string, tag = "2")]
-    value: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct Sample {
-    #[prost(double, tag = "1")]
-    value: f64,
-    #[prost(int64, tag = "2")]
-    timestamp: i64,
-}
 
 /// Request bodies per block of series, in round order.
 fn build_stream(series: usize, rounds: usize, start_ms: i64) -> Vec<Vec<Vec<u8>>> {
@@ -68,16 +38,16 @@ fn build_stream(series: usize, rounds: usize, start_ms: i64) -> Vec<Vec<Vec<u8>>
                             .clone()
                             .map(|id| TimeSeries {
                                 labels: vec![
-                                    Label { name: "__name__".into(), value: format!("bench_metric_{}", id % 50) },
-                                    Label { name: "id".into(), value: id.to_string() },
-                                    Label { name: "instance".into(), value: format!("host-{}", id / 100) },
-                                    Label { name: "job".into(), value: "bench".into() },
+                                    Label::new("__name__", format!("bench_metric_{}", id % 50)),
+                                    Label::new("id", id.to_string()),
+                                    Label::new("instance", format!("host-{}", id / 100)),
+                                    Label::new("job", "bench"),
                                 ],
                                 samples: vec![Sample { value: ((id * 7 + round * 13) % 1000) as f64 * 0.5, timestamp }],
                             })
                             .collect(),
                     };
-                    snap::raw::Encoder::new().compress_vec(&request.encode_to_vec()).expect("snappy encodes")
+                    request.body()
                 })
                 .collect()
         })
@@ -90,24 +60,9 @@ fn send_stream(url: &str, token: Option<&str>, stream: &[Vec<Vec<u8>>]) -> Durat
     std::thread::scope(|scope| {
         for block in stream {
             scope.spawn(move || {
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .timeout_global(Some(Duration::from_secs(60)))
-                    .build()
-                    .into();
+                let agent = sender();
                 for body in block {
-                    let mut request = agent
-                        .post(url)
-                        .header("Content-Encoding", "snappy")
-                        .header("Content-Type", "application/x-protobuf")
-                        .header("X-Prometheus-Remote-Write-Version", "0.1.0");
-                    if let Some(token) = token {
-                        request = request.header("Authorization", &format!("Bearer {token}"));
-                    }
-                    let mut response = request.send(&body[..]).expect("receiver reachable");
-                    let status = response.status().as_u16();
-                    let text = response.body_mut().read_to_string().unwrap_or_default();
-                    assert!((200..300).contains(&status), "{url} answered {status}: {text}");
+                    post(&agent, url, token, body);
                 }
             });
         }
