@@ -215,7 +215,7 @@ mod tests {
         let mut samples = Vec::new();
         store.read(found[0].0, i64::MIN, i64::MAX, &mut samples);
         assert_eq!(samples[0].value, 3.0);
-        assert_eq!(store.stats().series, 9);
+        assert_eq!(store.stats().series, 10);
     }
 
     #[test]
