@@ -182,9 +182,9 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Running, StartError> {
     let server_config = herd_common::tls::server_config(material, config.heartbeat_interval * 6)?;
-    let endpoint = crate::ingest::quic_endpoint(server_config, config.quic_listen)
-        .map_err(|source| StartError::Quic { addr: config.quic_listen, source })?;
-    let quic_addr = endpoint.local_addr().map_err(|source| StartError::Quic { addr: config.quic_listen, source })?;
+    let quic_error = |source| StartError::Quic { addr: config.quic_listen, source };
+    let quic_socket = crate::ingest::quic_socket(config.quic_listen).map_err(quic_error)?;
+    let quic_addr = quic_socket.local_addr().map_err(quic_error)?;
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .map_err(|source| StartError::Http { addr: config.http_listen, source })?;
@@ -252,6 +252,7 @@ pub async fn start(
     let (router_routes, alert_router) = start_router(config, &store, &notifier, http_addr, &shutdown, &mut tasks)?;
     let (remote_routes, remote_figures) =
         start_remote(config, &ingest, &wal, &config.state_dir.join("wal"), &shutdown, &mut tasks)?;
+    let endpoint = crate::ingest::quic_endpoint(server_config, quic_socket).map_err(quic_error)?;
     tasks.spawn(ingest.run(endpoint, shutdown.child_token()));
     tasks.spawn(up.run(shutdown.child_token()));
     let monitor = crate::selfmon::SelfMonitor {

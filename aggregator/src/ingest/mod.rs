@@ -593,8 +593,12 @@ async fn sleep_or_forever(deadline: Option<Instant>) {
 /// `net.core.rmem_max` (raise it for fleets of thousands).
 const QUIC_RECEIVE_BUFFER_BYTES: usize = 16 << 20;
 
-/// The QUIC endpoint agents connect to, on a socket with a large receive buffer.
-pub fn quic_endpoint(config: quinn::ServerConfig, addr: std::net::SocketAddr) -> std::io::Result<quinn::Endpoint> {
+/// The agents' UDP socket, bound with a large receive buffer. It is bound
+/// at start (so a port in use fails at once) and handed to QUIC by
+/// [`quic_endpoint`] only once the store is open: handshakes that arrive
+/// while the WAL replays wait in the socket rather than in an endpoint no
+/// one accepts from, where they would time out and be refused.
+pub fn quic_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let socket =
         socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     if let Err(err) = socket.set_recv_buffer_size(QUIC_RECEIVE_BUFFER_BYTES) {
@@ -602,9 +606,14 @@ pub fn quic_endpoint(config: quinn::ServerConfig, addr: std::net::SocketAddr) ->
     }
     socket.bind(&addr.into())?;
     socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// The QUIC endpoint agents connect to, on `socket` from [`quic_socket`].
+pub fn quic_endpoint(config: quinn::ServerConfig, socket: std::net::UdpSocket) -> std::io::Result<quinn::Endpoint> {
     let runtime =
         quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime for the QUIC endpoint"))?;
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket.into(), runtime)
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime)
 }
 
 /// Whether the agent gave up on the handshake (a QUIC application close during
