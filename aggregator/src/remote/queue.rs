@@ -331,6 +331,12 @@ impl Reader {
                 if !self.dispatch(position) {
                     break;
                 }
+                // Also between records: a read of many records sent to a slow
+                // endpoint blocks in `dispatch` long before the read is done.
+                if last_reshard.elapsed() >= self.queue.reshard_every {
+                    self.reconsider_shards(position, last_reshard.elapsed());
+                    last_reshard = Instant::now();
+                }
             }
             if self.dropping {
                 self.skip_position_to(position);
