@@ -198,7 +198,7 @@ impl Fleet {
                 offset,
                 tx,
                 Arc::clone(&generated_samples),
-                generating.child_token(),
+                (generating.child_token(), shutdown.child_token()),
             )));
             tasks.push(tokio::spawn(uplink.run(rx, shutdown.child_token())));
         }
@@ -317,7 +317,8 @@ pub fn next_value(rng: &mut fastrand::Rng, value: f64, counter: bool, scale: f64
     if counter { value + (scale * rng.f64()).round() } else { (value + scale * 0.05 * (rng.f64() - 0.5)).max(0.0) }
 }
 
-/// Hands the uplink one batch per interval until cancelled.
+/// Hands the uplink one batch per interval until `stop`, then holds the
+/// channel open until `shutdown`.
 async fn generate(
     series: Vec<Series>,
     first_seq: u64,
@@ -325,7 +326,7 @@ async fn generate(
     offset: Duration,
     tx: mpsc::Sender<SampleBatch>,
     generated: Arc<AtomicU64>,
-    shutdown: CancellationToken,
+    (stop, shutdown): (CancellationToken, CancellationToken),
 ) {
     let mut rng = fastrand::Rng::new();
     let mut values: Vec<f64> = series.iter().map(|&(_, _, scale)| scale * rng.f64()).collect();
@@ -334,7 +335,12 @@ async fn generate(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => {
+                // The uplink takes a closed channel for the agent's shutdown:
+                // keep it open so the agent stays connected and delivers what it holds.
+                shutdown.cancelled().await;
+                return;
+            }
             _ = ticker.tick() => {}
         }
         let mut samples = Vec::with_capacity(series.len());
