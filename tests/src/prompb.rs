@@ -1,51 +1,20 @@
-//! Prometheus remote_write 1.0 messages (snappy-compressed protobuf) and a
-//! sender, for benchmarks that feed Herd and its peers the same stream.
+//! remote_write senders for benchmarks that feed Herd and its peers the
+//! same stream, on the aggregator's own messages and encoder.
 
 use std::time::Duration;
 
-use prost::Message;
+pub use herd_aggregator::remote::proto::{Label, Sample, TimeSeries, WriteRequest};
 
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct WriteRequest {
-    #[prost(message, repeated, tag = "1")]
-    pub timeseries: Vec<TimeSeries>,
+/// A label pair.
+pub fn label(name: &str, value: impl Into<String>) -> Label {
+    Label { name: name.to_owned(), value: value.into() }
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct TimeSeries {
-    #[prost(message, repeated, tag = "1")]
-    pub labels: Vec<Label>,
-    #[prost(message, repeated, tag = "2")]
-    pub samples: Vec<Sample>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Label {
-    #[prost(string, tag = "1")]
-    pub name: String,
-    #[prost(string, tag = "2")]
-    pub value: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Sample {
-    #[prost(double, tag = "1")]
-    pub value: f64,
-    #[prost(int64, tag = "2")]
-    pub timestamp: i64,
-}
-
-impl Label {
-    pub fn new(name: &str, value: impl Into<String>) -> Self {
-        Self { name: name.to_owned(), value: value.into() }
-    }
-}
-
-impl WriteRequest {
-    /// The request's body as sent: protobuf, then snappy (block format).
-    pub fn body(&self) -> Vec<u8> {
-        snap::raw::Encoder::new().compress_vec(&self.encode_to_vec()).expect("snappy encodes")
-    }
+/// `request`'s body as sent: protobuf, then snappy (block format), with Herd's own encoder.
+pub fn body(request: &WriteRequest) -> Vec<u8> {
+    let (mut scratch, mut out) = (Vec::new(), Vec::new());
+    herd_aggregator::remote::proto::encode(request, &mut scratch, &mut out);
+    out
 }
 
 /// An HTTP client for remote_write senders (statuses are returned, not errors).

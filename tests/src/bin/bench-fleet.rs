@@ -29,7 +29,7 @@ use clap::Parser;
 use herd_common::tls::PemPair;
 use herd_tests::loadgen::{Fleet, FleetSpec, each_series, next_value, now_ms, own_cpu_seconds, process_cpu_seconds};
 use herd_tests::peers::{Peer, start_prometheus, start_victoria_metrics};
-use herd_tests::prompb::{Label, Sample, TimeSeries, WriteRequest, post, sender};
+use herd_tests::prompb::{Sample, TimeSeries, WriteRequest, body, label, post, sender};
 use herd_tests::*;
 
 #[derive(Debug, Parser)]
@@ -335,10 +335,10 @@ fn measure_peer(peer: &Peer, args: &Args, interval: Duration) -> Vec<Window> {
                         let instance = format!("web-{agent_index:05}");
                         each_series(args.series, |name, labels, counter, scale| {
                             values[slot] = next_value(&mut rng, values[slot], counter, scale);
-                            let mut series_labels = vec![Label::new("__name__", name)];
-                            series_labels.extend(labels.iter().map(|(k, v)| Label::new(k, *v)));
-                            series_labels.push(Label::new("instance", instance.clone()));
-                            series_labels.push(Label::new("job", "herd"));
+                            let mut series_labels = vec![label("__name__", name)];
+                            series_labels.extend(labels.iter().map(|(k, v)| label(k, *v)));
+                            series_labels.push(label("instance", instance.clone()));
+                            series_labels.push(label("job", "herd"));
                             series_labels.sort_by(|a, b| a.name.cmp(&b.name));
                             request.timeseries.push(TimeSeries {
                                 labels: series_labels,
@@ -346,14 +346,14 @@ fn measure_peer(peer: &Peer, args: &Args, interval: Duration) -> Vec<Window> {
                             });
                             slot += 1;
                             if request.timeseries.len() == 2000 {
-                                post(&agent, url, None, &request.body());
+                                post(&agent, url, None, &body(&request));
                                 sent.fetch_add(2000, std::sync::atomic::Ordering::Relaxed);
                                 request.timeseries.clear();
                             }
                         });
                     }
                     if !request.timeseries.is_empty() {
-                        post(&agent, url, None, &request.body());
+                        post(&agent, url, None, &body(&request));
                         sent.fetch_add(request.timeseries.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     }
                 }

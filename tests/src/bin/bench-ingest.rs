@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use herd_tests::peers::*;
-use herd_tests::prompb::{Label, Sample, TimeSeries, WriteRequest, post, sender};
+use herd_tests::prompb::{Sample, TimeSeries, WriteRequest, body, label, post, sender};
 use herd_tests::*;
 
 const SAMPLES_PER_REQUEST: usize = 2000;
@@ -38,16 +38,16 @@ fn build_stream(series: usize, rounds: usize, start_ms: i64) -> Vec<Vec<Vec<u8>>
                             .clone()
                             .map(|id| TimeSeries {
                                 labels: vec![
-                                    Label::new("__name__", format!("bench_metric_{}", id % 50)),
-                                    Label::new("id", id.to_string()),
-                                    Label::new("instance", format!("host-{}", id / 100)),
-                                    Label::new("job", "bench"),
+                                    label("__name__", format!("bench_metric_{}", id % 50)),
+                                    label("id", id.to_string()),
+                                    label("instance", format!("host-{}", id / 100)),
+                                    label("job", "bench"),
                                 ],
                                 samples: vec![Sample { value: ((id * 7 + round * 13) % 1000) as f64 * 0.5, timestamp }],
                             })
                             .collect(),
                     };
-                    request.body()
+                    body(&request)
                 })
                 .collect()
         })
