@@ -55,6 +55,7 @@ impl SelfMonitor {
             ("herd_ingest_dedup_hits_total", load(&self.ingest.dedup_hits)),
             ("herd_ingest_handshake_failures_total", load(&self.ingest.handshake_failures)),
             ("herd_ingest_handshakes_abandoned_total", load(&self.ingest.handshakes_abandoned)),
+            ("herd_ingest_handshakes_shed_total", load(&self.ingest.handshakes_shed)),
             ("herd_wal_bytes", load(&self.wal.bytes)),
             ("herd_wal_syncs_total", load(&self.wal.syncs)),
             ("herd_store_series", store_stats.series as f64),
@@ -215,7 +216,7 @@ mod tests {
         let mut samples = Vec::new();
         store.read(found[0].0, i64::MIN, i64::MAX, &mut samples);
         assert_eq!(samples[0].value, 3.0);
-        assert_eq!(store.stats().series, 10);
+        assert_eq!(store.stats().series, 11);
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub enum StartError {
     Quic { addr: SocketAddr, source: std::io::Error },
     #[error("cannot listen for HTTP on tcp/{addr}: {source}")]
     Http { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot read or create the QUIC reset key {}: {source}", path.display())]
+    ResetKey { path: std::path::PathBuf, source: std::io::Error },
     #[error(transparent)]
     Wal(#[from] WalError),
     #[error("cannot open the store's blocks: {0}")]
@@ -252,7 +254,10 @@ pub async fn start(
     let (router_routes, alert_router) = start_router(config, &store, &notifier, http_addr, &shutdown, &mut tasks)?;
     let (remote_routes, remote_figures) =
         start_remote(config, &ingest, &wal, &config.state_dir.join("wal"), &shutdown, &mut tasks)?;
-    let endpoint = crate::ingest::quic_endpoint(server_config, quic_socket).map_err(quic_error)?;
+    let reset_key_path = config.state_dir.join("quic-reset-key");
+    let reset_key = crate::ingest::reset_key(&reset_key_path)
+        .map_err(|source| StartError::ResetKey { path: reset_key_path, source })?;
+    let endpoint = crate::ingest::quic_endpoint(server_config, quic_socket, reset_key).map_err(quic_error)?;
     tasks.spawn(ingest.run(endpoint, shutdown.child_token()));
     tasks.spawn(up.run(shutdown.child_token()));
     let monitor = crate::selfmon::SelfMonitor {

@@ -230,9 +230,15 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     );
     gauge(
         "herd_ingest_handshakes_abandoned_total",
-        "Agent handshakes the agent gave up on before they completed (its connect timeout).",
+        "Agent handshakes the agent gave up on before they completed (its probe window or connect timeout).",
         "counter",
         ingest.handshakes_abandoned.load(Ordering::Relaxed),
+    );
+    gauge(
+        "herd_ingest_handshakes_shed_total",
+        "Agent handshakes refused because too many were in progress; the agent backs off and retries.",
+        "counter",
+        ingest.handshakes_shed.load(Ordering::Relaxed),
     );
     gauge("herd_fleet_agents_connected", "Agents currently connected.", "gauge", state.fleet.connected_count() as u64);
     for (name, help, map) in [

@@ -49,6 +49,9 @@ pub struct IngestStats {
     /// Handshakes the agent gave up on (its connect timeout ran out, e.g. an
     /// attempt that began while this aggregator was down): not refusals.
     pub handshakes_abandoned: AtomicU64,
+    /// Handshakes refused because [`MAX_HANDSHAKES_IN_FLIGHT`] were in
+    /// progress: the agent hears the refusal at once and backs off.
+    pub handshakes_shed: AtomicU64,
     /// Connections closed for a protocol error, by `ProtocolError::reason_code`.
     pub protocol_errors: Mutex<HashMap<&'static str, u64>>,
     /// Samples the store refused, by `AppendError::reason_code`.
@@ -174,7 +177,20 @@ pub struct Ingest {
     /// Enrollment, renewal and revocation; without it agents are admitted
     /// on their certificate alone.
     identity: Option<Arc<crate::identity::IdentityManager>>,
+    /// Permits for handshakes in progress, [`MAX_HANDSHAKES_IN_FLIGHT`].
+    handshakes: tokio::sync::Semaphore,
 }
+
+/// Handshakes served at once. Past this, a fleet reconnecting together
+/// (after an aggregator restart) is refused rather than queued: a refusal is
+/// one small packet the agent answers by backing off, while a queue would
+/// make every handshake slow, including the ones agents then give up on.
+/// At about a millisecond of CPU each, this many are a few hundred
+/// milliseconds of work on two cores.
+pub const MAX_HANDSHAKES_IN_FLIGHT: usize = 256;
+/// A handshake still incomplete after this long (the peer went away during
+/// it) gives its place up; agents give up on theirs sooner.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Ingest {
     pub fn new(
@@ -187,7 +203,17 @@ impl Ingest {
         max_series_per_agent: u32,
     ) -> Self {
         let log = Arc::new(SeriesLog::new(store, wal, Arc::clone(&stats)));
-        Self { fleet, configs: None, stats, log, dedup, heartbeat_interval, max_series_per_agent, identity: None }
+        Self {
+            fleet,
+            configs: None,
+            stats,
+            log,
+            dedup,
+            heartbeat_interval,
+            max_series_per_agent,
+            identity: None,
+            handshakes: tokio::sync::Semaphore::new(MAX_HANDSHAKES_IN_FLIGHT),
+        }
     }
 
     /// Serves enrollment, renewal and revocation through `identity`.
@@ -228,6 +254,25 @@ impl Ingest {
 
     async fn handle_incoming(&self, incoming: quinn::Incoming, shutdown: CancellationToken) {
         let remote = incoming.remote_address();
+        // Every peer proves it is still there before it gets a handshake: a
+        // Retry is one packet and no state here. Handshakes an agent already
+        // gave up on (probes it sent while this aggregator was down or still
+        // opening its store, queued in the socket) go no further, and a
+        // spoofed source gets nothing back bigger than what it sent.
+        let incoming = if incoming.may_retry() && !incoming.remote_address_validated() {
+            match incoming.retry() {
+                Ok(()) => return,
+                Err(err) => err.into_incoming(),
+            }
+        } else {
+            incoming
+        };
+        let Ok(handshake) = self.handshakes.try_acquire() else {
+            self.stats.handshakes_shed.fetch_add(1, Ordering::Relaxed);
+            debug!(%remote, "too many handshakes in progress: refused, the agent backs off");
+            incoming.refuse();
+            return;
+        };
         let mut connecting = match incoming.accept() {
             Ok(connecting) => connecting,
             Err(err) => {
@@ -236,8 +281,18 @@ impl Ingest {
                 return;
             }
         };
-        let enrolling = crate::identity::quic::is_enrollment(connecting.handshake_data().await.ok());
-        let connection = match connecting.await {
+        let handshook = timeout(HANDSHAKE_TIMEOUT, async move {
+            let enrolling = crate::identity::quic::is_enrollment(connecting.handshake_data().await.ok());
+            (enrolling, connecting.await)
+        })
+        .await;
+        drop(handshake);
+        let Ok((enrolling, connected)) = handshook else {
+            self.stats.handshakes_abandoned.fetch_add(1, Ordering::Relaxed);
+            debug!(%remote, "handshake not completed within {} s: dropped", HANDSHAKE_TIMEOUT.as_secs());
+            return;
+        };
+        let connection = match connected {
             Ok(connection) => connection,
             Err(err) if enrolling => {
                 if let Some(identity) = &self.identity {
@@ -609,11 +664,38 @@ pub fn quic_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpS
     Ok(socket.into())
 }
 
-/// The QUIC endpoint agents connect to, on `socket` from [`quic_socket`].
-pub fn quic_endpoint(config: quinn::ServerConfig, socket: std::net::UdpSocket) -> std::io::Result<quinn::Endpoint> {
+/// The QUIC endpoint agents connect to, on `socket` from [`quic_socket`],
+/// with stateless resets keyed by [`reset_key`].
+pub fn quic_endpoint(
+    config: quinn::ServerConfig,
+    socket: std::net::UdpSocket,
+    reset_key: Arc<ring::hmac::Key>,
+) -> std::io::Result<quinn::Endpoint> {
     let runtime =
         quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime for the QUIC endpoint"))?;
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime)
+    quinn::Endpoint::new(quinn::EndpointConfig::new(reset_key), Some(config), socket, runtime)
+}
+
+const RESET_KEY_BYTES: usize = 32;
+
+/// The key QUIC derives stateless-reset tokens from, kept at `path` (mode
+/// 0600) across restarts. An agent whose connection the previous process
+/// held keeps sending on it; with the same key, the restarted aggregator's
+/// stateless reset is one the agent accepts, so it reconnects at once
+/// instead of waiting out its idle timeout. A missing or malformed file is
+/// replaced by a new key.
+pub fn reset_key(path: &std::path::Path) -> std::io::Result<Arc<ring::hmac::Key>> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) if bytes.len() == RESET_KEY_BYTES => bytes,
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
+        _ => {
+            let mut bytes = vec![0u8; RESET_KEY_BYTES];
+            getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
+            crate::alertmanager::silence::write_atomically(path, &bytes)?;
+            bytes
+        }
+    };
+    Ok(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes)))
 }
 
 /// Whether the agent gave up on the handshake (a QUIC application close during
@@ -626,5 +708,32 @@ fn handshake_abandoned(err: &quinn::ConnectionError) -> bool {
         }
         quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::TimedOut => true,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn tag(key: &ring::hmac::Key) -> Vec<u8> {
+        ring::hmac::sign(key, b"connection id").as_ref().to_vec()
+    }
+
+    #[test]
+    fn the_reset_key_is_created_once_private_and_kept_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("quic-reset-key");
+        let first = reset_key(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(tag(&reset_key(&path).unwrap()), tag(&first), "a restart derives the same reset tokens");
+
+        std::fs::write(&path, b"short").unwrap();
+        let replaced = reset_key(&path).unwrap();
+        assert_ne!(tag(&replaced), tag(&first));
+        assert_eq!(std::fs::read(&path).unwrap().len(), RESET_KEY_BYTES, "a malformed key is replaced");
+
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(tag(&reset_key(&other.path().join("quic-reset-key")).unwrap()), tag(&replaced));
     }
 }
