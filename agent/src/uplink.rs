@@ -8,9 +8,14 @@
 //! `backfill_batches_per_second`, so the aggregator's "now" recovers at once.
 //!
 //! Endpoints are tried in order of preference, with capped exponential
-//! backoff and jitter between rounds. While connected to a fallback, the
-//! preferred ones are probed every `failback_interval` and the uplink moves
-//! back as soon as one answers. The scheduler's channel is drained in every
+//! backoff and jitter between rounds. An endpoint that sends nothing back at
+//! all (its aggregator is down, not refusing) is instead probed every
+//! `probe_interval`, each attempt given up before QUIC resends its first
+//! packet, so live data resumes about a second after the aggregator returns
+//! however long it was away, and a returning aggregator is not handed a
+//! queue of stale handshakes. While connected to a fallback, the preferred
+//! ones are probed every `failback_interval` and the uplink moves back as
+//! soon as one answers. The scheduler's channel is drained in every
 //! state, so collection never waits for the network.
 
 use std::future::Future;
@@ -56,6 +61,10 @@ const CLOSE_RENEWED: u32 = 8;
 /// A connection that lasted this long resets the backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// A probe waits at least this long for the aggregator's first answer: less
+/// than QUIC's first resend of the opening packet (about 1 s before an RTT is
+/// measured), more than a busy aggregator's usual delay in answering.
+const PROBE_ANSWER_FLOOR: Duration = Duration::from_millis(800);
 
 /// Figures the self-metrics collector reads.
 #[derive(Debug, Default)]
@@ -82,6 +91,8 @@ enum ConnectError {
     Connect { endpoint: String, detail: String },
     #[error("connecting to {endpoint} timed out after {timeout_ms} ms")]
     Timeout { endpoint: String, timeout_ms: u128 },
+    #[error("no answer from {endpoint} within {waited_ms} ms; is its aggregator running?")]
+    Silent { endpoint: String, waited_ms: u128 },
 }
 
 /// Why a connection ended.
@@ -112,6 +123,10 @@ pub struct Uplink {
     write_timeout: Duration,
     backoff_initial: Duration,
     backoff_max: Duration,
+    probe_interval: Duration,
+    /// Each endpoint's round-trip time on its last connection: known, it lets
+    /// an attempt the endpoint does not answer be given up early.
+    rtts: Vec<Option<Duration>>,
     backfill_period: Duration,
     failback_interval: Duration,
     quic: quinn::Endpoint,
@@ -147,6 +162,8 @@ impl Uplink {
             write_timeout: config.uplink.idle_timeout,
             backoff_initial: config.uplink.backoff_initial,
             backoff_max: config.uplink.backoff_max,
+            probe_interval: config.uplink.probe_interval,
+            rtts: vec![None; config.uplink.endpoints.len()],
             backfill_period: Duration::from_secs(1) / config.uplink.backfill_batches_per_second.max(1),
             failback_interval: config.uplink.failback_interval,
             quic,
@@ -191,12 +208,16 @@ impl Uplink {
         'rounds: loop {
             self.take_renewed_client_config();
             let mut renewed = false;
+            let round_started = Instant::now();
+            // Whether every endpoint this round was silent (down, not refusing).
+            let mut all_silent = true;
             for index in 0..self.endpoints.len() {
                 let connecting = connect(
                     self.quic.clone(),
                     self.endpoints[index].clone(),
                     self.server_name.clone(),
                     self.connect_timeout,
+                    self.probe_window(index),
                 );
                 let Some(result) = self.while_collecting(&mut rx, &shutdown, connecting).await else {
                     break 'rounds;
@@ -204,14 +225,18 @@ impl Uplink {
                 let mut current = match result {
                     Ok(connection) => Some((connection, index)),
                     Err(err) => {
+                        all_silent &= matches!(err, ConnectError::Silent { .. });
                         self.report_failure(err.to_string());
                         continue;
                     }
                 };
+                all_silent = false;
                 while let Some((connection, index)) = current.take() {
                     let started = Instant::now();
                     let endpoint = self.endpoints[index].clone();
-                    match self.serve(&connection, index, &mut rx, &shutdown).await {
+                    let ended = self.serve(&connection, index, &mut rx, &shutdown).await;
+                    self.rtts[index] = Some(connection.rtt());
+                    match ended {
                         Ended::Shutdown => break 'rounds,
                         Ended::Failback(better, better_index) => {
                             info!(from = %endpoint, to = %self.endpoints[better_index], "returning to a preferred aggregator");
@@ -237,6 +262,16 @@ impl Uplink {
             if renewed {
                 continue 'rounds;
             }
+            if all_silent {
+                // Nobody answered: probe again soon, without growing the backoff
+                // that paces attempts an aggregator refuses.
+                let wait = jittered(self.probe_interval).saturating_sub(round_started.elapsed());
+                debug!(wait_ms = wait.as_millis() as u64, buffered_batches = self.buffer.len(), "uplink probing");
+                if self.while_collecting(&mut rx, &shutdown, tokio::time::sleep(wait)).await.is_none() {
+                    break;
+                }
+                continue;
+            }
             let wait = jittered(backoff);
             debug!(wait_ms = wait.as_millis() as u64, buffered_batches = self.buffer.len(), "uplink backing off");
             if self.while_collecting(&mut rx, &shutdown, tokio::time::sleep(wait)).await.is_none() {
@@ -253,6 +288,14 @@ impl Uplink {
                 "agent stopped; unacknowledged batches stay buffered for the next start"
             );
         }
+    }
+
+    /// How long an attempt on endpoint `index` waits for a first answer before
+    /// it counts as silent, or `None` (wait the whole connect timeout) for an
+    /// endpoint never reached, whose round-trip time is unknown.
+    fn probe_window(&self, index: usize) -> Option<Duration> {
+        let rtt = self.rtts[index]?;
+        Some((rtt * 4).max(PROBE_ANSWER_FLOOR.min(self.probe_interval)).min(self.connect_timeout))
     }
 
     fn report_failure(&mut self, message: String) {
@@ -533,7 +576,7 @@ async fn probe_preferred(
     connect_timeout: Duration,
 ) -> Option<(quinn::Connection, usize)> {
     for (index, endpoint) in endpoints.into_iter().enumerate() {
-        if let Ok(connection) = connect(quic.clone(), endpoint, server_name.clone(), connect_timeout).await {
+        if let Ok(connection) = connect(quic.clone(), endpoint, server_name.clone(), connect_timeout, None).await {
             return Some((connection, index));
         }
     }
@@ -562,6 +605,11 @@ fn describe_connection_error(err: &quinn::ConnectionError) -> String {
         quinn::ConnectionError::ApplicationClosed(close) => {
             format!("aggregator closed the connection: {}", String::from_utf8_lossy(&close.reason))
         }
+        quinn::ConnectionError::ConnectionClosed(close)
+            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            "the aggregator is busy with other handshakes and refused this one; retrying with backoff".into()
+        }
         quinn::ConnectionError::ConnectionClosed(close) => {
             format!(
                 "connection closed by the aggregator ({close}); is this agent's certificate signed by the fleet CA?"
@@ -583,6 +631,7 @@ async fn connect(
     endpoint: Endpoint,
     server_name: Option<String>,
     connect_timeout: Duration,
+    probe_window: Option<Duration>,
 ) -> Result<quinn::Connection, ConnectError> {
     let name = endpoint.to_string();
     let attempt = async {
@@ -592,9 +641,16 @@ async fn connect(
             .next()
             .ok_or_else(|| ConnectError::Resolve { endpoint: name.clone(), detail: "no addresses".into() })?;
         let server_name = server_name.as_deref().unwrap_or(&endpoint.host);
-        let connecting = quic
+        let mut connecting = quic
             .connect(addr, server_name)
             .map_err(|e| ConnectError::Connect { endpoint: name.clone(), detail: e.to_string() })?;
+        // The aggregator's first answer carries its handshake data; a failure
+        // ends this wait too, and is reported by `connecting` below.
+        if let Some(window) = probe_window
+            && timeout(window, connecting.handshake_data()).await.is_err()
+        {
+            return Err(ConnectError::Silent { endpoint: name.clone(), waited_ms: window.as_millis() });
+        }
         connecting
             .await
             .map_err(|e| ConnectError::Connect { endpoint: name.clone(), detail: describe_connection_error(&e) })

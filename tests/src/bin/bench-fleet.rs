@@ -507,6 +507,7 @@ fn connections(args: &Args) -> String {
         .unwrap_or(0);
     let failures = metric(bench.herd(), "herd_ingest_handshake_failures_total").unwrap_or(f64::NAN);
     let abandoned = metric(bench.herd(), "herd_ingest_handshakes_abandoned_total").unwrap_or(f64::NAN);
+    let shed = metric(bench.herd(), "herd_ingest_handshakes_shed_total").unwrap_or(f64::NAN);
     drop(loadgens);
     format!(
         "## Connection scale (issue: aggregator at fleet scale)\n\n\
@@ -525,9 +526,9 @@ fn connections(args: &Args) -> String {
          | reconnect storm: every agent saw the aggregator gone | {down} |\n\
          | reconnect storm: aggregator ready after restart | {ready:.2} s |\n\
          | reconnect storm: all {agents} reconnected after ready | {storm} |\n\
-         | reconnect storm: agents reconnected per second, overall (paced by their backoff) | {rate} |\n\
+         | reconnect storm: agents reconnected per second, overall (paced by their probes and backoff) | {rate} |\n\
          | reconnect storm: agents reconnected in the busiest second | {peak} |\n\
-         | reconnect storm: handshakes refused; abandoned by agents (connect timeout) | {failures}; {abandoned} |\n",
+         | reconnect storm: handshakes failed; shed (too many in progress); abandoned by agents | {failures}; {shed}; {abandoned} |\n",
         agents = args.conn_agents,
         series = args.conn_series,
         interval_s = args.interval,
@@ -605,7 +606,7 @@ fn recovery(args: &Args, runtime: &tokio::runtime::Runtime) -> String {
         "## Recovery after an outage (issue: aggregator at fleet scale)\n\n\
          `target/release/bench-fleet --phases recovery --rec-agents {agents} --rec-series {series} --outage {outage}`: \
          {agents} simulated agents x {series} series every second, the aggregator killed for {outage} s, \
-         agents on the default backoff (0.5 s doubling to 30 s, ±20 % jitter) and backfill rate (50 batches/s each).\n\n\
+         agents on the default reconnect settings (an aggregator that does not answer is probed every second, ±20 % jitter) and backfill rate (50 batches/s each).\n\n\
          | figure | value |\n| --- | --- |\n\
          | batches buffered by the agents at the return | {buffered} |\n\
          | aggregator ready after restart | {ready:.2} s |\n\
