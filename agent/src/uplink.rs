@@ -8,12 +8,12 @@
 //! `backfill_batches_per_second`, so the aggregator's "now" recovers at once.
 //!
 //! Endpoints are tried in order of preference, with capped exponential
-//! backoff and jitter between rounds. An endpoint that sends nothing back at
-//! all (its aggregator is down, not refusing) is instead probed every
-//! `probe_interval`, each attempt given up before QUIC resends its first
-//! packet, so live data resumes about a second after the aggregator returns
-//! however long it was away, and a returning aggregator is not handed a
-//! queue of stale handshakes. While connected to a fallback, the preferred
+//! backoff and jitter between rounds. An endpoint reached before that sends
+//! nothing back at all (its aggregator is down, not refusing) is instead
+//! tried again at once, attempt after attempt, each given up after a few
+//! seconds without an answer; within an attempt QUIC resends the opening
+//! packet (after 0.3, 0.9 and 2.1 s), so live data resumes about a second
+//! after the aggregator returns however long it was away. While connected to a fallback, the preferred
 //! ones are probed every `failback_interval` and the uplink moves back as
 //! soon as one answers. The scheduler's channel is drained in every
 //! state, so collection never waits for the network.
@@ -61,10 +61,11 @@ const CLOSE_RENEWED: u32 = 8;
 /// A connection that lasted this long resets the backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 const READ_BUFFER_BYTES: usize = 64 * 1024;
-/// A probe waits at least this long for the aggregator's first answer: less
-/// than QUIC's first resend of the opening packet (about 1 s before an RTT is
-/// measured), more than a busy aggregator's usual delay in answering.
-const PROBE_ANSWER_FLOOR: Duration = Duration::from_millis(800);
+/// An attempt at an endpoint reached before waits at least this long for the
+/// aggregator's first answer before it counts as silent: time for QUIC's
+/// resends at 0.3, 0.9 and 2.1 s, and for an aggregator busy with a
+/// reconnecting fleet to answer the handshakes it admitted.
+const PROBE_ANSWER_FLOOR: Duration = Duration::from_millis(2500);
 
 /// Figures the self-metrics collector reads.
 #[derive(Debug, Default)]
@@ -91,8 +92,8 @@ enum ConnectError {
     Connect { endpoint: String, detail: String },
     #[error("connecting to {endpoint} timed out after {timeout_ms} ms")]
     Timeout { endpoint: String, timeout_ms: u128 },
-    #[error("no answer from {endpoint} within {waited_ms} ms; is its aggregator running?")]
-    Silent { endpoint: String, waited_ms: u128 },
+    #[error("no answer from {endpoint}; is its aggregator running?")]
+    Silent { endpoint: String },
 }
 
 /// Why a connection ended.
@@ -123,7 +124,6 @@ pub struct Uplink {
     write_timeout: Duration,
     backoff_initial: Duration,
     backoff_max: Duration,
-    probe_interval: Duration,
     /// Each endpoint's round-trip time on its last connection: known, it lets
     /// an attempt the endpoint does not answer be given up early.
     rtts: Vec<Option<Duration>>,
@@ -162,7 +162,6 @@ impl Uplink {
             write_timeout: config.uplink.idle_timeout,
             backoff_initial: config.uplink.backoff_initial,
             backoff_max: config.uplink.backoff_max,
-            probe_interval: config.uplink.probe_interval,
             rtts: vec![None; config.uplink.endpoints.len()],
             backfill_period: Duration::from_secs(1) / config.uplink.backfill_batches_per_second.max(1),
             failback_interval: config.uplink.failback_interval,
@@ -208,9 +207,8 @@ impl Uplink {
         'rounds: loop {
             self.take_renewed_client_config();
             let mut renewed = false;
-            let round_started = Instant::now();
             // Whether every endpoint this round was silent (down, not refusing).
-            let mut all_silent = true;
+            let mut all_silent = !self.endpoints.is_empty();
             for index in 0..self.endpoints.len() {
                 let connecting = connect(
                     self.quic.clone(),
@@ -263,13 +261,10 @@ impl Uplink {
                 continue 'rounds;
             }
             if all_silent {
-                // Nobody answered: probe again soon, without growing the backoff
-                // that paces attempts an aggregator refuses.
-                let wait = jittered(self.probe_interval).saturating_sub(round_started.elapsed());
-                debug!(wait_ms = wait.as_millis() as u64, buffered_batches = self.buffer.len(), "uplink probing");
-                if self.while_collecting(&mut rx, &shutdown, tokio::time::sleep(wait)).await.is_none() {
-                    break;
-                }
+                // Nobody answered: try again at once (each silent attempt took a
+                // few seconds), without growing the backoff that paces attempts
+                // an aggregator refuses.
+                debug!(buffered_batches = self.buffer.len(), "uplink probing");
                 continue;
             }
             let wait = jittered(backoff);
@@ -295,7 +290,7 @@ impl Uplink {
     /// endpoint never reached, whose round-trip time is unknown.
     fn probe_window(&self, index: usize) -> Option<Duration> {
         let rtt = self.rtts[index]?;
-        Some((rtt * 4).max(PROBE_ANSWER_FLOOR.min(self.probe_interval)).min(self.connect_timeout))
+        Some((rtt * 4).max(PROBE_ANSWER_FLOOR).min(self.connect_timeout))
     }
 
     fn report_failure(&mut self, message: String) {
@@ -649,11 +644,15 @@ async fn connect(
         if let Some(window) = probe_window
             && timeout(window, connecting.handshake_data()).await.is_err()
         {
-            return Err(ConnectError::Silent { endpoint: name.clone(), waited_ms: window.as_millis() });
+            return Err(ConnectError::Silent { endpoint: name.clone() });
         }
-        connecting
-            .await
-            .map_err(|e| ConnectError::Connect { endpoint: name.clone(), detail: describe_connection_error(&e) })
+        connecting.await.map_err(|e| match e {
+            // QUIC's idle timeout, when shorter than the window, ends a silent attempt first.
+            quinn::ConnectionError::TimedOut if probe_window.is_some() => {
+                ConnectError::Silent { endpoint: name.clone() }
+            }
+            e => ConnectError::Connect { endpoint: name.clone(), detail: describe_connection_error(&e) },
+        })
     };
     timeout(connect_timeout, attempt).await.unwrap_or_else(|_| {
         Err(ConnectError::Timeout { endpoint: name.clone(), timeout_ms: connect_timeout.as_millis() })

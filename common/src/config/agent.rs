@@ -21,7 +21,6 @@ const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_BACKFILL_BATCHES_PER_SECOND: u32 = 50;
 const DEFAULT_FAILBACK_INTERVAL: Duration = Duration::from_secs(30);
-const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_BUFFER_MAX_BYTES: u64 = 256 << 20;
 const DEFAULT_BUFFER_MEMORY_BATCHES: usize = 360;
 
@@ -101,8 +100,6 @@ pub struct RawUplink {
     pub backoff_initial: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub backoff_max: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub probe_interval: Option<Duration>,
     pub backfill_batches_per_second: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     pub failback_interval: Option<Duration>,
@@ -268,10 +265,6 @@ pub struct UplinkConfig {
     pub idle_timeout: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
-    /// While an endpoint the agent has reached before sends nothing back at
-    /// all (its aggregator is down), how often it is tried; this bounds how
-    /// long after the aggregator's return live data resumes.
-    pub probe_interval: Duration,
     /// Rate at which buffered batches are resent after a reconnect, behind live data.
     pub backfill_batches_per_second: u32,
     /// While connected to a fallback endpoint, how often a preferred one is tried again.
@@ -513,10 +506,6 @@ impl RawAgentConfig {
         if backoff_initial.is_zero() || backoff_initial > backoff_max {
             problems.push("uplink.backoff_initial", "must be above zero and at most uplink.backoff_max");
         }
-        let probe_interval = uplink.probe_interval.unwrap_or(DEFAULT_PROBE_INTERVAL);
-        if probe_interval < Duration::from_millis(100) {
-            problems.push("uplink.probe_interval", "must be at least 100ms");
-        }
         let backfill_batches_per_second =
             uplink.backfill_batches_per_second.unwrap_or(DEFAULT_BACKFILL_BATCHES_PER_SECOND);
         if backfill_batches_per_second == 0 {
@@ -608,7 +597,6 @@ impl RawAgentConfig {
                 idle_timeout: uplink.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
                 backoff_initial,
                 backoff_max,
-                probe_interval,
                 backfill_batches_per_second,
                 failback_interval,
             },

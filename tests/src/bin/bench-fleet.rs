@@ -606,7 +606,7 @@ fn recovery(args: &Args, runtime: &tokio::runtime::Runtime) -> String {
         "## Recovery after an outage (issue: aggregator at fleet scale)\n\n\
          `target/release/bench-fleet --phases recovery --rec-agents {agents} --rec-series {series} --outage {outage}`: \
          {agents} simulated agents x {series} series every second, the aggregator killed for {outage} s, \
-         agents on the default reconnect settings (an aggregator that does not answer is probed every second, ±20 % jitter) and backfill rate (50 batches/s each).\n\n\
+         agents on the default reconnect settings (an aggregator that sends nothing back is probed continuously, one packet at most 1.2 s after another) and backfill rate (50 batches/s each).\n\n\
          | figure | value |\n| --- | --- |\n\
          | batches buffered by the agents at the return | {buffered} |\n\
          | aggregator ready after restart | {ready:.2} s |\n\
