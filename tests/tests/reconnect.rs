@@ -47,14 +47,21 @@ impl Setup {
         (Self { work, pki, http, quic, runtime, fleet }, aggregator)
     }
 
-    fn restart(&self) -> Aggregator {
-        Aggregator::start_at(&self.pki, self.work.path(), "agg", self.http, self.quic)
-    }
-
-    /// Seconds from now until every agent has connected `connects` times in all.
-    fn seconds_until_connects(&self, connects: u64, within: Duration) -> Option<f64> {
+    /// Starts the aggregator again and asserts that every agent has
+    /// reconnected (beyond the `before` connects) within `limit` seconds.
+    fn restart_and_expect_all_back(self, before: u64, limit: f64, why: &str) {
+        let aggregator = Aggregator::start_at(&self.pki, self.work.path(), "agg", self.http, self.quic);
         let started = Instant::now();
-        wait_for(within, || (self.fleet.totals().connects >= connects).then(|| started.elapsed().as_secs_f64()))
+        let back = wait_for(Duration::from_secs(40), || {
+            (self.fleet.totals().connects >= before + AGENTS as u64).then(|| started.elapsed().as_secs_f64())
+        });
+        let totals = self.fleet.totals();
+        assert!(
+            back.is_some_and(|seconds| seconds < limit),
+            "every agent is back within {limit} s of the restart, {why}: {back:?} {totals:?}\n{}",
+            aggregator.process.log()
+        );
+        self.runtime.block_on(self.fleet.stop());
     }
 }
 
@@ -66,15 +73,7 @@ fn agents_reconnect_at_once_after_a_restart_their_connections_outlived() {
     let before = setup.fleet.totals().connects;
     aggregator.process.kill();
     drop(aggregator);
-    let aggregator = setup.restart();
-    let back = setup.seconds_until_connects(before + AGENTS as u64, Duration::from_secs(20));
-    let totals = setup.fleet.totals();
-    assert!(
-        back.is_some_and(|seconds| seconds < 5.0),
-        "every agent reconnects within 5 s of the restart, not at its 30 s idle timeout: {back:?} {totals:?}\n{}",
-        aggregator.process.log()
-    );
-    setup.runtime.block_on(setup.fleet.stop());
+    setup.restart_and_expect_all_back(before, 5.0, "not at its 30 s idle timeout");
 }
 
 #[test]
@@ -91,13 +90,5 @@ fn agents_are_back_within_seconds_after_a_long_outage() {
     assert!(lost.is_some(), "agents notice the loss: {:?}", setup.fleet.totals());
     // Past the first backoff (8 s ± 20 %) and the first silent attempts.
     std::thread::sleep(Duration::from_secs(13));
-    let aggregator = setup.restart();
-    let back = setup.seconds_until_connects(before + AGENTS as u64, Duration::from_secs(40));
-    let totals = setup.fleet.totals();
-    assert!(
-        back.is_some_and(|seconds| seconds < 3.0),
-        "every agent is back within 3 s of the aggregator's return: {back:?} {totals:?}\n{}",
-        aggregator.process.log()
-    );
-    setup.runtime.block_on(setup.fleet.stop());
+    setup.restart_and_expect_all_back(before, 3.0, "not after its grown backoff");
 }
