@@ -97,6 +97,7 @@ pub async fn run(setup: AgentSetup, shutdown: CancellationToken) -> Result<(), S
     );
     let (live, live_rx) = watch::channel(LiveSettings::of(&running));
     let (push_tx, push_rx) = mpsc::channel(CONFIG_CHANNEL);
+    let (alert_inputs, alert_inputs_rx) = watch::channel(Default::default());
     let (ack_tx, ack_rx) = mpsc::channel(CONFIG_CHANNEL);
     let channels = uplink::ConfigChannels {
         live: live_rx,
@@ -104,6 +105,7 @@ pub async fn run(setup: AgentSetup, shutdown: CancellationToken) -> Result<(), S
         acks: ack_rx,
         local_config: setup.local.redacted(),
         local_config_dir: setup.local.base_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(),
+        alert_inputs,
     };
     let uplink = uplink::Uplink::new(&config, client_config, Arc::clone(&table), recovered.buffer, channels)
         .map_err(StartError::Socket)?
@@ -129,7 +131,8 @@ pub async fn run(setup: AgentSetup, shutdown: CancellationToken) -> Result<(), S
         tx,
         shutdown.child_token(),
     )?
-    .with_commands(command_rx);
+    .with_commands(command_rx)
+    .with_alert_inputs(alert_inputs_rx);
     info!(
         agent = %config.id,
         interval_ms = config.collect.interval.as_millis() as u64,

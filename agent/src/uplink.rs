@@ -50,6 +50,8 @@ pub struct ConfigChannels {
     /// The local file as reported in the hello (passwords hidden), and its directory.
     pub local_config: String,
     pub local_config_dir: String,
+    /// What the connected aggregator asks the scheduler to sample between cycles.
+    pub alert_inputs: watch::Sender<herd_common::protocol::AlertInputs>,
 }
 
 /// QUIC application close codes the agent uses.
@@ -352,6 +354,12 @@ impl Uplink {
     ) -> Ended {
         let ended = self.serve_stream(connection, index, rx, shutdown).await;
         self.buffer.set_draining(false);
+        // What an aggregator asked for holds while connected to it.
+        self.config.alert_inputs.send_if_modified(|current| {
+            let active = current.is_active();
+            *current = Default::default();
+            active
+        });
         match ended {
             Ok(Ended::Shutdown) => {
                 connection.close(CLOSE_SHUTDOWN.into(), b"agent shutting down");
@@ -461,6 +469,13 @@ impl Uplink {
                             let ack = self.busy_ack(version);
                             link.send_config_ack(Instant::now().into_std(), ack)?;
                         }
+                    }
+                    AgentEvent::AlertInputs(inputs) => {
+                        self.config.alert_inputs.send_if_modified(|current| {
+                            let changed = *current != inputs;
+                            *current = inputs;
+                            changed
+                        });
                     }
                     AgentEvent::PeerClosing { reason } => {
                         return Ok(Ended::Lost(format!("aggregator closing: {reason}")));

@@ -250,6 +250,7 @@ pub async fn start(
     let (notifier, rules) = start_rules(config, &store, query_limits, http_addr, &auth, &shutdown, &mut tasks).await?;
     if let Some(observer) = rules.ingest_observer() {
         ingest.series_log().set_observer(observer);
+        ingest.set_alert_inputs(rules.alert_inputs());
     }
     let (router_routes, alert_router) = start_router(config, &store, &notifier, http_addr, &shutdown, &mut tasks)?;
     let (remote_routes, remote_figures) =
@@ -511,6 +512,7 @@ async fn start_rules(
         manager = manager.with_ingest_triggers(crate::rules::IngestTriggerOptions {
             min_eval_spacing: config.rules.min_eval_spacing,
             min_eval_spacing_by_group: config.rules.min_eval_spacing_by_group.clone(),
+            alert_input_interval: config.rules.alert_input_interval,
         });
     }
     let rules = Arc::new(manager);

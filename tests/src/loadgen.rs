@@ -283,7 +283,9 @@ fn idle_config_channels(config: &AgentConfig, shutdown: &CancellationToken) -> C
             }
         }
     });
-    ConfigChannels { live, pushes, acks, local_config: String::new(), local_config_dir: String::new() }
+    // Loaded agents send what they are given each cycle: alert inputs are ignored.
+    let alert_inputs = watch::Sender::new(Default::default());
+    ConfigChannels { live, pushes, acks, local_config: String::new(), local_config_dir: String::new(), alert_inputs }
 }
 
 /// A defined series: its id in the agent's table, whether it is a counter, its scale.

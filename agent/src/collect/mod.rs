@@ -10,6 +10,14 @@
 //! [`SampleBatch`] per tick that ran something to the uplink. Ticks come
 //! every greatest common divisor of the intervals (at least 100 ms). Collectors are built from config values and own no global
 //! state, so a new configuration can replace them while the agent runs.
+//!
+//! Alert inputs: when the aggregator names the series its alerting rules
+//! compare directly ([`AlertInputs`]), the collectors that report any of them
+//! also run every `interval_ms` between their own cycles. Those extra runs
+//! send only alert-input samples whose value changed since the last one
+//! sent, and touch nothing else (no staleness, no `herd_collector_*`), so a
+//! threshold crossing reaches the rules within that interval while the rest
+//! keeps its own.
 
 pub mod containers;
 pub mod herd;
@@ -26,8 +34,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use herd_common::metric::{SeriesId, SeriesTable, stale_nan};
-use herd_common::protocol::{CollectorHealth, SampleBatch};
-use tokio::sync::{mpsc, oneshot};
+use herd_common::protocol::{AlertInputs, CollectorHealth, SampleBatch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -138,6 +146,16 @@ pub struct Scheduler {
     commands: Option<mpsc::Receiver<SchedulerCommand>>,
     /// Parent of the stop tokens of collectors built from specs.
     stop: CancellationToken,
+    /// What the aggregator asks to sample between cycles.
+    alert_inputs: Option<watch::Receiver<AlertInputs>>,
+    /// Set while it asks for something.
+    fast: Option<FastLane>,
+}
+
+/// Alert inputs being sampled between cycles.
+struct FastLane {
+    interval: Duration,
+    names: std::collections::HashSet<String>,
 }
 
 /// One collector and its scheduling state.
@@ -159,6 +177,11 @@ struct Slot {
     last_error: Option<String>,
     /// Its latest run's samples (kept only with `latest`).
     last_samples: Vec<(SeriesId, f64)>,
+    /// Its series that are alert inputs, each with the value last sent
+    /// (`None`: not known yet), sorted by id; empty unless the aggregator asked for any.
+    watched: Vec<(SeriesId, Option<f64>)>,
+    /// When its alert inputs are sampled next, between its own runs.
+    next_fast: Option<Instant>,
 }
 
 impl Slot {
@@ -174,6 +197,8 @@ impl Slot {
             failing: false,
             last_error: None,
             last_samples: Vec::new(),
+            watched: Vec::new(),
+            next_fast: None,
         }
     }
 
@@ -228,6 +253,8 @@ impl Scheduler {
             latest: None,
             commands: None,
             stop: CancellationToken::new(),
+            alert_inputs: None,
+            fast: None,
         };
         scheduler.retune();
         scheduler
@@ -267,6 +294,58 @@ impl Scheduler {
         self
     }
 
+    /// Samples what `inputs` names between cycles (see the module's documentation).
+    pub fn with_alert_inputs(mut self, inputs: watch::Receiver<AlertInputs>) -> Self {
+        self.alert_inputs = Some(inputs);
+        self
+    }
+
+    /// Starts, changes or ends the sampling of alert inputs between cycles.
+    pub fn set_alert_inputs(&mut self, inputs: &AlertInputs) {
+        self.fast = inputs.is_active().then(|| FastLane {
+            interval: Duration::from_millis(u64::from(inputs.interval_ms)).max(MIN_TICK),
+            names: inputs.names.iter().cloned().collect(),
+        });
+        for index in 0..self.slots.len() {
+            let slot = &mut self.slots[index];
+            slot.next_fast = None;
+            let ids = std::mem::take(&mut slot.previous);
+            self.rewatch(index, &ids);
+            self.slots[index].previous = ids;
+        }
+        self.retune();
+        let collectors = self.slots.iter().filter(|s| !s.watched.is_empty()).count();
+        match &self.fast {
+            Some(fast) => info!(
+                interval_ms = fast.interval.as_millis() as u64,
+                names = fast.names.len(),
+                collectors,
+                "sampling alert inputs between cycles"
+            ),
+            None => info!("not sampling alert inputs between cycles"),
+        }
+    }
+
+    /// Recomputes which of `ids` (a slot's series, sorted) are alert inputs,
+    /// keeping the last value sent of those that were already.
+    fn rewatch(&mut self, index: usize, ids: &[SeriesId]) {
+        let slot = &mut self.slots[index];
+        let Some(fast) = &self.fast else {
+            slot.watched.clear();
+            return;
+        };
+        let table = self.table.lock().expect("series table lock is never poisoned");
+        let old = std::mem::take(&mut slot.watched);
+        slot.watched = ids
+            .iter()
+            .filter(|&&id| table.labels(id).and_then(|l| l.metric_name()).is_some_and(|name| fast.names.contains(name)))
+            .map(|&id| {
+                let kept = old.binary_search_by_key(&id, |&(i, _)| i).ok().and_then(|at| old[at].1);
+                (id, kept)
+            })
+            .collect();
+    }
+
     /// Sets each slot's interval and timeout and the tick from them.
     fn retune(&mut self) {
         for slot in &mut self.slots {
@@ -277,8 +356,11 @@ impl Scheduler {
                 .unwrap_or(self.interval);
             slot.timeout = self.timeout.min(slot.interval);
         }
-        let tick_ms =
-            self.slots.iter().fold(self.interval.as_millis(), |acc, slot| gcd(acc, slot.interval.as_millis()));
+        let fast_ms = self.fast.as_ref().map_or(0, |fast| fast.interval.as_millis());
+        let tick_ms = self
+            .slots
+            .iter()
+            .fold(gcd(self.interval.as_millis(), fast_ms), |acc, slot| gcd(acc, slot.interval.as_millis()));
         self.tick = Duration::from_millis(u64::try_from(tick_ms).unwrap_or(u64::MAX)).max(MIN_TICK);
     }
 
@@ -296,6 +378,7 @@ impl Scheduler {
     /// Collects until `shutdown` is cancelled.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut commands = self.commands.take();
+        let mut alert_inputs = self.alert_inputs.take();
         'ticking: loop {
             let mut ticker = tokio::time::interval(self.tick);
             ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -308,6 +391,15 @@ impl Scheduler {
                         let SchedulerCommand::Apply { specs, interval, timeout, common_labels, reply } = command;
                         let result = self.apply(specs, interval, timeout, common_labels).await;
                         let _ = reply.send(result);
+                        if self.tick != tick {
+                            continue 'ticking;
+                        }
+                        continue;
+                    }
+                    Ok(()) = async { match alert_inputs.as_mut() { Some(inputs) => inputs.changed().await, None => std::future::pending().await } } => {
+                        let tick = self.tick;
+                        let inputs = alert_inputs.as_mut().map(|i| i.borrow_and_update().clone()).unwrap_or_default();
+                        self.set_alert_inputs(&inputs);
                         if self.tick != tick {
                             continue 'ticking;
                         }
@@ -422,19 +514,30 @@ impl Scheduler {
                 slot.next_due = Some(now + slot.interval);
             }
             run_now.sort_unstable();
-            let batch = self.run_collectors(&run_now).await;
+            let batch = self.run_collectors(&run_now, &[]).await;
+            let batch = self.sequenced(batch);
             let _ = self.out.send(batch).await;
         }
         Ok(self.slots.iter().filter(|s| s.spec.is_some()).map(Slot::health).collect())
     }
 
-    /// Runs the collectors due at `now`, if any, and returns their batch.
+    /// Runs the collectors due at `now`, and the alert inputs due then, if
+    /// any, and returns their batch (none if nothing ran or changed).
     pub async fn run_due(&mut self, now: Instant) -> Option<SampleBatch> {
         // Half a tick of slack: a tick that fires a little late still runs what was due on it.
         let horizon = now + self.tick / 2;
         let due: Vec<usize> =
             (0..self.slots.len()).filter(|&i| self.slots[i].next_due.is_none_or(|at| at <= horizon)).collect();
-        if due.is_empty() {
+        let fast_due: Vec<usize> = match &self.fast {
+            Some(_) => (0..self.slots.len())
+                .filter(|&i| {
+                    let slot = &self.slots[i];
+                    !slot.watched.is_empty() && !due.contains(&i) && slot.next_fast.is_none_or(|at| at <= horizon)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        if due.is_empty() && fast_due.is_empty() {
             return None;
         }
         for &i in &due {
@@ -446,7 +549,18 @@ impl Scheduler {
             }
             slot.next_due = Some(next);
         }
-        Some(self.run_collectors(&due).await)
+        if let Some(fast) = &self.fast {
+            for &i in due.iter().chain(&fast_due) {
+                let slot = &mut self.slots[i];
+                let mut next = slot.next_fast.map_or(now + fast.interval, |at| at + fast.interval);
+                while next <= horizon {
+                    next += fast.interval;
+                }
+                slot.next_fast = Some(next);
+            }
+        }
+        let batch = self.run_collectors(&due, &fast_due).await;
+        (!due.is_empty() || !batch.samples.is_empty()).then(|| self.sequenced(batch))
     }
 
     /// Runs every collector once, due or not, and returns the cycle's batch.
@@ -456,13 +570,23 @@ impl Scheduler {
             slot.next_due = Some(now + slot.interval);
         }
         let all: Vec<usize> = (0..self.slots.len()).collect();
-        self.run_collectors(&all).await
+        let batch = self.run_collectors(&all, &[]).await;
+        self.sequenced(batch)
     }
 
-    async fn run_collectors(&mut self, which: &[usize]) -> SampleBatch {
+    /// Gives `batch` the next sequence number.
+    fn sequenced(&mut self, mut batch: SampleBatch) -> SampleBatch {
+        batch.seq = self.next_seq;
+        self.next_seq += 1;
+        batch
+    }
+
+    /// Runs the collectors `full` (a whole cycle of each) and `fast` (their
+    /// alert inputs only) and returns what they report, unsequenced.
+    async fn run_collectors(&mut self, full: &[usize], fast: &[usize]) -> SampleBatch {
         let timestamp_ms = unix_millis(SystemTime::now());
         let mut tasks = JoinSet::new();
-        for &index in which {
+        for &index in full.iter().chain(fast) {
             let slot = &self.slots[index];
             let collector = Arc::clone(&slot.collector);
             let mut batch =
@@ -486,6 +610,13 @@ impl Scheduler {
             let Ok((index, mut batch, result, elapsed)) = joined else {
                 continue; // A collector panicked; its series go stale below.
             };
+            if !full.contains(&index) {
+                // Between cycles: changed alert inputs only; a failed run reports nothing.
+                if result.is_ok() {
+                    note_inputs(&mut self.slots[index].watched, &batch.samples, |sample| samples.push(sample));
+                }
+                continue;
+            }
             let slot = &mut self.slots[index];
             let name = slot.collector.name();
             let success = result.is_ok();
@@ -507,6 +638,14 @@ impl Scheduler {
             for gone in sorted_difference(&slot.previous, &current) {
                 batch.samples.push((gone, stale_nan()));
             }
+            if self.fast.is_some() {
+                if current != slot.previous {
+                    self.rewatch(index, &current);
+                }
+                // The cycle sends every sample: each is now the last one sent.
+                note_inputs(&mut self.slots[index].watched, &batch.samples, |_| {});
+            }
+            let slot = &mut self.slots[index];
             self.spare_ids = std::mem::replace(&mut slot.previous, current);
             if self.latest.is_some() {
                 slot.last_samples.clone_from(&batch.samples);
@@ -528,9 +667,26 @@ impl Scheduler {
                 latest.extend_from_slice(&slot.last_samples);
             }
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        SampleBatch { seq, timestamp_ms, samples }
+        SampleBatch { seq: 0, timestamp_ms, samples }
+    }
+}
+
+/// Records the samples of `reported` that are alert inputs (`watched`,
+/// sorted by id) as the last sent, handing `changed` each whose value
+/// differs from a known one sent before.
+fn note_inputs(
+    watched: &mut [(SeriesId, Option<f64>)],
+    reported: &[(SeriesId, f64)],
+    mut changed: impl FnMut((SeriesId, f64)),
+) {
+    if watched.is_empty() {
+        return;
+    }
+    for &(id, value) in reported {
+        let Ok(at) = watched.binary_search_by_key(&id, |&(i, _)| i) else { continue };
+        if watched[at].1.replace(value).is_some_and(|last| last.to_bits() != value.to_bits()) {
+            changed((id, value));
+        }
     }
 }
 
@@ -708,6 +864,73 @@ mod tests {
         // Nothing due at 200 ms: no batch at all.
         assert_eq!(jobs_per_tick[1], (200, Vec::new()));
         assert_eq!((fast.2.load(Ordering::SeqCst), slow.2.load(Ordering::SeqCst)), (8, 4));
+    }
+
+    /// Reports `level` (set from outside) and `runs`, which changes every run.
+    struct Level(AtomicU32, AtomicU32);
+
+    #[async_trait]
+    impl Collector for Level {
+        fn name(&self) -> &str {
+            "level"
+        }
+        fn job(&self) -> &str {
+            "app"
+        }
+        async fn collect(&self, out: &mut Batch) -> Result<(), CollectError> {
+            out.push("level", &[], f64::from(self.0.load(Ordering::SeqCst)));
+            out.push("runs", &[], f64::from(self.1.fetch_add(1, Ordering::SeqCst)));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn alert_inputs_are_sampled_between_cycles_and_sent_only_when_they_change() {
+        let table: SharedSeriesTable = Arc::default();
+        let (tx, _rx) = mpsc::channel(4);
+        let level = Arc::new(Level(AtomicU32::new(0), AtomicU32::new(0)));
+        let mut scheduler = Scheduler::new(
+            vec![level.clone(), Arc::new(Every(Duration::from_secs(1), "other", AtomicU32::new(0)))],
+            Duration::from_secs(1),
+            Duration::from_millis(100),
+            Arc::clone(&table),
+            vec![("instance".into(), "web-1".into())],
+            1,
+            tx,
+        );
+        scheduler.set_alert_inputs(&AlertInputs { interval_ms: 200, names: vec!["level".into()] });
+        assert_eq!(scheduler.tick(), Duration::from_millis(200));
+        let names = |batch: &SampleBatch| -> Vec<String> {
+            let mut names: Vec<String> = batch
+                .samples
+                .iter()
+                .map(|s| table.lock().unwrap().labels(s.0).unwrap().metric_name().unwrap().to_owned())
+                .collect();
+            names.sort();
+            names.dedup();
+            names
+        };
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms + 3);
+        let first = scheduler.run_due(at(0)).await.expect("the first cycle runs everything");
+        assert_eq!(names(&first), ["herd_collector_duration_seconds", "herd_collector_success", "level", "runs"]);
+        // Unchanged between cycles: nothing to send, no batch, no sequence number used.
+        assert!(scheduler.run_due(at(200)).await.is_none());
+        assert_eq!(level.1.load(Ordering::SeqCst), 2, "the collector reporting an alert input ran between cycles");
+        level.0.store(7, Ordering::SeqCst);
+        let between = scheduler.run_due(at(400)).await.expect("a changed alert input is sent at once");
+        assert_eq!(between.seq, first.seq + 1);
+        assert_eq!(names(&between), ["level"], "only the alert input, no staleness, no collector health");
+        assert_eq!(between.samples[0].1, 7.0);
+        assert!(scheduler.run_due(at(600)).await.is_none(), "sent once, not again");
+        assert!(scheduler.run_due(at(800)).await.is_none());
+        let cycle = scheduler.run_due(at(1000)).await.expect("the next cycle");
+        assert!(names(&cycle).contains(&"runs".to_owned()) && !cycle.samples.iter().any(|s| is_stale(s.1)));
+        // The aggregator stops asking: back to one batch per cycle.
+        scheduler.set_alert_inputs(&AlertInputs::default());
+        assert_eq!(scheduler.tick(), Duration::from_secs(1));
+        level.0.store(8, Ordering::SeqCst);
+        assert!(scheduler.run_due(at(1200)).await.is_none());
     }
 
     fn probe(target: &str, interval_ms: u64) -> CollectorSpec {

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use herd_common::protocol::frame::FrameError;
-use herd_common::protocol::{ProtocolError, RefuseReason, ServerEvent, ServerLink, Welcome};
+use herd_common::protocol::{AlertInputs, ProtocolError, RefuseReason, ServerEvent, ServerLink, Welcome};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -179,7 +179,11 @@ pub struct Ingest {
     identity: Option<Arc<crate::identity::IdentityManager>>,
     /// Permits for handshakes in progress, [`MAX_HANDSHAKES_IN_FLIGHT`].
     handshakes: tokio::sync::Semaphore,
+    /// What agents are asked to sample between cycles (set once, by the rules).
+    alert_inputs: std::sync::OnceLock<AlertInputsWatch>,
 }
+
+type AlertInputsWatch = tokio::sync::watch::Receiver<Arc<AlertInputs>>;
 
 /// Handshakes served at once. Past this, a fleet reconnecting together
 /// (after an aggregator restart) is refused rather than queued: a refusal is
@@ -213,7 +217,14 @@ impl Ingest {
             max_series_per_agent,
             identity: None,
             handshakes: tokio::sync::Semaphore::new(MAX_HANDSHAKES_IN_FLIGHT),
+            alert_inputs: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Hands every agent session the series the rules want sampled between
+    /// cycles, now and whenever they change. Set before `run`.
+    pub fn set_alert_inputs(&self, inputs: AlertInputsWatch) {
+        let _ = self.alert_inputs.set(inputs);
     }
 
     /// Serves enrollment, renewal and revocation through `identity`.
@@ -367,6 +378,7 @@ impl Ingest {
             observed: ObservedSamples::default(),
             newest_batch_ms: i64::MIN,
             pushes: None,
+            alert_inputs: self.alert_inputs.get().cloned(),
         };
         session.serve(&connection, send, recv, shutdown).await;
         if let Some(connection_id) = session.connection_id {
@@ -405,6 +417,8 @@ struct Session<'a> {
     newest_batch_ms: i64,
     /// Configurations to push to this agent, once it said hello.
     pushes: Option<tokio::sync::mpsc::Receiver<herd_common::protocol::ConfigPush>>,
+    /// The series to sample between cycles; sent once welcomed, then on change.
+    alert_inputs: Option<AlertInputsWatch>,
 }
 
 impl Session<'_> {
@@ -439,6 +453,10 @@ impl Session<'_> {
                 Some(push) = async { match self.pushes.as_mut() { Some(pushes) => pushes.recv().await, None => std::future::pending().await } } => {
                     link.push_config(Instant::now().into_std(), push)
                 }
+                Ok(()) = async { match self.alert_inputs.as_mut() { Some(inputs) => inputs.changed().await, None => std::future::pending().await } } => {
+                    // Before the welcome the hello's handling sends them.
+                    if self.connection_id.is_some() { self.send_alert_inputs(&mut link, true) } else { Ok(()) }
+                }
             };
             // Events decoded before an error are still acted on: their batches are valid.
             let handled = self.handle_events(&mut link);
@@ -465,6 +483,16 @@ impl Session<'_> {
                 return;
             }
         }
+    }
+
+    /// Sends the current alert inputs: always when they `changed`, else only if there are any.
+    fn send_alert_inputs(&mut self, link: &mut ServerLink, changed: bool) -> Result<(), ProtocolError> {
+        let Some(watch) = self.alert_inputs.as_mut() else { return Ok(()) };
+        let inputs = AlertInputs::clone(&watch.borrow_and_update());
+        if changed || inputs.is_active() {
+            link.send_alert_inputs(Instant::now().into_std(), inputs)?;
+        }
+        Ok(())
     }
 
     fn handle_events(&mut self, link: &mut ServerLink) -> Result<(), ProtocolError> {
@@ -508,6 +536,7 @@ impl Session<'_> {
                             .unwrap_or(u32::MAX),
                     };
                     link.accept(tokio::time::Instant::now().into_std(), welcome)?;
+                    self.send_alert_inputs(link, false)?;
                 }
                 ServerEvent::SeriesDefined { id, labels } => {
                     debug_assert_eq!(id as usize, self.series.len(), "the link enforces dense ids");

@@ -30,6 +30,7 @@ use crate::ingest::IngestObserver;
 use crate::notify::Notifier;
 use crate::promql::Engine;
 use crate::store::Storage;
+use herd_common::protocol::AlertInputs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -58,6 +59,8 @@ pub struct IngestTriggerOptions {
     pub min_eval_spacing: Duration,
     /// By group name, overriding `min_eval_spacing`.
     pub min_eval_spacing_by_group: Vec<(String, Duration)>,
+    /// How often agents sample the triggered rules' instant inputs (`rules.alert_input_interval`; zero: off).
+    pub alert_input_interval: Duration,
 }
 
 impl IngestTriggerOptions {
@@ -86,6 +89,8 @@ pub struct RuleManager {
     ingest_triggers: Option<IngestTriggerOptions>,
     triggers: Arc<Triggers>,
     generation: std::sync::atomic::AtomicU64,
+    /// What agents are asked to sample between cycles; ingest hands it on.
+    alert_inputs: tokio::sync::watch::Sender<Arc<AlertInputs>>,
 }
 
 /// Expands the patterns into the sorted list of rule files.
@@ -145,7 +150,13 @@ impl RuleManager {
             ingest_triggers: None,
             triggers: Arc::new(Triggers::default()),
             generation: std::sync::atomic::AtomicU64::new(0),
+            alert_inputs: tokio::sync::watch::Sender::new(Arc::default()),
         }
+    }
+
+    /// The series agents should sample between cycles, updated when the rules change.
+    pub fn alert_inputs(&self) -> tokio::sync::watch::Receiver<Arc<AlertInputs>> {
+        self.alert_inputs.subscribe()
     }
 
     /// Evaluates alerting rules when ingest stores data they read, besides
@@ -228,6 +239,7 @@ impl RuleManager {
             let pairs: Vec<(&Group, Option<Arc<GroupTrigger>>)> =
                 new_groups.iter().zip(triggers.iter().cloned()).collect();
             let index = TriggerIndex::new(generation, &pairs);
+            self.publish_alert_inputs(&index);
             let (triggers, store) = (Arc::clone(&self.triggers), Arc::clone(&self.store));
             // Matching the stored series reads the store's index: off the runtime.
             tokio::task::spawn_blocking(move || triggers.replace(index, store.as_ref()))
@@ -242,6 +254,26 @@ impl RuleManager {
         }
         info!(groups = count, "rules applied");
         Ok(count)
+    }
+
+    fn publish_alert_inputs(&self, index: &TriggerIndex) {
+        let Some(options) = &self.ingest_triggers else { return };
+        let inputs = if options.alert_input_interval.is_zero() {
+            AlertInputs::default()
+        } else {
+            AlertInputs {
+                interval_ms: options.alert_input_interval.as_millis().try_into().unwrap_or(u32::MAX),
+                names: index.alert_input_names(),
+            }
+        };
+        self.alert_inputs.send_if_modified(|current| {
+            let changed = **current != inputs;
+            if changed {
+                info!(interval_ms = inputs.interval_ms, names = inputs.names.len(), "alert inputs for agents");
+                *current = Arc::new(inputs);
+            }
+            changed
+        });
     }
 
     /// Stops every group and waits for their current evaluations.

@@ -39,6 +39,8 @@ const RULE_OUTPUTS: [&str; 2] = ["ALERTS", "ALERTS_FOR_STATE"];
 pub struct Selector {
     pub name: Option<String>,
     pub matchers: Vec<Matcher>,
+    /// An instant vector selector (not the inside of a range `x[5m]`).
+    pub instant: bool,
 }
 
 impl Selector {
@@ -62,14 +64,14 @@ pub fn selectors(expr: &Expr) -> Vec<Selector> {
         type Error = std::convert::Infallible;
         fn pre_visit(&mut self, expr: &Expr) -> Result<bool, Self::Error> {
             match expr {
-                Expr::VectorSelector(selector) => add(&mut self.0, selector),
-                Expr::MatrixSelector(matrix) => add(&mut self.0, &matrix.vs),
+                Expr::VectorSelector(selector) => add(&mut self.0, selector, true),
+                Expr::MatrixSelector(matrix) => add(&mut self.0, &matrix.vs, false),
                 _ => {}
             }
             Ok(true)
         }
     }
-    fn add(out: &mut Vec<Selector>, selector: &VectorSelector) {
+    fn add(out: &mut Vec<Selector>, selector: &VectorSelector, instant: bool) {
         let base = &selector.matchers.matchers;
         let alternatives: Vec<Vec<&Matcher>> = if selector.matchers.or_matchers.is_empty() {
             vec![base.iter().collect()]
@@ -86,7 +88,7 @@ pub fn selectors(expr: &Expr) -> Vec<Selector> {
                     rest.push(matcher.clone());
                 }
             }
-            out.push(Selector { name, matchers: rest });
+            out.push(Selector { name, matchers: rest, instant });
         }
     }
     let mut collect = Collect(Vec::new());
@@ -287,6 +289,22 @@ impl TriggerIndex {
         self.groups.is_empty()
     }
 
+    /// Metric names the triggered rules read with an instant selector, sorted:
+    /// what agents sample between cycles (`rules.alert_input_interval`). A
+    /// threshold on such a series flips with the newest sample; a range
+    /// function over minutes (`rate(x[5m])`) moves little by one more, so
+    /// names read only through ranges are left at the collection interval.
+    pub fn alert_input_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .by_name
+            .iter()
+            .filter(|(_, selectors)| selectors.iter().any(|(_, s)| s.instant))
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
     /// The groups `labels` concerns, in order, without repeats.
     fn groups_of(&self, labels: &Labels) -> Vec<u32> {
         let Some(name) = labels.get(METRIC_NAME) else { return Vec::new() };
@@ -452,6 +470,8 @@ mod tests {
         check(&[("__name__", "y")], &[0]);
         check(&[("__name__", "job:x:sum")], &[]);
         check(&[("__name__", "z"), ("job", "a")], &[]);
+        // `x` is read only through a range; `y` is compared as it is.
+        assert_eq!(index.alert_input_names(), ["y"]);
     }
 
     #[test]

@@ -368,7 +368,7 @@ async fn live(rules: &str, spacing: Duration) -> Live {
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let manager = RuleManager::new(engine, Arc::clone(&store), None, options, shutdown.clone())
-        .with_ingest_triggers(IngestTriggerOptions { min_eval_spacing: spacing, min_eval_spacing_by_group: vec![] });
+        .with_ingest_triggers(IngestTriggerOptions { min_eval_spacing: spacing, ..Default::default() });
     manager.apply_config().await.expect("rules apply");
     let wal = crate::wal::Wal::start(&dir.path().join("wal"), 0).expect("wal");
     let stats = Arc::new(crate::ingest::IngestStats::default());

@@ -82,6 +82,10 @@ pub struct RawRules {
     /// `min_eval_spacing` for the groups of these names, e.g. `{ detect = "200ms" }`.
     #[serde(default)]
     pub min_eval_spacing_by_group: std::collections::BTreeMap<String, String>,
+    /// How often agents sample the series alerting rules compare directly,
+    /// between their collection cycles ("0s", the default: not at all).
+    #[serde(default, with = "humantime_serde")]
+    pub alert_input_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -117,7 +121,12 @@ pub struct RulesConfig {
     pub min_eval_spacing: Duration,
     /// Per group name, overriding `min_eval_spacing`.
     pub min_eval_spacing_by_group: Vec<(String, Duration)>,
+    /// Agents sample alert inputs this often (`Duration::ZERO`: off).
+    pub alert_input_interval: Duration,
 }
+
+/// The shortest `rules.alert_input_interval`: an agent's scheduler ticks no faster.
+pub const MIN_ALERT_INPUT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Where alerts go: `[alerting]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -299,9 +308,27 @@ impl RawAggregatorConfig {
             evaluation_interval: self.rules.evaluation_interval.unwrap_or(DEFAULT_EVALUATION_INTERVAL),
             external_labels: self.rules.external_labels.into_iter().collect(),
             evaluate_on_ingest: self.rules.evaluate_on_ingest.unwrap_or(true),
-            min_eval_spacing: self.rules.min_eval_spacing.unwrap_or(DEFAULT_MIN_EVAL_SPACING),
+            min_eval_spacing: DEFAULT_MIN_EVAL_SPACING,
             min_eval_spacing_by_group: Vec::new(),
+            alert_input_interval: self.rules.alert_input_interval.unwrap_or(Duration::ZERO),
         };
+        // Inputs sampled between cycles would otherwise wait for the spacing.
+        if !rules.alert_input_interval.is_zero() {
+            rules.min_eval_spacing = rules.min_eval_spacing.min(rules.alert_input_interval);
+        }
+        if let Some(spacing) = self.rules.min_eval_spacing {
+            rules.min_eval_spacing = spacing;
+        }
+        if !rules.alert_input_interval.is_zero() {
+            if rules.alert_input_interval < MIN_ALERT_INPUT_INTERVAL {
+                problems.push("rules.alert_input_interval", "must be 0s (off) or at least 100ms");
+            } else if !rules.evaluate_on_ingest {
+                problems.push(
+                    "rules.alert_input_interval",
+                    "needs evaluate_on_ingest = true: samples taken between evaluations would wait for the next one",
+                );
+            }
+        }
         for (group, text) in &self.rules.min_eval_spacing_by_group {
             match humantime::parse_duration(text) {
                 Ok(spacing) => rules.min_eval_spacing_by_group.push((group.clone(), spacing)),
@@ -456,6 +483,24 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("rules.min_eval_spacing_by_group.detect"), "{err}");
+    }
+
+    #[test]
+    fn alert_inputs_are_off_by_default_and_need_evaluation_on_ingest() {
+        let default = AggregatorConfig::from_toml("aggregator.toml", "", None).unwrap();
+        assert_eq!(default.rules.alert_input_interval, Duration::ZERO);
+        let config =
+            AggregatorConfig::from_toml("aggregator.toml", "[rules]\nalert_input_interval = \"250ms\"\n", None)
+                .unwrap();
+        assert_eq!(config.rules.alert_input_interval, Duration::from_millis(250));
+        assert_eq!(config.rules.min_eval_spacing, Duration::from_millis(250), "the spacing follows unless set");
+        for (toml, says) in [
+            ("[rules]\nalert_input_interval = \"10ms\"\n", "at least 100ms"),
+            ("[rules]\nalert_input_interval = \"250ms\"\nevaluate_on_ingest = false\n", "needs evaluate_on_ingest"),
+        ] {
+            let err = AggregatorConfig::from_toml("aggregator.toml", toml, None).unwrap_err().to_string();
+            assert!(err.contains("rules.alert_input_interval") && err.contains(says), "{err}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use thiserror::Error;
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The ALPN token both ends present in the TLS handshake.
 pub const ALPN: &[u8] = b"herd";

@@ -158,6 +158,7 @@ pub enum AgentEvent {
     Welcomed(Welcome),
     Acked { ranges: Vec<(u64, u64)> },
     ConfigPushed(ConfigPush),
+    AlertInputs(AlertInputs),
     PeerClosing { reason: String },
 }
 
@@ -290,6 +291,9 @@ impl AgentLink {
             (AgentState::Established, Message::ConfigPush(push)) => {
                 self.events.push_back(AgentEvent::ConfigPushed(push))
             }
+            (AgentState::Established, Message::AlertInputs(inputs)) => {
+                self.events.push_back(AgentEvent::AlertInputs(inputs))
+            }
             (_, Message::Heartbeat(_)) => {}
             (_, Message::Goodbye(goodbye)) => {
                 self.wire.closed = true;
@@ -404,6 +408,11 @@ impl ServerLink {
 
     pub fn push_config(&mut self, now: Instant, push: ConfigPush) -> Result<(), ProtocolError> {
         self.wire.send(now, &Message::ConfigPush(push))
+    }
+
+    /// Tells the agent which series to sample faster (see [`AlertInputs`]).
+    pub fn send_alert_inputs(&mut self, now: Instant, inputs: AlertInputs) -> Result<(), ProtocolError> {
+        self.wire.send(now, &Message::AlertInputs(inputs))
     }
 
     pub fn close(&mut self, now: Instant, reason: &str) -> Result<(), ProtocolError> {

@@ -141,6 +141,26 @@ pub struct CollectorHealth {
     pub error: Option<String>,
 }
 
+/// Aggregator → agent: sample the series its alerting rules compare
+/// directly more often than the collection interval. The agent re-runs the
+/// collectors that report series of these `names` every `interval_ms`
+/// between its regular cycles and sends a sample of such a series only when
+/// its value changed; everything else keeps its own interval. An empty list
+/// (or `interval_ms` 0) ends it. Sent after the welcome and whenever the
+/// rules change; it holds for the connection only.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AlertInputs {
+    pub interval_ms: u32,
+    /// Metric names, sorted.
+    pub names: Vec<String>,
+}
+
+impl AlertInputs {
+    pub fn is_active(&self) -> bool {
+        self.interval_ms > 0 && !self.names.is_empty()
+    }
+}
+
 /// Either side, before closing on purpose.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Goodbye {
@@ -159,6 +179,7 @@ pub enum Message {
     ConfigPush(ConfigPush),
     ConfigAck(ConfigAck),
     Goodbye(Goodbye),
+    AlertInputs(AlertInputs),
 }
 
 impl Message {
@@ -175,6 +196,7 @@ impl Message {
             Message::ConfigPush(_) => "config_push",
             Message::ConfigAck(_) => "config_ack",
             Message::Goodbye(_) => "goodbye",
+            Message::AlertInputs(_) => "alert_inputs",
         }
     }
 }
