@@ -38,6 +38,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use herd_tests::loadgen::process_cpu_seconds;
 use herd_tests::peers::{start_alertmanager, start_prometheus};
 use herd_tests::router::WebhookRecorder;
 use herd_tests::*;
@@ -86,8 +87,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// One Herd pipeline: an aggregator with the rules and its router, and an agent scraping the source.
 struct HerdPipeline {
     hook: WebhookRecorder,
-    _aggregator: Aggregator,
-    _agent: Process,
+    aggregator: Aggregator,
+    agent: Process,
 }
 
 /// How one Herd pipeline is set up.
@@ -134,7 +135,7 @@ fn start_herd(work: &Path, pki: &Pki, rules_path: &Path, source: SocketAddr, var
         ),
     );
     let agent = start_agent(work, &agent, &agent_config);
-    HerdPipeline { hook, _aggregator: aggregator, _agent: agent }
+    HerdPipeline { hook, aggregator, agent }
 }
 
 fn main() {
@@ -241,6 +242,16 @@ fn main() {
     report.push_str("\n| p99 ratio | Herd / tuned | Herd / seed's |\n| --- | --- | --- |\n");
     for (key, label, _) in &pipelines[..herd_pipelines.len()] {
         report.push_str(&format!("| {label} | {:.3} | {:.3} |\n", p99s[key] / p99s["tuned"], p99s[key] / p99s["seed"]));
+    }
+    report.push_str(
+        "\nWhat each Herd pipeline cost over the whole run (start, 20 s at rest, the trials, the wait for \
+         the last notification):\n\n| pipeline | agent CPU seconds | `bench_value` samples stored |\n\
+         | --- | --- | --- |\n",
+    );
+    for (_, label, pipeline) in &herd_pipelines {
+        let cpu = process_cpu_seconds(pipeline.agent.pid()).unwrap_or(f64::NAN);
+        let stored = latest_value(&pipeline.aggregator, "sum(count_over_time(bench_value[15m]))").unwrap_or(f64::NAN);
+        report.push_str(&format!("| {label} | {cpu:.2} | {stored:.0} |\n"));
     }
     report.push_str(
         "\nSame source, same machine, same run; every pipeline but the last Herd one collects everything \
