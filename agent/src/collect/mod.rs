@@ -29,6 +29,7 @@ pub mod scrape;
 pub mod spec;
 pub mod tls;
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -85,6 +86,8 @@ pub struct Batch {
     common_labels: Arc<Vec<(String, String)>>,
     key_scratch: String,
     samples: Vec<(SeriesId, f64)>,
+    /// Between cycles: the alert inputs' names; samples of other names are skipped.
+    only: Option<Arc<HashSet<String>>>,
 }
 
 /// Most labels a single series may carry, common ones included.
@@ -92,12 +95,15 @@ const MAX_LABELS: usize = 32;
 
 impl Batch {
     fn new(table: SharedSeriesTable, job: String, common_labels: Arc<Vec<(String, String)>>) -> Self {
-        Self { table, job, common_labels, key_scratch: String::new(), samples: Vec::new() }
+        Self { table, job, common_labels, key_scratch: String::new(), samples: Vec::new(), only: None }
     }
 
     /// Adds one sample of `name{labels}`.
     pub fn push(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        let Batch { table, job, common_labels, key_scratch, samples } = self;
+        if self.only.as_ref().is_some_and(|only| !only.contains(name)) {
+            return;
+        }
+        let Batch { table, job, common_labels, key_scratch, samples, .. } = self;
         let mut all: [(&str, &str); MAX_LABELS] = [("", ""); MAX_LABELS];
         let mut n = 0;
         let common = common_labels.iter().map(|(k, v)| (k.as_str(), v.as_str()));
@@ -155,7 +161,7 @@ pub struct Scheduler {
 /// Alert inputs being sampled between cycles.
 struct FastLane {
     interval: Duration,
-    names: std::collections::HashSet<String>,
+    names: Arc<HashSet<String>>,
 }
 
 /// One collector and its scheduling state.
@@ -304,7 +310,7 @@ impl Scheduler {
     pub fn set_alert_inputs(&mut self, inputs: &AlertInputs) {
         self.fast = inputs.is_active().then(|| FastLane {
             interval: Duration::from_millis(u64::from(inputs.interval_ms)).max(MIN_TICK),
-            names: inputs.names.iter().cloned().collect(),
+            names: Arc::new(inputs.names.iter().cloned().collect()),
         });
         for index in 0..self.slots.len() {
             let slot = &mut self.slots[index];
@@ -591,6 +597,9 @@ impl Scheduler {
             let collector = Arc::clone(&slot.collector);
             let mut batch =
                 Batch::new(Arc::clone(&self.table), collector.job().to_owned(), Arc::clone(&self.common_labels));
+            if !full.contains(&index) {
+                batch.only = self.fast.as_ref().map(|fast| Arc::clone(&fast.names));
+            }
             let timeout = slot.timeout;
             tasks.spawn(async move {
                 let started = Instant::now();
@@ -657,7 +666,7 @@ impl Scheduler {
             retired.sort_unstable();
             retired.dedup();
             // A series a remaining collector reports again is not ended.
-            let reported: std::collections::HashSet<SeriesId> = samples.iter().map(|&(id, _)| id).collect();
+            let reported: HashSet<SeriesId> = samples.iter().map(|&(id, _)| id).collect();
             samples.extend(retired.into_iter().filter(|id| !reported.contains(id)).map(|id| (id, stale_nan())));
         }
         if let Some(latest) = &self.latest {
