@@ -96,6 +96,8 @@ enum ConnectError {
     Timeout { endpoint: String, timeout_ms: u128 },
     #[error("no answer from {endpoint}; is its aggregator running?")]
     Silent { endpoint: String },
+    #[error("{endpoint} is busy with other handshakes and refused this one; retrying with backoff")]
+    Busy { endpoint: String },
 }
 
 /// Why a connection ended.
@@ -211,6 +213,8 @@ impl Uplink {
             let mut renewed = false;
             // Whether every endpoint this round was silent (down, not refusing).
             let mut all_silent = !self.endpoints.is_empty();
+            // Whether an endpoint refused for being busy with other handshakes.
+            let mut busy = false;
             for index in 0..self.endpoints.len() {
                 let connecting = connect(
                     self.quic.clone(),
@@ -226,6 +230,7 @@ impl Uplink {
                     Ok(connection) => Some((connection, index)),
                     Err(err) => {
                         all_silent &= matches!(err, ConnectError::Silent { .. });
+                        busy |= matches!(err, ConnectError::Busy { .. });
                         self.report_failure(err.to_string());
                         continue;
                     }
@@ -269,7 +274,9 @@ impl Uplink {
                 debug!(buffered_batches = self.buffer.len(), "uplink probing");
                 continue;
             }
-            let wait = jittered(backoff);
+            // Agents a busy aggregator refused together would come back together,
+            // in waves it refuses again: theirs retry anywhere within the backoff.
+            let wait = if busy { fully_jittered(backoff) } else { jittered(backoff) };
             debug!(wait_ms = wait.as_millis() as u64, buffered_batches = self.buffer.len(), "uplink backing off");
             if self.while_collecting(&mut rx, &shutdown, tokio::time::sleep(wait)).await.is_none() {
                 break;
@@ -615,11 +622,6 @@ fn describe_connection_error(err: &quinn::ConnectionError) -> String {
         quinn::ConnectionError::ApplicationClosed(close) => {
             format!("aggregator closed the connection: {}", String::from_utf8_lossy(&close.reason))
         }
-        quinn::ConnectionError::ConnectionClosed(close)
-            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
-        {
-            "the aggregator is busy with other handshakes and refused this one; retrying with backoff".into()
-        }
         quinn::ConnectionError::ConnectionClosed(close) => {
             format!(
                 "connection closed by the aggregator ({close}); is this agent's certificate signed by the fleet CA?"
@@ -666,6 +668,11 @@ async fn connect(
             quinn::ConnectionError::TimedOut if probe_window.is_some() => {
                 ConnectError::Silent { endpoint: name.clone() }
             }
+            quinn::ConnectionError::ConnectionClosed(close)
+                if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+            {
+                ConnectError::Busy { endpoint: name.clone() }
+            }
             e => ConnectError::Connect { endpoint: name.clone(), detail: describe_connection_error(&e) },
         })
     };
@@ -679,6 +686,11 @@ fn jittered(base: Duration) -> Duration {
     base.mul_f64(0.8 + 0.4 * fastrand::f64())
 }
 
+/// Anywhere from a tenth of `base` to `base`: spreads the retries of agents refused at the same moment.
+fn fully_jittered(base: Duration) -> Duration {
+    base.mul_f64(0.1 + 0.9 * fastrand::f64())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -689,5 +701,12 @@ mod tests {
             let d = jittered(Duration::from_secs(10));
             assert!(d >= Duration::from_secs(8) && d <= Duration::from_secs(12), "{d:?}");
         }
+    }
+
+    #[test]
+    fn full_jitter_spreads_over_the_whole_backoff() {
+        let waits: Vec<Duration> = (0..1000).map(|_| fully_jittered(Duration::from_secs(10))).collect();
+        assert!(waits.iter().all(|&d| d >= Duration::from_secs(1) && d <= Duration::from_secs(10)));
+        assert!(waits.iter().any(|&d| d < Duration::from_secs(3)) && waits.iter().any(|&d| d > Duration::from_secs(8)));
     }
 }
