@@ -362,11 +362,7 @@ impl Uplink {
         let ended = self.serve_stream(connection, index, rx, shutdown).await;
         self.buffer.set_draining(false);
         // What an aggregator asked for holds while connected to it.
-        self.config.alert_inputs.send_if_modified(|current| {
-            let active = current.is_active();
-            *current = Default::default();
-            active
-        });
+        self.set_alert_inputs(Default::default());
         match ended {
             Ok(Ended::Shutdown) => {
                 connection.close(CLOSE_SHUTDOWN.into(), b"agent shutting down");
@@ -383,6 +379,15 @@ impl Uplink {
             }
             Err(StreamError::Connection(reason)) => Ended::Lost(reason),
         }
+    }
+
+    /// Hands the scheduler what to sample between cycles; it wakes only on a change.
+    fn set_alert_inputs(&self, inputs: herd_common::protocol::AlertInputs) {
+        self.config.alert_inputs.send_if_modified(|current| {
+            let changed = *current != inputs;
+            *current = inputs;
+            changed
+        });
     }
 
     /// Sends the buffered batch `seq`, if still held.
@@ -477,13 +482,7 @@ impl Uplink {
                             link.send_config_ack(Instant::now().into_std(), ack)?;
                         }
                     }
-                    AgentEvent::AlertInputs(inputs) => {
-                        self.config.alert_inputs.send_if_modified(|current| {
-                            let changed = *current != inputs;
-                            *current = inputs;
-                            changed
-                        });
-                    }
+                    AgentEvent::AlertInputs(inputs) => self.set_alert_inputs(inputs),
                     AgentEvent::PeerClosing { reason } => {
                         return Ok(Ended::Lost(format!("aggregator closing: {reason}")));
                     }

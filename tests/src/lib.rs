@@ -80,6 +80,11 @@ pub fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("bind loopback").port()
 }
 
+/// Free loopback addresses for an aggregator: HTTP (TCP) and QUIC (UDP).
+pub fn loopback_addresses() -> (SocketAddr, SocketAddr) {
+    (SocketAddr::from(([127, 0, 0, 1], free_tcp_port())), SocketAddr::from(([127, 0, 0, 1], free_udp_port())))
+}
+
 /// Polls `check` every 25 ms until it yields a value or `limit` passes.
 pub fn wait_for<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + limit;

@@ -5,7 +5,6 @@
 //! `interval` must leave no gap between consecutive timestamps larger than
 //! one and a half intervals over the window it was running.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use herd_tests::relay::{Impairment, LossyRelay};
@@ -13,13 +12,6 @@ use herd_tests::*;
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
-}
-
-fn addresses() -> (SocketAddr, SocketAddr) {
-    (
-        format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap(),
-        format!("127.0.0.1:{}", free_udp_port()).parse().unwrap(),
-    )
 }
 
 /// Waits until `aggregator` holds a sample of `instance` newer than `after_ms`.
@@ -42,7 +34,7 @@ fn aggregator_outage_loses_nothing_and_live_data_returns_before_the_backfill() {
     let work = tempfile::tempdir().unwrap();
     let pki = Pki::create(work.path().join("pki"));
     pki.issue_agent("a");
-    let (http, quic) = addresses();
+    let (http, quic) = loopback_addresses();
     let mut aggregator = Aggregator::start_at(&pki, work.path(), "agg", http, quic);
     let config = agent_config_with(work.path(), &pki, "a", &[quic], "1s", "backfill_batches_per_second = 10", "");
     let _agent = start_agent(work.path(), "a", &config);
@@ -85,7 +77,7 @@ fn agent_killed_mid_backfill_loses_and_duplicates_nothing() {
     let work = tempfile::tempdir().unwrap();
     let pki = Pki::create(work.path().join("pki"));
     pki.issue_agent("k");
-    let (http, quic) = addresses();
+    let (http, quic) = loopback_addresses();
     let mut aggregator = Aggregator::start_at(&pki, work.path(), "agg", http, quic);
     let config = agent_config_with(work.path(), &pki, "k", &[quic], "200ms", "backfill_batches_per_second = 5", "");
     let mut agent = start_agent(work.path(), "k", &config);
@@ -120,7 +112,7 @@ fn aggregator_killed_while_ingesting_keeps_every_acknowledged_batch() {
     let work = tempfile::tempdir().unwrap();
     let pki = Pki::create(work.path().join("pki"));
     pki.issue_agent("w");
-    let (http, quic) = addresses();
+    let (http, quic) = loopback_addresses();
     let mut aggregator = Aggregator::start_at(&pki, work.path(), "agg", http, quic);
     let config = agent_config_with(work.path(), &pki, "w", &[quic], "100ms", "", "");
     let _agent = start_agent(work.path(), "w", &config);
@@ -179,8 +171,8 @@ fn the_agent_fails_over_and_back_and_the_data_is_complete_across_both() {
     let work = tempfile::tempdir().unwrap();
     let pki = Pki::create(work.path().join("pki"));
     pki.issue_agent("f");
-    let (http_a, quic_a) = addresses();
-    let (http_b, quic_b) = addresses();
+    let (http_a, quic_a) = loopback_addresses();
+    let (http_b, quic_b) = loopback_addresses();
     let mut primary = Aggregator::start_at(&pki, work.path(), "primary", http_a, quic_a);
     let standby = Aggregator::start_at(&pki, work.path(), "standby", http_b, quic_b);
     let config =
@@ -227,7 +219,7 @@ fn a_full_buffer_filesystem_drops_the_oldest_batches_and_counts_them() {
     std::fs::write(procfs.join("stat"), stat).unwrap();
     std::fs::write(procfs.join("loadavg"), "0.5 0.5 0.5 1/1 1\n").unwrap();
     std::fs::write(procfs.join("meminfo"), "MemTotal: 1024 kB\nMemAvailable: 512 kB\n").unwrap();
-    let (http, quic) = addresses();
+    let (http, quic) = loopback_addresses();
     let config = work.path().join("agent-t.toml");
     std::fs::write(
         &config,

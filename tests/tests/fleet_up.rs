@@ -1,7 +1,6 @@
 //! `up{job, instance}` from the fleet, and query cost limits from the
 //! config, through the real binaries.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use herd_tests::*;
@@ -10,18 +9,12 @@ fn up(aggregator: &Aggregator, job: &str, instance: &str) -> Option<f64> {
     latest_value(aggregator, &format!(r#"up{{job="{job}",instance="{instance}"}}"#))
 }
 
-fn addresses() -> (SocketAddr, SocketAddr) {
-    let http = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
-    let quic = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
-    (http, quic)
-}
-
 #[test]
 fn up_follows_the_agent_and_an_absent_agent_stays_down_across_restarts() {
     let work = tempfile::tempdir().unwrap();
     let pki = Pki::create(work.path().join("pki"));
     pki.issue_agent("web-1");
-    let (http, quic) = addresses();
+    let (http, quic) = loopback_addresses();
     let aggregator = Aggregator::start_at(&pki, work.path(), "aggregator", http, quic);
     let config = agent_config(work.path(), &pki, "web-1", quic, "1s");
     let mut agent = start_agent(work.path(), "web-1", &config);
@@ -57,7 +50,7 @@ fn query_cost_limits_come_from_the_config_and_the_aggregator_keeps_serving() {
     let work = tempfile::tempdir().unwrap();
     let pki = Pki::create(work.path().join("pki"));
     pki.issue_agent("web-1");
-    let (http, quic) = addresses();
+    let (http, quic) = loopback_addresses();
     let aggregator =
         Aggregator::start_configured(&pki, work.path(), "aggregator", http, quic, "[query]\nmax_series = 20\n");
     let _agent = start_agent(work.path(), "web-1", &agent_config(work.path(), &pki, "web-1", quic, "1s"));

@@ -4,7 +4,6 @@
 //! from a real node_exporter. Every comparison is sample by sample
 //! (timestamps and values), never only counts.
 
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herd_tests::peers::*;
@@ -12,13 +11,6 @@ use herd_tests::*;
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
-}
-
-fn addresses() -> (SocketAddr, SocketAddr) {
-    (
-        format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap(),
-        format!("127.0.0.1:{}", free_udp_port()).parse().unwrap(),
-    )
 }
 
 fn remote_write_section(name: &str, url: &str) -> String {
@@ -75,7 +67,7 @@ fn herd_sends_the_same_samples_to_prometheus_and_victoria_metrics() {
     let vm = start_victoria_metrics(work.path(), &work.path().join("vm"), 0);
     let pki = Pki::create(work.path().join("pki"));
     pki.issue_agent("a");
-    let (http, quic) = addresses();
+    let (http, quic) = loopback_addresses();
     let extra = remote_write_section("prom", &format!("{}/api/v1/write", prometheus.url()))
         + &remote_write_section("vm", &format!("{}/api/v1/write", vm.url()))
         // VictoriaMetrics gets everything but memory: write_relabel_configs at work.
@@ -132,7 +124,7 @@ fn a_receiver_down_for_a_while_ends_up_complete_and_ingestion_continues() {
     let port = prometheus.port;
     let pki = Pki::create(work.path().join("pki"));
     pki.issue_agent("a");
-    let (http, quic) = addresses();
+    let (http, quic) = loopback_addresses();
     let extra = remote_write_section("prom", &format!("{}/api/v1/write", prometheus.url()));
     let aggregator = Aggregator::start_configured(&pki, work.path(), "agg", http, quic, &extra);
     let config = agent_config(work.path(), &pki, "a", quic, "1s");
@@ -188,7 +180,7 @@ fn prometheus_remote_writes_node_exporter_scrapes_into_herd() {
     let pki = Pki::create(work.path().join("pki"));
     let token = "rw-token-1f2e";
     std::fs::write(work.path().join("rw.token"), format!("{token}\n")).unwrap();
-    let (http, quic) = addresses();
+    let (http, quic) = loopback_addresses();
     let extra = format!(
         "[http]\nanonymous_role = \"viewer\"\n[remote_write_receiver]\nenabled = true\nbearer_token_files = [\"{}\"]\n",
         work.path().join("rw.token").display()

@@ -7,7 +7,6 @@
 //! the agent samples what the rule compares between its cycles, so the
 //! alert fires long before the agent's next cycle.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -58,8 +57,7 @@ impl Pipeline {
         .expect("write router config");
         let pki = Pki::create(work.path().join("pki"));
         pki.issue_agent("app-1");
-        let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().expect("address");
-        let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().expect("address");
+        let (http, quic) = loopback_addresses();
         let aggregator = Aggregator::start_configured(
             &pki,
             work.path(),

@@ -312,13 +312,12 @@ impl Scheduler {
             interval: Duration::from_millis(u64::from(inputs.interval_ms)).max(MIN_TICK),
             names: Arc::new(inputs.names.iter().cloned().collect()),
         });
-        for index in 0..self.slots.len() {
-            let slot = &mut self.slots[index];
+        let table = self.table.lock().expect("series table lock is never poisoned");
+        for slot in &mut self.slots {
             slot.next_fast = None;
-            let ids = std::mem::take(&mut slot.previous);
-            self.rewatch(index, &ids);
-            self.slots[index].previous = ids;
+            slot.watched = watched_of(&table, self.fast.as_ref(), &slot.previous, &slot.watched);
         }
+        drop(table);
         self.retune();
         let collectors = self.slots.iter().filter(|s| !s.watched.is_empty()).count();
         match &self.fast {
@@ -330,26 +329,6 @@ impl Scheduler {
             ),
             None => info!("not sampling alert inputs between cycles"),
         }
-    }
-
-    /// Recomputes which of `ids` (a slot's series, sorted) are alert inputs,
-    /// keeping the last value sent of those that were already.
-    fn rewatch(&mut self, index: usize, ids: &[SeriesId]) {
-        let slot = &mut self.slots[index];
-        let Some(fast) = &self.fast else {
-            slot.watched.clear();
-            return;
-        };
-        let table = self.table.lock().expect("series table lock is never poisoned");
-        let old = std::mem::take(&mut slot.watched);
-        slot.watched = ids
-            .iter()
-            .filter(|&&id| table.labels(id).and_then(|l| l.metric_name()).is_some_and(|name| fast.names.contains(name)))
-            .map(|&id| {
-                let kept = old.binary_search_by_key(&id, |&(i, _)| i).ok().and_then(|at| old[at].1);
-                (id, kept)
-            })
-            .collect();
     }
 
     /// Sets each slot's interval and timeout and the tick from them.
@@ -592,12 +571,13 @@ impl Scheduler {
     async fn run_collectors(&mut self, full: &[usize], fast: &[usize]) -> SampleBatch {
         let timestamp_ms = unix_millis(SystemTime::now());
         let mut tasks = JoinSet::new();
-        for &index in full.iter().chain(fast) {
+        let runs = full.iter().map(|&index| (index, false)).chain(fast.iter().map(|&index| (index, true)));
+        for (index, between) in runs {
             let slot = &self.slots[index];
             let collector = Arc::clone(&slot.collector);
             let mut batch =
                 Batch::new(Arc::clone(&self.table), collector.job().to_owned(), Arc::clone(&self.common_labels));
-            if !full.contains(&index) {
+            if between {
                 batch.only = self.fast.as_ref().map(|fast| Arc::clone(&fast.names));
             }
             let timeout = slot.timeout;
@@ -611,15 +591,15 @@ impl Scheduler {
                         Err(CollectError::Timeout { timeout_ms: timeout.as_millis() })
                     }
                 };
-                (index, batch, result, started.elapsed())
+                (index, between, batch, result, started.elapsed())
             });
         }
         let mut samples = Vec::new();
         while let Some(joined) = tasks.join_next().await {
-            let Ok((index, mut batch, result, elapsed)) = joined else {
+            let Ok((index, between, mut batch, result, elapsed)) = joined else {
                 continue; // A collector panicked; its series go stale below.
             };
-            if !full.contains(&index) {
+            if between {
                 // Between cycles: changed alert inputs only; a failed run reports nothing.
                 if result.is_ok() {
                     note_inputs(&mut self.slots[index].watched, &batch.samples, |sample| samples.push(sample));
@@ -649,12 +629,12 @@ impl Scheduler {
             }
             if self.fast.is_some() {
                 if current != slot.previous {
-                    self.rewatch(index, &current);
+                    let table = self.table.lock().expect("series table lock is never poisoned");
+                    slot.watched = watched_of(&table, self.fast.as_ref(), &current, &slot.watched);
                 }
                 // The cycle sends every sample: each is now the last one sent.
-                note_inputs(&mut self.slots[index].watched, &batch.samples, |_| {});
+                note_inputs(&mut slot.watched, &batch.samples, |_| {});
             }
-            let slot = &mut self.slots[index];
             self.spare_ids = std::mem::replace(&mut slot.previous, current);
             if self.latest.is_some() {
                 slot.last_samples.clone_from(&batch.samples);
@@ -678,6 +658,21 @@ impl Scheduler {
         }
         SampleBatch { seq: 0, timestamp_ms, samples }
     }
+}
+
+/// Which of `ids` (a slot's series, sorted) are alert inputs under `fast`
+/// (none without it), each with its last value sent from `old`, if known.
+fn watched_of(
+    table: &SeriesTable,
+    fast: Option<&FastLane>,
+    ids: &[SeriesId],
+    old: &[(SeriesId, Option<f64>)],
+) -> Vec<(SeriesId, Option<f64>)> {
+    let Some(fast) = fast else { return Vec::new() };
+    ids.iter()
+        .filter(|&&id| table.labels(id).and_then(|l| l.metric_name()).is_some_and(|name| fast.names.contains(name)))
+        .map(|&id| (id, old.binary_search_by_key(&id, |&(i, _)| i).ok().and_then(|at| old[at].1)))
+        .collect()
 }
 
 /// Records the samples of `reported` that are alert inputs (`watched`,

@@ -303,22 +303,21 @@ impl RawAggregatorConfig {
         if query_limits.timeout.is_zero() {
             problems.push("query.timeout", "must be above zero");
         }
+        let alert_input_interval = self.rules.alert_input_interval.unwrap_or(Duration::ZERO);
+        // Inputs sampled between cycles would otherwise wait for the spacing.
+        let default_spacing = match alert_input_interval.is_zero() {
+            true => DEFAULT_MIN_EVAL_SPACING,
+            false => DEFAULT_MIN_EVAL_SPACING.min(alert_input_interval),
+        };
         let mut rules = RulesConfig {
             files: self.rules.files.iter().map(|f| resolve(base_dir, Path::new(f)).display().to_string()).collect(),
             evaluation_interval: self.rules.evaluation_interval.unwrap_or(DEFAULT_EVALUATION_INTERVAL),
             external_labels: self.rules.external_labels.into_iter().collect(),
             evaluate_on_ingest: self.rules.evaluate_on_ingest.unwrap_or(true),
-            min_eval_spacing: DEFAULT_MIN_EVAL_SPACING,
+            min_eval_spacing: self.rules.min_eval_spacing.unwrap_or(default_spacing),
             min_eval_spacing_by_group: Vec::new(),
-            alert_input_interval: self.rules.alert_input_interval.unwrap_or(Duration::ZERO),
+            alert_input_interval,
         };
-        // Inputs sampled between cycles would otherwise wait for the spacing.
-        if !rules.alert_input_interval.is_zero() {
-            rules.min_eval_spacing = rules.min_eval_spacing.min(rules.alert_input_interval);
-        }
-        if let Some(spacing) = self.rules.min_eval_spacing {
-            rules.min_eval_spacing = spacing;
-        }
         if !rules.alert_input_interval.is_zero() {
             if rules.alert_input_interval < MIN_ALERT_INPUT_INTERVAL {
                 problems.push("rules.alert_input_interval", "must be 0s (off) or at least 100ms");

@@ -107,8 +107,7 @@ fn start_herd(work: &Path, pki: &Pki, rules_path: &Path, source: SocketAddr, var
     std::fs::write(&router, route(&hook, "0s", "1s")).expect("write router config");
     let agent = format!("{name}-agent");
     pki.issue_agent(&agent);
-    let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().expect("address");
-    let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().expect("address");
+    let (http, quic) = loopback_addresses();
     let aggregator = Aggregator::start_configured(
         pki,
         work,
