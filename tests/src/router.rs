@@ -56,6 +56,17 @@ impl WebhookRecorder {
         Self { url, bodies }
     }
 
+    /// A router configuration (Alertmanager's format) sending every alert
+    /// here, grouped by `alertname`, with these timings.
+    pub fn route_by_alertname(&self, group_wait: &str, group_interval: &str, repeat_interval: &str) -> String {
+        format!(
+            "route:\n  receiver: hook\n  group_by: [alertname]\n  group_wait: {group_wait}\n  \
+             group_interval: {group_interval}\n  repeat_interval: {repeat_interval}\n\
+             receivers:\n  - name: hook\n    webhook_configs: [{{url: '{}'}}]\n",
+            self.url
+        )
+    }
+
     /// The bodies received so far.
     pub fn bodies(&self) -> Vec<Json> {
         self.received().into_iter().map(|(_, body)| body).collect()

@@ -54,15 +54,7 @@ fn a_pending_alert_fires_on_time_and_a_firing_one_is_not_renotified_after_a_kill
     let rules = work.path().join("rules.yml");
     std::fs::write(&rules, RULES).unwrap();
     let router_config = work.path().join("alertmanager.yml");
-    std::fs::write(
-        &router_config,
-        format!(
-            "route:\n  receiver: hook\n  group_by: [alertname]\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\n\
-             receivers:\n  - name: hook\n    webhook_configs: [{{url: '{}'}}]\n",
-            hook.url
-        ),
-    )
-    .unwrap();
+    std::fs::write(&router_config, hook.route_by_alertname("0s", "1s", "1h")).unwrap();
     let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
     let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
     let mut aggregator = start_aggregator_with_router(&pki, work.path(), "agg", http, quic, &rules, &router_config);

@@ -46,15 +46,7 @@ impl Pipeline {
         .expect("write rules");
         let hook = WebhookRecorder::start();
         let router = work.path().join("router.yml");
-        std::fs::write(
-            &router,
-            format!(
-                "route:\n  receiver: hook\n  group_by: [alertname]\n  group_wait: 0s\n  group_interval: 1m\n  repeat_interval: 1h\n\
-                 receivers:\n  - name: hook\n    webhook_configs: [{{url: '{}'}}]\n",
-                hook.url
-            ),
-        )
-        .expect("write router config");
+        std::fs::write(&router, hook.route_by_alertname("0s", "1m", "1h")).expect("write router config");
         let pki = Pki::create(work.path().join("pki"));
         pki.issue_agent("app-1");
         let (http, quic) = loopback_addresses();

@@ -90,15 +90,7 @@ fn every_page_works_in_a_real_browser() {
     let rules = work.path().join("rules.yml");
     std::fs::write(&rules, RULES).unwrap();
     let router_config = work.path().join("alertmanager.yml");
-    std::fs::write(
-        &router_config,
-        format!(
-            "route:\n  receiver: hook\n  group_by: [alertname]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 2s\n\
-             receivers:\n  - name: hook\n    webhook_configs: [{{url: '{}'}}]\n",
-            hook.url
-        ),
-    )
-    .unwrap();
+    std::fs::write(&router_config, hook.route_by_alertname("1s", "1s", "2s")).unwrap();
     let extra = format!(
         "[http]\nanonymous_role = \"viewer\"\n\
          [[http.tokens]]\nname = \"ana\"\nrole = \"viewer\"\ntoken_file = \"{viewer}\"\n\

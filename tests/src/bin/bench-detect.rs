@@ -53,14 +53,6 @@ fn rules(trials: usize) -> String {
     text
 }
 
-fn route(hook: &WebhookRecorder, group_wait: &str, group_interval: &str) -> String {
-    format!(
-        "route:\n  receiver: hook\n  group_by: [alertname]\n  group_wait: {group_wait}\n  group_interval: {group_interval}\n  repeat_interval: 12h\n\
-         receivers:\n  - name: hook\n    webhook_configs: [{{url: '{}'}}]\n",
-        hook.url
-    )
-}
-
 /// First arrival of a firing notification per alert name.
 fn first_firing(hook: &WebhookRecorder) -> BTreeMap<String, SystemTime> {
     let mut first = BTreeMap::new();
@@ -104,7 +96,7 @@ fn start_herd(work: &Path, pki: &Pki, rules_path: &Path, source: SocketAddr, var
     let Variant { key: name, scrape_interval, on_ingest, alert_input_interval, .. } = variant;
     let hook = WebhookRecorder::start();
     let router = work.join(format!("{name}-router.yml"));
-    std::fs::write(&router, route(&hook, "0s", "1s")).expect("write router config");
+    std::fs::write(&router, hook.route_by_alertname("0s", "1s", "12h")).expect("write router config");
     let agent = format!("{name}-agent");
     pki.issue_agent(&agent);
     let (http, quic) = loopback_addresses();
@@ -182,7 +174,8 @@ fn main() {
     ] {
         let hook = WebhookRecorder::start();
         let dir = work.path().join(name);
-        let alertmanager = start_alertmanager(work.path(), &dir.join("am"), &route(&hook, group_wait, "5m"));
+        let alertmanager =
+            start_alertmanager(work.path(), &dir.join("am"), &hook.route_by_alertname(group_wait, "5m", "12h"));
         let config = format!(
             "global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\n\
              rule_files: ['{rules}']\n\
